@@ -1,0 +1,76 @@
+"""``encdec sim``: fly the synthetic hexacopter and write a rosbag2 with labelled faults."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+# The same kinds as training.sim.FAULT_KINDS, repeated so that --help needs no scipy.
+FAULT_CHOICES = ('stuck', 'bias_drift', 'spikes', 'vibration', 'motor_degradation',
+                 'motor_failure')
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add the top-level ``sim`` subcommand."""
+    parser = groups['top'].add_parser(
+        'sim', help='simulate a hexacopter flight and write a rosbag2 with labelled faults',
+        description='Simulate a hexacopter (PX4 hexa-X) flying a random trajectory in gusty '
+                    'wind and write a rosbag2 (/imu, /imu/clean, /motors, /wrench_cmd, '
+                    '/actuator_cmd and a label topic) plus labels.csv. The same seed gives '
+                    'the same data.')
+    parser.add_argument('--out', required=True, metavar='PATH',
+                        help='bag directory to create (must not exist)')
+    parser.add_argument('--duration', type=float, default=120.0, metavar='S',
+                        help='seconds of flight (default: %(default)s)')
+    parser.add_argument('--seed', type=int, default=0, metavar='N',
+                        help='random seed (default: %(default)s)')
+    parser.add_argument('--faults', default='none', metavar='KINDS',
+                        help='all, none, or a comma-separated list of '
+                             f'{", ".join(FAULT_CHOICES)} (default: %(default)s)')
+    parser.add_argument('--fault-duration', type=float, default=None, metavar='S',
+                        help='seconds each fault lasts (default: 8-15 s at random)')
+    parser.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3',
+                        help='rosbag2 storage format (default: %(default)s)')
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Simulate, write the bag and print a summary; returns the exit code."""
+    from training.sim import TOPICS, SimConfig, parse_faults, simulate, write_bag
+
+    from ..errors import BagError
+
+    t_start = time.perf_counter()
+    config = SimConfig(duration_s=args.duration, seed=args.seed,
+                       faults=parse_faults(args.faults), fault_duration_s=args.fault_duration,
+                       storage=args.storage)
+    if Path(args.out).exists():  # fail before spending time on the flight
+        msg = f'output path {args.out} already exists; remove it or choose another --out'
+        raise BagError(msg)
+    result = simulate(config, progress=True)
+    t_sim = time.perf_counter()
+    path = write_bag(result, args.out, storage=config.storage)
+    t_end = time.perf_counter()
+
+    counts = result.counts()
+    print(f'wrote {path} ({config.storage}): {config.duration_s:g} s of flight, '
+          f'seed {config.seed}')
+    width = max(len(t) for t in TOPICS)
+    print(f'  {"topic":<{width}}  {"type":<31} {"messages":>8}  {"rate":>6}')
+    for topic, msgtype in TOPICS.items():
+        rate = counts[topic] / config.duration_s
+        print(f'  {topic:<{width}}  {msgtype:<31} {counts[topic]:>8}  {rate:>4.0f} Hz')
+    if result.intervals:
+        t0 = int(result.imu_stamp_ns[0])
+        print(f'  faults ({len(result.intervals)}), times from the start, written to '
+              f'{path / "labels.csv"}:')
+        print(f'    {"start_s":>8} {"end_s":>8}  {"kind":<18} detail')
+        for iv in result.intervals:
+            print(f'    {(iv.start_ns - t0) * 1e-9:>8.2f} {(iv.end_ns - t0) * 1e-9:>8.2f}  '
+                  f'{iv.kind:<18} {iv.detail}')
+    else:
+        print('  faults: none')
+    print(f'  wall time {t_end - t_start:.1f} s (simulate {t_sim - t_start:.1f} s, '
+          f'write {t_end - t_sim:.1f} s)')
+    return 0

@@ -1,0 +1,321 @@
+"""``anomaly_detector``: flag faults on live topics with an exported autoencoder.
+
+Usage::
+
+    ros2 run encdec_ros anomaly_detector --ros-args -p model_dir:=/path/to/model
+    ros2 launch encdec_ros anomaly_detector.launch.py model_dir:=/path/to/model
+
+The node subscribes to the topics of the model's signal spec, extracts the spec's fields,
+stamps each sample with its header stamp (or its receive time, as the spec says), aligns the
+topics onto the spec's clock (:class:`~encdec_ros.align.StreamingAligner`), keeps the last
+window (:class:`~encdec_ros.window.RingWindow`) and, at every tick index ``k`` with
+``k % stride == 0`` once the window is full, asks :class:`~encdec_ros.anomaly.AnomalyScorer`
+for a decision: the same scorer ``encdec eval anomaly`` uses offline.
+
+Publishes, once per decision: ``~/anomaly`` (std_msgs/Bool, the debounced flag) and
+``~/score`` (std_msgs/Float32, error / threshold; NaN for a window with non-finite inputs);
+and on ``/diagnostics`` a status that is OK, WARN (or ERROR, parameter ``flag_level``) while
+the flag is up, ERROR when windows cannot be scored, STALE when the inputs stop; its values
+hold the score, threshold, top channels, provider and latencies.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rcl_interfaces.msg import SetParametersResult
+from std_msgs.msg import Bool, Float32
+
+from ..align import StreamingAligner
+from ..anomaly import AnomalyScorer, Debouncer, Decision, check_debounce
+from ..errors import ConfigError, EncdecError
+from ..fields import ShortMessageError, compile_path
+from ..player import message_class
+from ..window import RingWindow
+from .common import DiagnosticsReporter, Param, declare_parameters, qos_profile, run_node
+
+DEVICES = ('auto', 'tensorrt', 'cuda', 'cpu')
+LATENCY_WINDOW = 4096   # recent samples kept per latency kind (a power of two)
+
+PARAMS = (
+    Param('model_dir', '', 'Model directory written by `encdec train anomaly` (model.onnx and '
+          'model.yaml)', read_only=True),
+    Param('device', 'auto', 'Inference device: auto (TensorRT > CUDA > CPU), tensorrt, cuda or '
+          'cpu', read_only=True, constraints='one of auto, tensorrt, cuda, cpu'),
+    Param('threads', 1, 'ONNX Runtime intra-op threads on the CPU (0: one per core)',
+          read_only=True, min=0, max=64),
+    Param('stride', 0, 'Ticks between decisions; a decision is taken at tick index k when '
+          "k % stride == 0 (0: the model's stride)", read_only=True, min=0, max=100_000),
+    Param('debounce_k', 0, "Windows at or above the threshold, of the last debounce_n, that "
+          "raise the flag (0: the model's)", min=0, max=10_000),
+    Param('debounce_n', 0, "Windows the debouncer remembers (0: the model's)", min=0,
+          max=10_000),
+    Param('release', 0.0, 'Hysteresis: the flag falls when the last debounce_n scores all stay '
+          "below this fraction of the threshold (0: the model's)", min=0.0, max=1.0),
+    Param('threshold_scale', 1.0, 'Multiply the calibrated threshold (above 1: fewer flags)',
+          min=1e-3, max=1e3),
+    Param('qos_reliability', 'best_effort', 'Input QoS reliability: best_effort (sensor data) '
+          'or reliable', read_only=True, constraints='one of best_effort, reliable'),
+    Param('qos_history', 'keep_last', 'Input QoS history: keep_last (qos_depth) or keep_all '
+          '(with reliable, no message is dropped: for replaying bags)', read_only=True,
+          constraints='one of keep_last, keep_all'),
+    Param('qos_depth', 50, 'Input QoS history depth per topic', read_only=True, min=1,
+          max=100_000),
+    Param('output_depth', 100, 'Depth of the reliable ~/anomaly and ~/score publishers',
+          read_only=True, min=1, max=100_000),
+    Param('diagnostics_period', 1.0, 'Seconds between /diagnostics messages', read_only=True,
+          min=0.01, max=3600.0),
+    Param('stale_after', 3.0, 'Seconds without input after which diagnostics turn STALE',
+          read_only=True, min=0.01, max=3600.0),
+    Param('top_channels', 3, 'Channels named in diagnostics as contributing most', min=1,
+          max=100),
+    Param('flag_level', 'WARN', 'Diagnostic level while the anomaly flag is up: WARN or ERROR',
+          constraints='one of WARN, ERROR'),
+)
+
+
+class _Latency:
+    """A ring of recent durations in seconds, summarised in milliseconds."""
+
+    def __init__(self) -> None:
+        self._buf = np.zeros(LATENCY_WINDOW, dtype=np.float64)
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self._buf[self.count & (LATENCY_WINDOW - 1)] = seconds
+        self.count += 1
+
+    def summary(self) -> dict[str, float]:
+        n = min(self.count, LATENCY_WINDOW)
+        if n == 0:
+            return {'count': 0, 'mean': 0.0, 'p50': 0.0, 'p99': 0.0, 'max': 0.0}
+        ms = self._buf[:n] * 1e3
+        p50, p99 = np.percentile(ms, (50, 99))
+        return {'count': self.count, 'mean': float(ms.mean()), 'p50': float(p50),
+                'p99': float(p99), 'max': float(ms.max())}
+
+
+class AnomalyDetectorNode(Node):
+    """Subscribe to a model's topics and publish debounced anomaly flags and scores.
+
+    Args:
+        node_name: The node's name.
+        record: Keep every decision as ``(tick_ns, score, flag)`` in :attr:`decisions`
+            (for the demo and tests; it grows without bound).
+        **kwargs: Passed to ``rclpy.node.Node`` (context, namespace, parameter_overrides...).
+    """
+
+    NODE_NAME = 'anomaly_detector'
+
+    def __init__(self, node_name: str = NODE_NAME, *, record: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        p = declare_parameters(self, PARAMS)
+        if not p['model_dir']:
+            raise ConfigError(f'parameter model_dir of {self.get_name()} is empty; set it to a '
+                              'directory written by `encdec train anomaly`, e.g. '
+                              '--ros-args -p model_dir:=/path/to/model')
+        if p['device'] not in DEVICES:
+            raise ConfigError(f'parameter device is {p["device"]!r}; use one of '
+                              f'{", ".join(DEVICES)}')
+        if p['flag_level'] not in ('WARN', 'ERROR'):
+            raise ConfigError(f'parameter flag_level is {p["flag_level"]!r}; use WARN or ERROR')
+        if p['qos_history'] not in ('keep_last', 'keep_all'):
+            raise ConfigError(f'parameter qos_history is {p["qos_history"]!r}; use keep_last '
+                              'or keep_all')
+        self.scorer = AnomalyScorer(
+            p['model_dir'], device=p['device'], threads=p['threads'],
+            debounce_k=p['debounce_k'] or None, debounce_n=p['debounce_n'] or None,
+            release=p['release'] or None, threshold_scale=p['threshold_scale'])
+        spec = self.scorer.spec
+        self.spec = spec
+        self.stride: int = p['stride'] or spec.stride
+        self._period = spec.period_ns
+        self._aligner = StreamingAligner(spec.channel_counts, spec.period_ns)
+        self._ring = RingWindow(spec.window, len(self.scorer.channels))
+        self._flag_level = p['flag_level']
+        self._top = p['top_channels']
+        self.record = record
+        self.decisions: list[tuple[int, float, bool]] = []
+        self.counts = {'messages': 0, 'short': 0, 'ticks': 0, 'decisions': 0, 'flagged': 0,
+                       'invalid': 0, 'raised': 0}
+        self.latency = _Latency()          # message received -> decision published
+        self.handling = _Latency()         # every message: received -> callback done
+        self._last: Decision | None = None
+        self._error = ''
+
+        qos = qos_profile(p['qos_reliability'], p['qos_depth'])
+        if p['qos_history'] == 'keep_all':
+            qos.history = HistoryPolicy.KEEP_ALL
+        out_qos = QoSProfile(depth=p['output_depth'], reliability=ReliabilityPolicy.RELIABLE)
+        self.pub_flag = self.create_publisher(Bool, '~/anomaly', out_qos)
+        self.pub_score = self.create_publisher(Float32, '~/score', out_qos)
+        self._subs = []
+        for index, topic in enumerate(spec.topics):
+            cls = message_class(topic.type)
+            fns = [compile_path(f.path) for f in topic.fields]
+            callback = self._make_callback(index, fns, topic.stamp == 'header')
+            self._subs.append(self.create_subscription(cls, topic.name, callback, qos))
+        self.diagnostics = DiagnosticsReporter(
+            self, 'anomaly', ', '.join(spec.topic_names), p['diagnostics_period'],
+            stale_after_s=p['stale_after'])
+        self.diagnostics.update('OK', 'waiting for a full window', self._values())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.get_logger().info(
+            f'model {p["model_dir"]} on {self.scorer.provider}: {len(self.scorer.channels)} '
+            f'channels from {", ".join(spec.topic_names)} at {spec.rate_hz:g} Hz, window '
+            f'{spec.window}, a decision every {self.stride} tick(s), threshold '
+            f'{self.scorer.threshold_:.4g} ({self.scorer.error_kind})')
+
+    # ------------------------------------------------------------------ callbacks
+
+    def _make_callback(self, index: int, fns: list[Callable[[Any], Any]],
+                       header: bool) -> Callable[[Any], None]:
+        def callback(msg: Any) -> None:
+            t0 = time.perf_counter()
+            try:
+                values: list[float] = []
+                for fn in fns:
+                    values.extend(fn(msg))
+            except ShortMessageError:
+                self.counts['short'] += 1
+                return
+            if header:
+                st = msg.header.stamp
+                stamp = st.sec * 1_000_000_000 + st.nanosec
+            else:
+                stamp = self.get_clock().now().nanoseconds
+            self.counts['messages'] += 1
+            self.diagnostics.mark_input()
+            ticks, rows = self._aligner.push(index, stamp, values)
+            decided = False
+            for tick, row in zip(ticks, rows):
+                self._ring.push(row)
+                self.counts['ticks'] += 1
+                if self._ring.full and (int(tick) // self._period) % self.stride == 0:
+                    self._decide(int(tick))
+                    decided = True
+            done = time.perf_counter() - t0
+            self.handling.add(done)
+            if decided:
+                self.latency.add(done)
+        return callback
+
+    def _decide(self, tick_ns: int) -> None:
+        try:
+            decision = self.scorer.step(self._ring.view())
+        except EncdecError as err:
+            if str(err) != self._error:
+                self.get_logger().error(str(err))
+            self._error = str(err)
+            self.diagnostics.update('ERROR', f'cannot score: {err}', self._values())
+            return
+        self._error = ''
+        self.pub_flag.publish(Bool(data=decision.flag))
+        self.pub_score.publish(Float32(data=float(decision.score)))
+        c = self.counts
+        c['decisions'] += 1
+        c['flagged'] += decision.flag
+        c['raised'] += decision.raised
+        self._last = decision
+        if self.record:
+            self.decisions.append((tick_ns, decision.score, decision.flag))
+        if not decision.valid:
+            c['invalid'] += 1
+            self.diagnostics.update('ERROR', 'a window holds NaN or infinite values; check the '
+                                    'input topics', self._values())
+        elif decision.flag:
+            top = ', '.join(n for n, _ in self.scorer.top_channels(decision.channel_z, 2))
+            if decision.raised:
+                self.get_logger().warning(f'anomaly: score {decision.score:.2f}, most unusual: '
+                                       f'{top}')
+            self.diagnostics.update(self._flag_level, f'anomaly (score {decision.score:.2f}): '
+                                    f'{top}', self._values())
+        else:
+            self.diagnostics.update('OK', 'normal', self._values())
+
+    def _values(self) -> dict[str, Any]:
+        d = self._last
+        s = self.scorer
+        lat = self.latency.summary()
+        values: dict[str, Any] = {
+            'score': d.score if d is not None else math.nan,
+            'threshold': s.threshold_,
+            'flag': bool(d.flag) if d is not None else False,
+            'provider': s.provider,
+            'latency p50 (ms)': lat['p50'],
+            'latency p99 (ms)': lat['p99'],
+            'decisions': self.counts['decisions'],
+            'flagged decisions': self.counts['flagged'],
+            'dropped (stamp back in time)': int(sum(self._aligner.dropped)),
+        }
+        if d is not None and d.valid:
+            values['top channels'] = ', '.join(
+                f'{n} (z {z:.1f})' for n, z in s.top_channels(d.channel_z, self._top))
+        return values
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Let debounce_k / debounce_n / release / threshold_scale / top_channels change live."""
+        deb = self.scorer.debouncer
+        k, n, release = deb.k, deb.n, deb.release
+        scale = self.scorer.threshold_ / self.scorer.calibrated_threshold
+        top, level = self._top, self._flag_level
+        for param in params:
+            if param.name == 'debounce_k' and param.value:
+                k = int(param.value)
+            elif param.name == 'debounce_n' and param.value:
+                n = int(param.value)
+            elif param.name == 'release' and param.value:
+                release = float(param.value)
+            elif param.name == 'threshold_scale':
+                scale = float(param.value)
+            elif param.name == 'top_channels':
+                top = int(param.value)
+            elif param.name == 'flag_level':
+                level = str(param.value)
+                if level not in ('WARN', 'ERROR'):
+                    return SetParametersResult(successful=False,
+                                               reason='flag_level must be WARN or ERROR')
+        try:
+            check_debounce(k, n, release)
+        except ConfigError as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        if (k, n, release) != (deb.k, deb.n, deb.release):
+            self.scorer.debouncer = Debouncer(k, n, release)
+        self.scorer.threshold_ = self.scorer.calibrated_threshold * scale
+        self._top, self._flag_level = top, level
+        return SetParametersResult(successful=True)
+
+    def reset(self) -> None:
+        """Start afresh: forget the aligned samples, the window, the flag state and the
+        latencies (e.g. before replaying a bag whose stamps start earlier than what was
+        received)."""
+        self._aligner.reset()
+        self._ring.reset()
+        self.scorer.reset()
+        self._last = None
+        self.decisions.clear()
+        self.latency, self.handling = _Latency(), _Latency()
+
+    # ------------------------------------------------------------------ figures
+
+    def latency_ms(self) -> dict[str, dict[str, float]]:
+        """Latencies in ms: ``decision`` (message received -> decision published, for the
+        messages that completed a decision) and ``message`` (every message's handling)."""
+        return {'decision': self.latency.summary(), 'message': self.handling.summary()}
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``ros2 run encdec_ros anomaly_detector``."""
+    sys.exit(run_node(AnomalyDetectorNode, args))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,354 @@
+"""What every encdec_ros node shares: start and stop, parameters, QoS and diagnostics.
+
+A node's executable is::
+
+    def main(args: list[str] | None = None) -> None:
+        sys.exit(run_node(AnomalyDetectorNode, args))
+
+:func:`run_node` turns a user mistake raised while the node starts (an
+:class:`~encdec_ros.errors.EncdecError`) into one fatal log line and exit status 1, and
+Ctrl-C or an external shutdown into a clean exit 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from ..errors import ConfigError, EncdecError
+
+SPIN_TIMEOUT_S = 0.5
+"""Longest wait inside one spin step; shutdown wakes the executor sooner."""
+EXECUTOR_ENV = 'ENCDEC_ROS_EXECUTOR'
+"""Set to 'single' to use SingleThreadedExecutor instead of the EventsExecutor."""
+
+
+# --------------------------------------------------------------------------- run_node
+
+
+def make_executor(context: rclpy.Context | None = None) -> Any:
+    """Return rclpy's EventsExecutor where present (about 4x the message rate), else the
+    SingleThreadedExecutor; ``ENCDEC_ROS_EXECUTOR=single`` forces the latter."""
+    if os.environ.get(EXECUTOR_ENV, 'events') != 'single':
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:
+            pass
+        else:
+            return EventsExecutor(context=context)
+    return SingleThreadedExecutor(context=context)
+
+
+def spin(executor: Any, context: rclpy.Context | None = None) -> None:
+    """Spin until the context shuts down.
+
+    Uses ``spin_once`` with a finite timeout: with the rclpy 9.1 wheels, the EventsExecutor's
+    ``spin()`` (an infinite wait) runs no callbacks at all, while ``spin_once(timeout_sec=...)``
+    does. Raises ExternalShutdownException or KeyboardInterrupt like ``spin()``.
+    """
+    while rclpy.ok(context=context):
+        executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
+
+
+def run_node(node_cls: Callable[[], Node], args: list[str] | None = None) -> int:
+    """Initialise rclpy, build the node, spin it and shut down; return the exit status.
+
+    Args:
+        node_cls: The node class (or any callable returning a node). Its optional class
+            attribute ``NODE_NAME`` names the logger used when construction fails.
+        args: Command-line arguments for rclpy (``--ros-args ...``); default ``sys.argv``.
+
+    Returns:
+        0 after Ctrl-C or an external shutdown, 1 after an EncdecError (logged as one fatal
+        line, no traceback). Other exceptions are bugs and propagate with their traceback.
+    """
+    rclpy.init(args=args)
+    node: Node | None = None
+    name = getattr(node_cls, 'NODE_NAME', None) or getattr(node_cls, '__name__', 'encdec_ros')
+    try:
+        node = node_cls()
+        name = node.get_name()
+        executor = make_executor()
+        executor.add_node(node)
+        spin(executor)
+        return 0
+    except EncdecError as err:
+        rclpy.logging.get_logger(name).fatal(str(err))
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class Param:
+    """One node parameter: name, default, description and optional constraints.
+
+    Attributes:
+        name: Parameter name.
+        default: Default value; its Python type gives the parameter type.
+        description: What it does, with units.
+        read_only: Cannot be changed after start-up.
+        min: Lowest allowed value (int or float parameters).
+        max: Highest allowed value.
+        step: Step for integer ranges (0: any).
+        constraints: Free text for ``additional_constraints`` (default: the range).
+        type: Type name where the default cannot tell it (an empty list): 'bool', 'int',
+            'double', 'string', 'bool_array', 'int_array', 'double_array', 'string_array'.
+    """
+
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    min: float | None = None
+    max: float | None = None
+    step: float = 0
+    constraints: str = ''
+    type: str | None = None
+
+
+_TYPES = {
+    'bool': ParameterType.PARAMETER_BOOL,
+    'int': ParameterType.PARAMETER_INTEGER,
+    'double': ParameterType.PARAMETER_DOUBLE,
+    'string': ParameterType.PARAMETER_STRING,
+    'bool_array': ParameterType.PARAMETER_BOOL_ARRAY,
+    'int_array': ParameterType.PARAMETER_INTEGER_ARRAY,
+    'double_array': ParameterType.PARAMETER_DOUBLE_ARRAY,
+    'string_array': ParameterType.PARAMETER_STRING_ARRAY,
+}
+
+
+def _type_name(value: Any) -> str | None:
+    for kind, name in ((bool, 'bool'), (int, 'int'), (float, 'double'), (str, 'string')):
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, (list, tuple)) and value:
+        inner = {_type_name(v) for v in value}
+        if inner == {'int', 'double'}:
+            inner = {'double'}
+        if len(inner) == 1 and None not in inner:
+            return f'{inner.pop()}_array'
+    return None
+
+
+def _descriptor(spec: Param, kind: str) -> ParameterDescriptor:
+    desc = ParameterDescriptor(type=_TYPES[kind], description=spec.description,
+                               read_only=spec.read_only)
+    low, high = spec.min, spec.max
+    if kind == 'int' and (low is not None or high is not None):
+        desc.integer_range = [IntegerRange(
+            from_value=int(low) if low is not None else -2**63,
+            to_value=int(high) if high is not None else 2**63 - 1, step=int(spec.step))]
+    elif kind == 'double' and (low is not None or high is not None):
+        desc.floating_point_range = [FloatingPointRange(
+            from_value=float(low) if low is not None else -sys.float_info.max,
+            to_value=float(high) if high is not None else sys.float_info.max,
+            step=float(spec.step))]
+    text = spec.constraints
+    if not text and (low is not None or high is not None):
+        text = ' and '.join(part for part in (
+            f'>= {low}' if low is not None else '', f'<= {high}' if high is not None else '')
+            if part)
+    desc.additional_constraints = text
+    return desc
+
+
+def declare_parameters(node: Node, specs: Iterable[Param]) -> dict[str, Any]:
+    """Declare every parameter with a type, a default and a descriptor; return the values.
+
+    Raises:
+        ConfigError: A value given at start-up has the wrong type or is out of range.
+    """
+    values: dict[str, Any] = {}
+    for spec in specs:
+        kind = spec.type or _type_name(spec.default)
+        if kind not in _TYPES:
+            raise ValueError(f'parameter {spec.name}: give Param.type for default '
+                             f'{spec.default!r}')
+        default = spec.default
+        if kind == 'double':
+            default = float(default)
+        elif kind == 'double_array':
+            default = [float(v) for v in default]
+        elif isinstance(default, tuple):
+            default = list(default)
+        try:
+            param = node.declare_parameter(spec.name, default, _descriptor(spec, kind))
+        except ParameterException as err:
+            raise ConfigError(f'parameter {spec.name!r} of {node.get_name()} is invalid '
+                              f'({_first_line(err)}); it must be a {kind.replace("_", " ")}'
+                              f'{_range_text(spec)}') from err
+        values[spec.name] = param.value
+    return values
+
+
+def _range_text(spec: Param) -> str:
+    if spec.min is None and spec.max is None:
+        return ''
+    low = '-inf' if spec.min is None else spec.min
+    high = 'inf' if spec.max is None else spec.max
+    return f' in [{low}, {high}]'
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+# --------------------------------------------------------------------------- QoS
+
+
+def qos_profile(reliability: str = 'best_effort', depth: int = 5) -> QoSProfile:
+    """A keep-last, volatile QoS profile; the defaults equal ``qos_profile_sensor_data``.
+
+    Args:
+        reliability: 'best_effort' (sensor streams) or 'reliable'.
+        depth: History depth, at least 1.
+    """
+    policies = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
+                'reliable': ReliabilityPolicy.RELIABLE}
+    if reliability not in policies:
+        raise ConfigError(f'QoS reliability {reliability!r} is not one of best_effort, '
+                          'reliable; set the reliability parameter to one of them')
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ConfigError(f'QoS depth must be a whole number >= 1, got {depth!r}; '
+                          'set the qos_depth parameter to e.g. 5')
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=policies[reliability], durability=DurabilityPolicy.VOLATILE)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+LEVELS = {'OK': 0, 'WARN': 1, 'ERROR': 2, 'STALE': 3}
+_LEVEL_BYTES = {0: DiagnosticStatus.OK, 1: DiagnosticStatus.WARN, 2: DiagnosticStatus.ERROR,
+                3: DiagnosticStatus.STALE}
+
+
+def _level(level: Any) -> int:
+    if isinstance(level, (bytes, bytearray)) and len(level) == 1:
+        level = level[0]
+    if isinstance(level, str) and level.upper() in LEVELS:
+        return LEVELS[level.upper()]
+    if isinstance(level, int) and not isinstance(level, bool) and 0 <= level <= 3:
+        return level
+    raise ValueError(f'diagnostic level {level!r} is not one of OK, WARN, ERROR, STALE')
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f'{value:.6g}'
+    return str(value)
+
+
+class DiagnosticsReporter:
+    """Publish one DiagnosticStatus on ``/diagnostics`` from a steady-clock timer.
+
+    The node reports its state with :meth:`update` and calls :meth:`mark_input` for each
+    message it handles (cheap: a timestamp and a counter). When no input has come for
+    ``stale_after_s`` the status turns STALE by itself; ``inputs`` and ``input rate (Hz)``
+    are added to the values.
+
+    Args:
+        node: The node that owns the publisher and the timer.
+        name: Status name; published as ``'<node name>: <name>'``.
+        hardware_id: What the status is about (e.g. the input topic or the robot part).
+        period_s: Publishing period in seconds.
+        stale_after_s: Seconds without input after which the status is STALE.
+        topic: Where to publish.
+    """
+
+    def __init__(self, node: Node, name: str, hardware_id: str, period_s: float = 1.0, *,
+                 stale_after_s: float = 3.0, topic: str = '/diagnostics') -> None:
+        if not period_s > 0 or not stale_after_s > 0:
+            raise ConfigError(f'diagnostics period ({period_s}) and stale time '
+                              f'({stale_after_s}) must be positive seconds')
+        self._node = node
+        self.name = f'{node.get_name()}: {name}'
+        self.hardware_id = hardware_id
+        self.stale_after_s = stale_after_s
+        self._level = 0
+        self._message = 'running'
+        self._values: dict[str, Any] = {}
+        self._inputs = 0
+        self._last_input: float | None = None
+        self._rate_mark = (time.monotonic(), 0)
+        self._rate = 0.0
+        self._pub = node.create_publisher(DiagnosticArray, topic, 10)
+        self._timer = node.create_timer(period_s, self.publish,
+                                        clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def mark_input(self, count: int = 1) -> None:
+        """Note that ``count`` input messages arrived now."""
+        self._last_input = time.monotonic()
+        self._inputs += count
+
+    def update(self, level: Any, message: str, values: Mapping[str, Any] | None = None) -> None:
+        """Set the level ('OK', 'WARN', 'ERROR', 'STALE' or 0–3), message and values."""
+        self._level = _level(level)
+        self._message = message
+        if values is not None:
+            self._values = dict(values)
+
+    @property
+    def level(self) -> int:
+        """The level the next publication will carry (0 OK … 3 STALE)."""
+        return self._current()[0]
+
+    def _current(self) -> tuple[int, str]:
+        now = time.monotonic()
+        if self._last_input is None:
+            return 3, 'waiting for the first input'
+        idle = now - self._last_input
+        if idle > self.stale_after_s:
+            return 3, f'no input for {idle:.1f} s'
+        return self._level, self._message
+
+    def status(self) -> DiagnosticStatus:
+        """Build the DiagnosticStatus that would be published now."""
+        now = time.monotonic()
+        then, count = self._rate_mark
+        if now - then >= 0.5:
+            self._rate = (self._inputs - count) / (now - then)
+            self._rate_mark = (now, self._inputs)
+        level, message = self._current()
+        values = dict(self._values)
+        values['inputs'] = self._inputs
+        values['input rate (Hz)'] = round(self._rate, 3) if math.isfinite(self._rate) else 0.0
+        return DiagnosticStatus(level=_LEVEL_BYTES[level], name=self.name, message=message,
+                                hardware_id=self.hardware_id,
+                                values=[KeyValue(key=str(k), value=_text(v))
+                                        for k, v in values.items()])
+
+    def publish(self) -> None:
+        """Publish the current status now (the timer calls this every period)."""
+        msg = DiagnosticArray()
+        msg.header.stamp = self._node.get_clock().now().to_msg()
+        msg.status = [self.status()]
+        self._pub.publish(msg)
+
+    def destroy(self) -> None:
+        """Stop the timer and the publisher."""
+        self._node.destroy_timer(self._timer)
+        self._node.destroy_publisher(self._pub)

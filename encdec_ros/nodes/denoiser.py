@@ -1,0 +1,226 @@
+"""The ``denoiser`` node: one topic in, the same message type out with its fields cleaned.
+
+Usage::
+
+    ros2 run encdec_ros denoiser --ros-args -p model_dir:=models/denoise_sim_imu
+    ros2 run encdec_ros denoiser --ros-args -p model_dir:=models/denoise_sim_imu \\
+        -p method:=kalman -p input_topic:=/drone1/imu
+    ros2 run encdec_ros denoiser --ros-args -p spec_file:=my_joint_spec.yaml \\
+        -p method:=butterworth -p butterworth_cutoff_hz:=20.0
+
+It subscribes to the spec's topic (any message type with numeric fields: sensor_msgs/Imu,
+JointState, geometry_msgs/WrenchStamped, std_msgs/Float64MultiArray ...), replaces the
+spec's fields of every message by their denoised values in the callback, and publishes the
+message on ``<input_topic>/denoised`` (or ``output_topic``): one output per input, nothing
+queued, header, frame_id, covariances, names and all other fields as they came. The spec's
+topic is taken relative to the node's namespace (``/imu`` in namespace ``drone1`` is
+``/drone1/imu``); an explicit ``input_topic`` is used as given. A message
+whose arrays are shorter than the spec needs is passed on unchanged (counted, WARN).
+
+The work is done by :class:`encdec_ros.denoise.DenoiseCore`, the class ``encdec eval denoise``
+runs offline. ``method`` picks the learned model or a classical filter (butterworth,
+one_euro, kalman), whose parameters come from the model directory (tuned at training time)
+or sensible defaults, and can be overridden here. Diagnostics on ``/diagnostics``: method,
+provider, per-message latency (callback, denoise and publish), messages, pass-throughs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rclpy.node import Node
+
+from ..denoise import METHODS, DenoiseCore, build_core
+from ..errors import ConfigError, EncdecError
+from ..player import message_class
+from .common import DiagnosticsReporter, Param, declare_parameters, qos_profile, run_node
+
+LATENCY_WINDOW = 4096  # recent callbacks kept for the latency figures; a power of two
+
+PARAMETERS = (
+    Param('model_dir', '', 'Denoise model directory (encdec train denoise): the topic, type, '
+          'fields, model and tuned filter parameters. Empty: use spec_file', read_only=True),
+    Param('spec_file', '', 'One-topic signal spec YAML, used without model_dir (classical '
+          'methods only); its type: must be given', read_only=True),
+    Param('method', 'auto', 'model, butterworth, one_euro or kalman; auto: model when '
+          'model_dir is set, else butterworth', read_only=True,
+          constraints='auto, model, butterworth, one_euro or kalman'),
+    Param('input_topic', '', "Topic to clean; empty: the spec's topic, relative (in the "
+          "node's namespace)", read_only=True),
+    Param('output_topic', '', 'Topic of the cleaned messages; empty: <input_topic>/denoised',
+          read_only=True),
+    Param('device', 'auto', 'Inference device of the model: auto, tensorrt, cuda or cpu',
+          read_only=True),
+    Param('threads', 1, 'ONNX Runtime CPU threads (1 is fastest for small models)',
+          read_only=True, min=0, max=64),
+    Param('reliability', 'best_effort', 'QoS reliability of the input subscription: '
+          'best_effort (sensor data, matches every publisher) or reliable', read_only=True),
+    Param('output_reliability', 'reliable', 'QoS reliability of the output: reliable (matches '
+          'every subscriber) or best_effort', read_only=True),
+    Param('qos_depth', 10, 'QoS history depth of input and output', read_only=True, min=1,
+          max=10000),
+    Param('diagnostics_period_s', 1.0, 'Seconds between diagnostics', read_only=True,
+          min=0.05, max=60.0),
+    Param('butterworth_order', 0, 'Butterworth order, 1-8; 0: tuned (model_dir) or 2',
+          read_only=True, min=0, max=8),
+    Param('butterworth_cutoff_hz', 0.0, 'Butterworth cut-off in Hz; 0: tuned or rate/10',
+          read_only=True, min=0.0),
+    Param('one_euro_min_cutoff', 0.0, '1-Euro minimum cut-off in Hz; 0: tuned or rate/10',
+          read_only=True, min=0.0),
+    Param('one_euro_beta', -1.0, '1-Euro speed coefficient; negative: tuned or 0',
+          read_only=True),
+    Param('one_euro_d_cutoff', 0.0, '1-Euro derivative cut-off in Hz; 0: tuned or 1',
+          read_only=True, min=0.0),
+    Param('kalman_q', 0.0, 'Kalman white-acceleration density (units^2/s^3); 0: tuned or a '
+          'bandwidth of rate/10', read_only=True, min=0.0),
+    Param('kalman_r', 0.0, 'Kalman measurement variance (units^2); 0: tuned or 1',
+          read_only=True, min=0.0),
+)
+
+
+def overrides(values: dict[str, Any], method: str) -> dict[str, Any]:
+    """The baseline parameters set on the node (unset ones are None)."""
+    if method == 'butterworth':
+        return {'order': values['butterworth_order'] or None,
+                'cutoff_hz': values['butterworth_cutoff_hz'] or None}
+    if method == 'one_euro':
+        beta = values['one_euro_beta']
+        return {'min_cutoff': values['one_euro_min_cutoff'] or None,
+                'beta': beta if beta >= 0 else None,
+                'd_cutoff': values['one_euro_d_cutoff'] or None}
+    if method == 'kalman':
+        return {'q': values['kalman_q'] or None, 'r': values['kalman_r'] or None}
+    return {}
+
+
+class DenoiserNode(Node):
+    """Subscribe to one topic, denoise each message in the callback, publish it."""
+
+    NODE_NAME = 'denoiser'
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(self.NODE_NAME, **kwargs)
+        values = declare_parameters(self, PARAMETERS)
+        method = values['method']
+        if method == 'auto':
+            method = 'model' if values['model_dir'] else 'butterworth'
+        if method not in METHODS:
+            raise ConfigError(f'parameter method is {method!r}; use auto, '
+                              f'{", ".join(METHODS)}')
+        self.core: DenoiseCore = build_core(
+            method, model_dir=_resolve(values['model_dir']) or None,
+            spec=_resolve(values['spec_file']) or None, device=values['device'],
+            threads=values['threads'], params=overrides(values, method))
+        topic = self.core.topic
+        # The spec's topic relative, so that the node's namespace applies (/imu -> imu).
+        given = values['input_topic'] or topic.name.lstrip('/')
+        output = values['output_topic'] or f'{given}/denoised'
+        msg_cls = message_class(topic.type)
+        self._pub = self.create_publisher(
+            msg_cls, output, qos_profile(values['output_reliability'], values['qos_depth']))
+        self._sub = self.create_subscription(
+            msg_cls, given, self._on_message,
+            qos_profile(values['reliability'], values['qos_depth']))
+        self.input_topic: str = self._sub.topic_name
+        self.output_topic: str = self._pub.topic_name
+        self._lat = np.zeros(LATENCY_WINDOW)
+        self._count = 0
+        self._failed = 0
+        describe = self.core.denoiser.describe()
+        self.provider = str(describe.get('provider', 'numpy'))
+        self._diag = DiagnosticsReporter(self, 'denoiser', self.input_topic,
+                                         values['diagnostics_period_s'])
+        self._diag_timer = self.create_timer(values['diagnostics_period_s'], self._report)
+        self._report()
+        self.get_logger().info(
+            f'denoising {self.input_topic} ({topic.type}, {len(self.core.channels)} fields) '
+            f'with {method} on {self.provider} -> {self.output_topic}')
+
+    @property
+    def method(self) -> str:
+        """The method in use."""
+        return self.core.method
+
+    def _on_message(self, msg: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            ok = self.core.process(msg)
+        except EncdecError as err:        # e.g. the engine failed: pass the message on
+            self._failed += 1
+            ok = True
+            self.get_logger().error(f'cannot denoise a message on {self.input_topic} ({err}); '
+                                    'passed on unchanged', throttle_duration_sec=5.0)
+        self._pub.publish(msg)
+        self._lat[self._count & (LATENCY_WINDOW - 1)] = time.perf_counter() - t0
+        self._count += 1
+        self._diag.mark_input()
+        if not ok:
+            self.get_logger().warn(
+                f'a message on {self.input_topic} has fewer array elements than the spec '
+                'needs; passed on unchanged', throttle_duration_sec=5.0)
+
+    def latency_ms(self) -> dict[str, float]:
+        """Per-message latency of the recent callbacks (denoise and publish), in ms."""
+        n = min(self._count, LATENCY_WINDOW)
+        if n == 0:
+            return {'count': 0, 'mean': 0.0, 'p50': 0.0, 'p99': 0.0, 'max': 0.0}
+        recent = self._lat[:n] * 1e3
+        p50, p99 = np.percentile(recent, (50, 99))
+        return {'count': self._count, 'mean': float(recent.mean()), 'p50': float(p50),
+                'p99': float(p99), 'max': float(recent.max())}
+
+    def _report(self) -> None:
+        lat = self.latency_ms()
+        short = self.core.short_
+        nonfinite = self.core.denoiser.nonfinite_
+        values = {
+            'method': self.method,
+            'provider': self.provider,
+            'input': self.input_topic,
+            'output': self.output_topic,
+            'messages': self._count,
+            'latency mean (ms)': round(lat['mean'], 4),
+            'latency p99 (ms)': round(lat['p99'], 4),
+            'latency max (ms)': round(lat['max'], 4),
+            'passed unchanged (short)': short,
+            'passed unchanged (errors)': self._failed,
+            'non-finite values held': nonfinite,
+        }
+        if self._failed:
+            self._diag.update('ERROR', f'{self._failed} messages could not be denoised and '
+                              'were passed on unchanged', values)
+        elif short:
+            self._diag.update('WARN', f'{short} messages too short for the spec were passed '
+                              'on unchanged', values)
+        else:
+            self._diag.update('OK', f'denoising with {self.method}', values)
+
+
+def _resolve(path: str) -> str:
+    """Expand ``~``; a relative path that does not exist is also tried under the installed
+    share directory (``models/denoise_sim_imu``, ``config/sim_imu_denoise_spec.yaml``)."""
+    if not path:
+        return ''
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        return str(p)
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        share = Path(get_package_share_directory('encdec_ros'))
+    except (ImportError, LookupError, ValueError):  # not installed with colcon
+        return str(p)
+    candidate = share / p
+    return str(candidate) if candidate.exists() else str(p)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``ros2 run encdec_ros denoiser``."""
+    sys.exit(run_node(DenoiserNode, args))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,235 @@
+"""The model directory contract: round trip and one-sentence refusals (encdec_ros.modeldir)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+torch = pytest.importorskip('torch')
+
+from encdec_ros.engine import InferenceEngine  # noqa: E402
+from encdec_ros.errors import ModelDirError  # noqa: E402
+from encdec_ros.modeldir import FORMAT, ModelDir, first_difference, save_model_dir  # noqa: E402
+from training.export import export_onnx  # noqa: E402
+
+SPEC = {
+    'rate_hz': 100.0,
+    'window': 16,
+    'stride': 4,
+    'topics': {'/imu': {'type': 'sensor_msgs/msg/Imu',
+                        'fields': ['linear_acceleration.x', 'angular_velocity.z']}},
+}
+
+
+@pytest.fixture(scope='module')
+def onnx_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    path = tmp_path_factory.mktemp('modeldir_onnx') / 'exported.onnx'
+    export_onnx(model, torch.randn(4, 2), path, input_names=['x'], output_names=['x_hat'])
+    return path
+
+
+def _sections() -> dict:
+    return {
+        'training': {'epochs': 3, 'loss': np.float32(0.125), 'command': 'encdec train anomaly',
+                     'shuffle': True},
+        'spec': SPEC,
+        'normalization': {'mean': np.array([0.5, -1.0], np.float32),
+                          'std': np.array([2.0, 0.25])},
+        'threshold': np.float64(0.042),
+        'architecture': {'kind': 'mlp', 'hidden': (3,)},
+    }
+
+
+@pytest.fixture
+def model_dir(tmp_path, onnx_file) -> Path:
+    return save_model_dir(tmp_path / 'model', onnx_file=onnx_file, task='anomaly',
+                          sections=_sections())
+
+
+def _edit_yaml(path: Path, **changes) -> None:
+    meta = yaml.safe_load((path / 'model.yaml').read_text())
+    meta.update(changes)
+    (path / 'model.yaml').write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def test_round_trip(model_dir, onnx_file):
+    model = ModelDir.load(model_dir, task='anomaly')
+    assert model.task == 'anomaly' and model.path == model_dir
+    assert model.onnx_path.read_bytes() == onnx_file.read_bytes()
+    assert model.meta['format'] == FORMAT
+    assert model.meta['created'].endswith('+00:00')
+    assert model.inputs == [{'name': 'x', 'shape': ['batch', 2]}]
+    assert model.outputs == [{'name': 'x_hat', 'shape': ['batch', 2]}]
+    assert model.section('threshold') == pytest.approx(0.042)
+    assert model.section('training')['shuffle'] is True
+    assert model.section('architecture.hidden') == [3]
+    assert model.section('missing', default=None) is None
+    np.testing.assert_array_equal(model.array('normalization.mean'), [0.5, -1.0])
+    assert model.array('normalization.std').dtype == np.float32
+    assert len(model.sha256) == 64
+    model.check_spec(dict(SPEC))
+
+
+def test_yaml_is_plain(model_dir):
+    text = (model_dir / 'model.yaml').read_text()
+    assert '!!' not in text and 'python' not in text
+    assert 'shuffle: true' in text
+    assert 'mean: [0.5, -1.0]' in text
+    assert text.startswith('format: encdec_ros/model/1\ntask: anomaly\n')
+    assert not [p.name for p in model_dir.iterdir() if p.name.endswith('.tmp')]
+
+
+def test_bytes_input_and_engine(tmp_path, onnx_file):
+    path = save_model_dir(tmp_path / 'm', onnx_file=onnx_file.read_bytes(), task='denoise',
+                          sections={})
+    model = ModelDir.load(path)
+    eng = model.engine(device='cpu', warmup=False)
+    assert isinstance(eng, InferenceEngine)
+    assert eng.run(np.zeros((3, 2), np.float32)).shape == (3, 2)
+
+
+def test_refuses_to_overwrite_unless_asked(model_dir, onnx_file):
+    with pytest.raises(ModelDirError, match=r'already exists and is not empty; .*overwrite=True'):
+        save_model_dir(model_dir, onnx_file=onnx_file, task='anomaly', sections={})
+    save_model_dir(model_dir, onnx_file=onnx_file, task='denoise', sections={}, overwrite=True)
+    assert ModelDir.load(model_dir).task == 'denoise'
+
+
+def test_save_refusals(tmp_path, onnx_file):
+    with pytest.raises(ModelDirError, match="task 'vision' is not one of anomaly, denoise"):
+        save_model_dir(tmp_path / 'a', onnx_file=onnx_file, task='vision', sections={})
+    with pytest.raises(ModelDirError, match='written by save_model_dir itself'):
+        save_model_dir(tmp_path / 'b', onnx_file=onnx_file, task='anomaly',
+                       sections={'onnx': {}})
+    with pytest.raises(ModelDirError, match=r'value at training.fn is a builtin_function'):
+        save_model_dir(tmp_path / 'c', onnx_file=onnx_file, task='anomaly',
+                       sections={'training': {'fn': len}})
+    with pytest.raises(ModelDirError, match='cannot read the ONNX file'):
+        save_model_dir(tmp_path / 'd', onnx_file=tmp_path / 'none.onnx', task='anomaly')
+    with pytest.raises(ModelDirError, match='cannot load the given ONNX bytes'):
+        save_model_dir(tmp_path / 'e', onnx_file=b'garbage', task='anomaly')
+    assert not (tmp_path / 'c').exists()
+
+
+def test_missing_path_and_not_a_directory(tmp_path, model_dir):
+    with pytest.raises(ModelDirError, match='does not exist; pass the directory written by'):
+        ModelDir.load(tmp_path / 'nope')
+    with pytest.raises(ModelDirError, match='is not a directory; pass the model directory'):
+        ModelDir.load(model_dir / 'model.onnx')
+
+
+def test_missing_yaml_or_onnx(model_dir):
+    (model_dir / 'model.onnx').unlink()
+    with pytest.raises(ModelDirError, match='has no model.onnx; copy the whole model directory'):
+        ModelDir.load(model_dir)
+    (model_dir / 'model.yaml').unlink()
+    with pytest.raises(ModelDirError, match='has no model.yaml'):
+        ModelDir.load(model_dir)
+
+
+def test_unreadable_yaml(model_dir):
+    (model_dir / 'model.yaml').write_text('format: [unclosed\n')
+    with pytest.raises(ModelDirError, match=r'is not readable YAML \(.*line \d+\); restore'):
+        ModelDir.load(model_dir)
+    (model_dir / 'model.yaml').write_text('- just\n- a list\n')
+    with pytest.raises(ModelDirError, match='does not hold a mapping'):
+        ModelDir.load(model_dir)
+
+
+def test_python_tags_are_not_loaded(model_dir):
+    (model_dir / 'model.yaml').write_text('format: !!python/object/apply:os.getcwd []\n')
+    with pytest.raises(ModelDirError, match='is not readable YAML'):
+        ModelDir.load(model_dir)
+
+
+def test_wrong_format_version(model_dir):
+    _edit_yaml(model_dir, format='encdec_ros/model/2')
+    with pytest.raises(ModelDirError, match=r"has format 'encdec_ros/model/2' but this "
+                                            r"encdec_ros reads 'encdec_ros/model/1'; re-export"):
+        ModelDir.load(model_dir)
+
+
+def test_task_mismatch(tmp_path, onnx_file):
+    path = save_model_dir(tmp_path / 'den', onnx_file=onnx_file, task='denoise')
+    with pytest.raises(ModelDirError, match=r'is a denoise model; the anomaly_detector needs an '
+                                            r'anomaly model, trained with `encdec train '
+                                            r'anomaly`'):
+        ModelDir.load(path, task='anomaly')
+    with pytest.raises(ModelDirError, match='the allocator needs an allocator model'):
+        ModelDir.load(path, task='allocator')
+    anomaly = save_model_dir(tmp_path / 'an', onnx_file=onnx_file, task='anomaly')
+    with pytest.raises(ModelDirError, match='is an anomaly model; the denoiser needs a denoise'):
+        ModelDir.load(anomaly, task='denoise')
+
+
+def test_sha256_mismatch(model_dir, onnx_file):
+    data = bytearray(onnx_file.read_bytes())
+    data[-1] ^= 0xFF
+    (model_dir / 'model.onnx').write_bytes(bytes(data))
+    with pytest.raises(ModelDirError, match='the ONNX file was changed after export; re-export '
+                                            'the model or restore the original file'):
+        ModelDir.load(model_dir)
+
+
+def test_onnx_that_onnxruntime_cannot_load(model_dir):
+    import hashlib
+
+    garbage = b'\x08\x07this is not a model'
+    (model_dir / 'model.onnx').write_bytes(garbage)
+    meta = yaml.safe_load((model_dir / 'model.yaml').read_text())
+    meta['onnx']['sha256'] = hashlib.sha256(garbage).hexdigest()
+    (model_dir / 'model.yaml').write_text(yaml.safe_dump(meta))
+    with pytest.raises(ModelDirError, match=r'onnxruntime .* cannot load .*model.onnx'):
+        ModelDir.load(model_dir)
+    ModelDir.load(model_dir, check_onnx=False)  # the cheap path skips it
+
+
+def test_yaml_io_names_must_match_onnx(model_dir):
+    meta = yaml.safe_load((model_dir / 'model.yaml').read_text())
+    meta['onnx']['inputs'][0]['name'] = 'window'
+    (model_dir / 'model.yaml').write_text(yaml.safe_dump(meta))
+    with pytest.raises(ModelDirError, match='lists the inputs window but the ONNX file has x'):
+        ModelDir.load(model_dir)
+
+
+def test_required_section_missing(model_dir):
+    model = ModelDir.load(model_dir)
+    with pytest.raises(ModelDirError, match=r"has no 'calibration.quantile', which this "
+                                            r'anomaly model needs'):
+        model.section('calibration.quantile')
+
+
+def test_check_spec_names_first_difference(model_dir):
+    model = ModelDir.load(model_dir)
+    changed = {**SPEC, 'window': 32}
+    with pytest.raises(ModelDirError, match=r'at spec.window: the model has 16, the given spec '
+                                            r'has 32'):
+        model.check_spec(changed)
+    fields = {**SPEC, 'topics': {'/imu': {'type': 'sensor_msgs/msg/Imu',
+                                          'fields': ['linear_acceleration.x',
+                                                     'angular_velocity.y']}}}
+    with pytest.raises(ModelDirError, match=r"spec.topics./imu.fields\[1\]"):
+        model.check_spec(fields)
+    with pytest.raises(ModelDirError, match=r'spec.stride: the model has 4, the given spec has '
+                                            r'nothing'):
+        model.check_spec({k: v for k, v in SPEC.items() if k != 'stride'})
+    model.check_spec({**SPEC, 'rate_hz': 100, 'note': 'x'}, ignore=['note'])
+
+    class HasToDict:
+        def to_dict(self) -> dict:
+            return dict(SPEC)
+
+    model.check_spec(HasToDict())
+
+
+def test_first_difference_rules():
+    assert first_difference({'a': [1, 2]}, {'a': [1, 2, 3]}) == ('spec.a', '2 entries',
+                                                                 '3 entries')
+    assert first_difference({'a': True}, {'a': 1}) == ('spec.a', 'True', '1')
+    assert first_difference({'a': 0.1 + 0.2}, {'a': 0.3}) is None
+    assert first_difference({'a': 'x'}, {'a': 'x', 'b': None}) == ('spec.b', 'nothing', 'None')

@@ -1,0 +1,568 @@
+"""Train a causal denoising autoencoder for one topic, tune the classical filters, export.
+
+``encdec train denoise`` calls :func:`train_denoiser`, which:
+
+1. reads the spec's one topic from each bag at its native rate (every message, no
+   resampling) and pairs it with a clean reference (:func:`load_pairs`): the robot's ground
+   truth topic where there is one (the synthetic robot's ``/imu/clean``, same header
+   stamps), else the recorded signal itself, with the ``--noise`` corruption
+   (:mod:`encdec_ros.noise`) added on top to make the input;
+2. splits each recording by time (the last ``val_fraction`` validates), fits per-channel
+   normalisation on the training part, and fits the model's linear part (a causal FIR
+   filter over the window) by ridge regression;
+3. trains an MLP or GRU that sees the last ``window`` noisy samples and predicts the noise
+   on the current one (a residual, in units of each channel's noise level), seeded, with
+   early stopping on the validation loss; the ONNX graph takes the raw window and returns
+   the clean estimate, normalisation included;
+4. exports to ONNX (onnxruntime must agree with torch within 1e-4 on real windows);
+5. tunes the Butterworth, 1-Euro and Kalman baselines on the same validation data
+   (:func:`encdec_ros.denoise.tune_baselines`), and scores model and baselines there;
+6. writes the model directory (task 'denoise') and a loss-curve PNG.
+
+By default the model is not taught each training bag's constant offset between noisy and
+clean (a MEMS turn-on bias, different at every power-up, so it would be learned wrongly
+from one recording); ``learn_offset=True`` teaches it (a fixed bias that repeats).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from encdec_ros.denoise import BASELINES, make_baseline, one_topic_spec, tune_baselines
+from encdec_ros.denoise_eval import Pair, load_pairs
+from encdec_ros.errors import BagError, ConfigError
+from encdec_ros.noise import NoiseSpec
+from encdec_ros.spec import SignalSpec
+
+log = logging.getLogger(__name__)
+
+ARCHS = ('mlp', 'gru')
+DEFAULT_SIZES = {'mlp': (128, 2), 'gru': (64, 1)}
+"""(hidden units, layers) per architecture when not given."""
+LOSS_PNG = 'loss.png'
+STD_FLOOR = 1e-6
+LINEAR_LR_SCALE = 0.05
+"""Learning rate of the ridge-initialised linear part, relative to the rest."""
+RIDGE_ROWS = 100_000
+"""Most windows used for the ridge fit of the linear part."""
+
+
+@dataclass
+class DenoiseOptions:
+    """Everything ``encdec train denoise`` can set; defaults in comments.
+
+    Attributes:
+        arch: 'mlp' (flattened window) or 'gru' (recurrent over the window).
+        window: Samples the model sees (default: the spec's window).
+        hidden: Hidden units per layer (MLP, default 128) or GRU state size (default 64).
+        layers: Hidden layers (MLP, default 2) or stacked GRU layers (default 1).
+        epochs: Most passes over the training windows.
+        patience: Stop after this many epochs without a better validation loss.
+        batch_size: Windows per optimiser step.
+        lr: Peak learning rate (one-cycle schedule, AdamW).
+        weight_decay: AdamW weight decay.
+        ridge: Ridge strength of the linear part's closed-form fit (relative to the data).
+        val_fraction: Share of each recording (at its end) for validation and tuning.
+        max_windows: Windows drawn per epoch at most (None: all).
+        noise: Corruption added to the input (required without a clean topic).
+        clean_topic: 'auto' (``<topic>/clean`` when the bag has it), a topic, or None.
+        learn_offset: Learn the mean noisy-minus-clean offset of the training bags.
+        absolute_input: Also feed the nonlinear part the normalised level of the samples,
+            not only their shape relative to the current sample (off: the estimate does
+            not depend on the operating point, which generalises better across flights).
+        train_span: (start, end) seconds from each recording's first sample; None = all.
+        seed: Seed of every random draw (weights, shuffling, corruption).
+        threads: torch CPU threads (None: torch's default).
+        time_limit_s: Stop training after this many seconds (keeps the best epoch).
+    """
+
+    arch: str = 'mlp'
+    window: int | None = None
+    hidden: int | None = None
+    layers: int | None = None
+    epochs: int = 30
+    patience: int = 6
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    ridge: float = 1e-3
+    val_fraction: float = 0.2
+    max_windows: int | None = None
+    noise: NoiseSpec | None = None
+    clean_topic: str | None = 'auto'
+    learn_offset: bool = False
+    absolute_input: bool = False
+    train_span: tuple[float | None, float | None] | None = None
+    seed: int = 0
+    threads: int | None = None
+    time_limit_s: float | None = None
+
+    def check(self) -> None:
+        """Raise ConfigError for an out-of-range option."""
+        if self.arch not in ARCHS:
+            raise ConfigError(f'arch {self.arch!r} is not one of {", ".join(ARCHS)}')
+        if self.hidden is None:
+            self.hidden = DEFAULT_SIZES[self.arch][0]
+        if self.layers is None:
+            self.layers = DEFAULT_SIZES[self.arch][1]
+        for name in ('hidden', 'layers', 'epochs', 'batch_size'):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f'{name} must be a whole number >= 1, got {value!r}')
+        if self.window is not None and (not isinstance(self.window, int) or self.window < 2):
+            raise ConfigError(f'window must be at least 2 samples, got {self.window!r}')
+        if not 0.02 <= self.val_fraction <= 0.5:
+            raise ConfigError(f'val_fraction must be between 0.02 and 0.5, got '
+                              f'{self.val_fraction}')
+        if not self.lr > 0 or self.weight_decay < 0 or self.ridge < 0:
+            raise ConfigError('lr must be positive and weight_decay and ridge non-negative')
+
+
+@dataclass
+class DenoiseResult:
+    """What :func:`train_denoiser` produced."""
+
+    path: Path
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_net(window: int, channels: int, opts: DenoiseOptions, norm: dict[str, np.ndarray]
+              ) -> Any:
+    """The torch module: raw window [B, N, C] in, clean current sample [B, C] out."""
+    import torch
+    from torch import nn
+
+    class DenoiseNet(nn.Module):
+        """Linear FIR part plus a nonlinear MLP or GRU part, predicting the noise."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            for key in ('input_mean', 'input_std', 'residual_scale', 'residual_offset'):
+                self.register_buffer(key, torch.tensor(norm[key], dtype=torch.float32))
+            self.arch = opts.arch
+            flat = window * channels
+            self.absolute = opts.absolute_input
+            self.linear = nn.Linear(flat, channels)
+            if opts.arch == 'mlp':
+                dims = [flat + (channels if self.absolute else 0)] + [opts.hidden] * opts.layers
+                body: list[nn.Module] = []
+                for a, b in zip(dims[:-1], dims[1:]):
+                    body += [nn.Linear(a, b), nn.GELU()]
+                self.body = nn.Sequential(*body)
+                self.head = nn.Linear(dims[-1], channels)
+            else:
+                self.gru = nn.GRU((2 if self.absolute else 1) * channels, opts.hidden,
+                                  num_layers=opts.layers, batch_first=True)
+                self.head = nn.Linear(opts.hidden, channels)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+            self.rel_gain = 1.0 / math.sqrt(window)
+
+        def features(self, x: Any) -> tuple[Any, Any]:
+            # x: [B, N, C] raw samples, the newest last.
+            rel = (x - x[:, -1:, :]) / self.residual_scale      # [B, N, C], noise units
+            absn = (x - self.input_mean) / self.input_std         # [B, N, C]
+            return rel, absn
+
+        def residual(self, x: Any) -> Any:
+            """The noise on the current sample, in units of residual_scale: [B, C]."""
+            rel, absn = self.features(x)
+            flat = rel.flatten(1)
+            out = self.linear(flat)
+            if self.arch == 'mlp':
+                feats = flat * self.rel_gain
+                if self.absolute:
+                    feats = torch.cat([feats, absn[:, -1, :]], dim=1)
+                out = out + self.head(self.body(feats))
+            else:
+                seq = rel * self.rel_gain
+                if self.absolute:
+                    seq = torch.cat([seq, absn], dim=2)
+                seq, _ = self.gru(seq)
+                out = out + self.head(seq[:, -1, :])
+            return out
+
+        def forward(self, x: Any) -> Any:
+            noise = self.residual(x) * self.residual_scale + self.residual_offset
+            return x[:, -1, :] - noise                              # [B, C]
+
+    return DenoiseNet()
+
+
+def count_parameters(module: Any) -> int:
+    """Trainable parameters of a torch module."""
+    return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class _Split:
+    series: list[Any]            # torch [n_i, C] float32 per recording (whole recording)
+    targets: list[Any]           # torch [n_i, C] float32: normalised residual targets
+    train_ends: list[np.ndarray]  # window end indices (into each series) for training
+    val_ends: list[np.ndarray]
+
+
+def _windows(series: Any, ends: Any, window: int) -> Any:
+    """Gather windows ending at ``ends``: [len(ends), window, C] (a copy)."""
+    return series.unfold(0, window, 1)[ends - (window - 1)].transpose(1, 2)
+
+
+def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
+                   out: str | Path, *, options: DenoiseOptions | None = None,
+                   force: bool = False, show_progress: bool | None = None,
+                   command: str | None = None) -> DenoiseResult:
+    """Train, export and save a denoising model directory; see the module docstring.
+
+    Args:
+        bags: Training bags.
+        spec: A one-topic spec (object or YAML path).
+        out: The model directory to write.
+        options: Training options.
+        force: Replace an existing model directory.
+        show_progress: Progress bar (None: on a terminal).
+        command: The command line, kept in model.yaml.
+
+    Returns:
+        The directory and the figures written to model.yaml's ``training`` section.
+    """
+    import torch
+
+    from encdec_ros.modeldir import ModelDir, save_model_dir
+
+    from .export import export_onnx
+
+    t_start = time.perf_counter()
+    opts = copy.deepcopy(options) if options is not None else DenoiseOptions()
+    opts.check()
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ConfigError(f'model directory {out} already exists and is not empty; choose '
+                          'another --out or pass --force to replace it')
+    if isinstance(spec, (str, Path)):
+        spec = SignalSpec.load(spec)
+    if opts.window is not None:
+        spec = spec.with_window(window=opts.window, stride=1)
+    elif spec.stride != 1:
+        spec = spec.with_window(stride=1)
+    window = spec.window
+    resolved, pairs = load_pairs(bags, spec, clean_topic=opts.clean_topic, noise=opts.noise,
+                                 seed=opts.seed, span=opts.train_span)
+    resolved = one_topic_spec(resolved)
+    channels = len(resolved.channels)
+    rate = resolved.rate_hz
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+
+    # --- split by time, normalisation from the training part only
+    splits_train, splits_val = [], []
+    for pair in pairs:
+        n = pair.noisy.shape[0]
+        cut = int(round(n * (1.0 - opts.val_fraction)))
+        if cut < window + 10 or n - cut < window + 10:
+            raise BagError(f'{pair.source}: {n} samples of {resolved.topics[0].name} are too few '
+                           f'for a window of {window} and a {opts.val_fraction:.0%} validation '
+                           'split; record longer or use a smaller --window')
+        splits_train.append(slice(0, cut))
+        splits_val.append(slice(cut, n))
+    train_noisy = np.concatenate([p.noisy[s] for p, s in zip(pairs, splits_train)])
+    offsets = []
+    for pair, s in zip(pairs, splits_train):
+        resid = pair.noisy[s] - pair.clean[s]
+        offsets.append(np.zeros(channels) if opts.learn_offset else resid.mean(axis=0))
+    train_resid = np.concatenate([p.noisy[s] - p.clean[s] - o
+                                  for p, s, o in zip(pairs, splits_train, offsets)])
+    mean = train_noisy.mean(axis=0)
+    std = _floor(train_noisy.std(axis=0), mean)
+    res_offset = train_resid.mean(axis=0) if opts.learn_offset else np.zeros(channels)
+    res_scale = _floor(np.sqrt(np.mean((train_resid - res_offset) ** 2, axis=0)), mean)
+    norm = {'input_mean': mean, 'input_std': std, 'residual_scale': res_scale,
+            'residual_offset': res_offset}
+
+    series, targets, train_ends, val_ends = [], [], [], []
+    for pair, s_tr, s_va, off in zip(pairs, splits_train, splits_val, offsets):
+        series.append(torch.tensor(pair.noisy, dtype=torch.float32))
+        target = (pair.noisy - pair.clean - off - res_offset) / res_scale
+        targets.append(torch.tensor(target, dtype=torch.float32))
+        train_ends.append(np.arange(window - 1, s_tr.stop))
+        val_ends.append(np.arange(s_va.start, s_va.stop))
+    split = _Split(series, targets, train_ends, val_ends)
+
+    net = build_net(window, channels, opts, norm)
+    ridge_figures = _fit_linear(net, split, window, opts.ridge, rng)
+
+    figures = _train_loop(net, split, window, opts, rng, show_progress)
+
+    # --- export, tune the baselines, score everything on the validation part
+    val_windows = _windows(split.series[0], torch.as_tensor(split.val_ends[0][:256]), window)
+    with tempfile.TemporaryDirectory(prefix='encdec_denoise_') as tmp:
+        onnx_path = Path(tmp) / 'model.onnx'
+        export = export_onnx(net, (val_windows[:2],), onnx_path, input_names=['noisy'],
+                             output_names=['clean'], parity_inputs=(val_windows,))
+        val_segments = [(p.noisy[s], p.clean[s]) for p, s in zip(pairs, splits_val)]
+        skip = min(window, min(len(n) for n, _ in val_segments) // 4)
+        baselines = tune_baselines(val_segments, rate_hz=rate, skip=skip)
+        model_val = _model_outputs(net, split, window)
+        scores = _validation_scores(pairs, splits_val, model_val, baselines, rate, skip)
+        spec_dict = resolved.to_dict()
+        sections = {
+            'spec': spec_dict,
+            'denoise': {
+                'topic': resolved.topics[0].name,
+                'type': resolved.topics[0].type,
+                'channels': resolved.channels,
+                'rate_hz': rate,
+                'window': window,
+                'output': 'clean current sample (input minus predicted noise)',
+                'reference': sorted({p.reference for p in pairs}),
+                'noise': opts.noise.to_dict() if opts.noise is not None else None,
+                'learn_offset': opts.learn_offset,
+            },
+            'normalization': {k: v.tolist() for k, v in norm.items()},
+            'architecture': {'arch': opts.arch, 'hidden': opts.hidden, 'layers': opts.layers,
+                             'window': window, 'parameters': count_parameters(net),
+                             'absolute_input': opts.absolute_input,
+                             'linear_part': 'causal FIR over the window, ridge-initialised'},
+            'baselines': {m: {k: v for k, v in baselines[m].items() if k != 'rmse'}
+                          for m in BASELINES},
+            'validation': scores,
+            'training': {
+                'bags': [str(b) for b in bags],
+                'samples': {'train': int(sum(len(e) for e in split.train_ends)),
+                            'validation': int(sum(len(e) for e in split.val_ends))},
+                **figures,
+                'ridge': ridge_figures,
+                'options': _options_dict(opts),
+                'export': {k: export[k] for k in ('max_abs_diff', 'atol', 'batch_sizes',
+                                                  'opset', 'exporter', 'file_bytes')},
+                'seconds': round(time.perf_counter() - t_start, 2),
+                'command': command or '',
+                'versions': {**{k: str(v) for k, v in export['versions'].items()},
+                             'python': platform.python_version()},
+            },
+        }
+        save_model_dir(out, onnx_file=onnx_path, task='denoise', sections=sections,
+                       overwrite=force)
+    ModelDir.load(out, task='denoise')  # what the runtime will see: hash and I/O agree
+    _loss_png(out / LOSS_PNG, figures, opts.arch)
+    sections['training']['seconds'] = round(time.perf_counter() - t_start, 2)
+    return DenoiseResult(out, {'validation': scores, 'training': sections['training'],
+                               'reference': sections['denoise']['reference'],
+                               'channels': resolved.channels, 'window': window})
+
+
+def _floor(scale: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    floor = STD_FLOOR * np.maximum(1.0, np.abs(mean))
+    scale = np.where(np.isfinite(scale), scale, 0.0)
+    return np.maximum(scale, floor)
+
+
+def _options_dict(opts: DenoiseOptions) -> dict[str, Any]:
+    out = asdict(opts)
+    out['noise'] = opts.noise.text if opts.noise is not None else None
+    out['train_span'] = list(opts.train_span) if opts.train_span else None
+    return out
+
+
+def _fit_linear(net: Any, split: _Split, window: int, ridge: float,
+                rng: np.random.Generator) -> dict[str, Any]:
+    """Closed-form ridge fit of the linear part on (a sample of) the training windows."""
+    import torch
+
+    rows, ys = [], []
+    total = sum(len(e) for e in split.train_ends)
+    share = min(1.0, RIDGE_ROWS / max(total, 1))
+    with torch.no_grad():
+        for series, target, ends in zip(split.series, split.targets, split.train_ends):
+            pick = ends if share >= 1.0 else np.sort(rng.choice(
+                ends, max(1, int(len(ends) * share)), replace=False))
+            idx = torch.as_tensor(pick)
+            rel, _ = net.features(_windows(series, idx, window))
+            rows.append(rel.flatten(1).double().numpy())
+            ys.append(target[idx].double().numpy())
+    a = np.concatenate(rows)
+    y = np.concatenate(ys)
+    a1 = np.hstack([a, np.ones((a.shape[0], 1))])
+    gram = a1.T @ a1
+    lam = ridge * np.trace(gram) / gram.shape[0]
+    reg = np.eye(gram.shape[0]) * lam
+    reg[-1, -1] = 0.0                                   # no penalty on the intercept
+    w = np.linalg.solve(gram + reg, a1.T @ y)
+    with torch.no_grad():
+        net.linear.weight.copy_(torch.tensor(w[:-1].T, dtype=torch.float32))
+        net.linear.bias.copy_(torch.tensor(w[-1], dtype=torch.float32))
+    fit = a1 @ w
+    return {'rows': int(a.shape[0]), 'lambda': float(lam),
+            'train_mse': float(np.mean((fit - y) ** 2))}
+
+
+def _train_loop(net: Any, split: _Split, window: int, opts: DenoiseOptions,
+                rng: np.random.Generator, show_progress: bool | None) -> dict[str, Any]:
+    import torch
+
+    from encdec_ros.progress import progress
+
+    ends = [(i, e) for i, es in enumerate(split.train_ends) for e in es]
+    owner = np.array([i for i, _ in ends], dtype=np.int64)
+    where = np.array([e for _, e in ends], dtype=np.int64)
+    per_epoch = len(ends) if opts.max_windows is None else min(len(ends), opts.max_windows)
+    steps = max(1, math.ceil(per_epoch / opts.batch_size))
+    # The linear part starts at its least-squares optimum: a gentler rate keeps it there
+    # while the nonlinear part learns what it cannot do.
+    linear = list(net.linear.parameters())
+    others = [p for p in net.parameters() if all(p is not q for q in linear)]
+    optim = torch.optim.AdamW([{'params': others},
+                               {'params': linear, 'lr': opts.lr * LINEAR_LR_SCALE,
+                                'weight_decay': 0.0}],
+                              lr=opts.lr, weight_decay=opts.weight_decay)
+    total_steps = steps * opts.epochs
+    warm = max(1, total_steps // 10)
+
+    def shape(step: int) -> float:                   # linear warm-up, then cosine decay
+        return min(1.0, (step + 1) / warm) * 0.5 * (1.0 + math.cos(
+            math.pi * min(step, total_steps) / total_steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, shape)
+    best = _val_loss(net, split, window)
+    start_loss = best
+    best_state = copy.deepcopy(net.state_dict())
+    best_epoch, since = 0, 0
+    train_curve, val_curve = [], []
+    t0 = time.perf_counter()
+    enable = show_progress if show_progress is not None else sys.stderr.isatty()
+    stopped = 'epochs'
+    for epoch in progress(range(1, opts.epochs + 1), total=opts.epochs,
+                          desc=f'training {opts.arch}', unit='epoch', enable=enable):
+        net.train()
+        order = rng.permutation(len(ends))[:per_epoch]
+        total, count = 0.0, 0
+        for b in range(steps):
+            pick = order[b * opts.batch_size:(b + 1) * opts.batch_size]
+            if pick.size == 0:
+                continue
+            xs, ys = [], []
+            for i in np.unique(owner[pick]):
+                sel = torch.as_tensor(where[pick[owner[pick] == i]])
+                xs.append(_windows(split.series[i], sel, window))
+                ys.append(split.targets[i][sel])
+            x, y = torch.cat(xs), torch.cat(ys)
+            loss = torch.mean((net.residual(x) - y) ** 2)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            sched.step()
+            total += loss.item() * len(pick)
+            count += len(pick)
+        val = _val_loss(net, split, window)
+        train_curve.append(total / max(count, 1))
+        val_curve.append(val)
+        log.debug('epoch %d: train %.5f, validation %.5f', epoch, train_curve[-1], val)
+        if val < best - 1e-6 * abs(best):
+            best, best_epoch, since = val, epoch, 0
+            best_state = copy.deepcopy(net.state_dict())
+        else:
+            since += 1
+            if since >= opts.patience:
+                stopped = 'patience'
+                break
+        if opts.time_limit_s is not None and time.perf_counter() - t0 > opts.time_limit_s:
+            stopped = 'time limit'
+            break
+    net.load_state_dict(best_state)
+    net.eval()
+    return {'epochs_run': len(val_curve), 'best_epoch': best_epoch, 'stopped_by': stopped,
+            'val_loss_linear_only': start_loss, 'val_loss': best,
+            'train_curve': [round(v, 6) for v in train_curve],
+            'val_curve': [round(v, 6) for v in val_curve],
+            'train_seconds': round(time.perf_counter() - t0, 2)}
+
+
+def _val_loss(net: Any, split: _Split, window: int) -> float:
+    import torch
+
+    net.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for series, target, ends in zip(split.series, split.targets, split.val_ends):
+            for a in range(0, len(ends), 4096):
+                idx = torch.as_tensor(ends[a:a + 4096])
+                err = net.residual(_windows(series, idx, window)) - target[idx]
+                total += float(torch.sum(err ** 2))
+                count += err.numel()
+    return total / max(count, 1)
+
+
+def _model_outputs(net: Any, split: _Split, window: int) -> list[np.ndarray]:
+    """The model's clean estimates on each validation part (its true history before it)."""
+    import torch
+
+    outs = []
+    net.eval()
+    with torch.no_grad():
+        for series, ends in zip(split.series, split.val_ends):
+            parts = [net(_windows(series, torch.as_tensor(ends[a:a + 4096]), window)).numpy()
+                     for a in range(0, len(ends), 4096)]
+            outs.append(np.concatenate(parts).astype(np.float64))
+    return outs
+
+
+def _validation_scores(pairs: list[Pair], splits_val: list[slice], model_val: list[np.ndarray],
+                       baselines: dict[str, dict[str, list[float]]], rate: float,
+                       skip: int) -> dict[str, Any]:
+    """RMSE per channel on the validation parts for the noisy input, model and baselines."""
+    channels = pairs[0].noisy.shape[1]
+    errs: dict[str, list[np.ndarray]] = {m: [] for m in ('noisy', 'model', *BASELINES)}
+    for pair, s, est in zip(pairs, splits_val, model_val):
+        noisy, clean = pair.noisy[s], pair.clean[s]
+        errs['noisy'].append((noisy - clean)[skip:])
+        errs['model'].append((est - clean)[skip:])
+        for m in BASELINES:
+            filt = make_baseline(m, channels, rate, baselines[m])
+            errs[m].append((filt.run(noisy) - clean)[skip:])
+    rmse = {m: np.sqrt(np.mean(np.concatenate(e) ** 2, axis=0)) for m, e in errs.items()}
+    best = np.min(np.stack([rmse[m] for m in BASELINES]), axis=0)
+    return {'rmse': {m: v.tolist() for m, v in rmse.items()},
+            'ratio_model_to_best_baseline': (rmse['model'] / np.maximum(best, 1e-300)).tolist(),
+            'skipped_per_segment': int(skip)}
+
+
+def _loss_png(path: Path, figures: dict[str, Any], arch: str) -> None:
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is optional
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = range(1, len(figures['val_curve']) + 1)
+    ax.plot(epochs, figures['train_curve'], label='train')
+    ax.plot(epochs, figures['val_curve'], label='validation')
+    ax.axhline(figures['val_loss_linear_only'], color='grey', ls=':',
+               label='linear part only (start)')
+    if figures['best_epoch']:
+        ax.axvline(figures['best_epoch'], color='k', ls='--', lw=0.8, label='best')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel('MSE of the noise estimate (noise units²)')
+    ax.set_title(f'denoising {arch}')
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
