@@ -62,6 +62,8 @@ def main() -> int:
     p.add_argument('--stride', type=int, help="override the spec's stride")
     p.add_argument('--error', default='channel_max_flat',
                    choices=('mse', 'channel_max', 'channel_max_flat'))
+    p.add_argument('--slow', type=float, default=1.0,
+                   help='seconds of slow context (encdec train anomaly --slow; 1.0)')
     p.add_argument('--time-limit', type=float, default=600.0)
     p.add_argument('--retrain', action='store_true', help='train even if a model exists')
     p.add_argument('--json', help='write the figures here')
@@ -84,13 +86,14 @@ def main() -> int:
                  for s in args.test_seeds.split(',')]
     table = {}
     for arch in args.arch or ['mlp', 'lstm', 'gru']:
-        tag = f'{arch}_h{args.hidden}_z{args.latent}_w{args.window or "spec"}_{args.error}'
+        tag = (f'{arch}_h{args.hidden}_z{args.latent}_w{args.window or "spec"}_{args.error}'
+               f'_slow{args.slow:g}')
         model = work / 'models' / tag
         t0 = time.perf_counter()
         if args.retrain or not (model / 'model.yaml').exists():
             opts = TrainOptions(model=AEConfig(arch=arch, hidden=args.hidden,
                                                latent=args.latent),
-                                epochs=args.epochs, error=args.error,
+                                epochs=args.epochs, error=args.error, slow_s=args.slow,
                                 time_limit_s=args.time_limit)
             train_anomaly(train_bags, spec, model, opts, window=args.window,
                           stride=args.stride, overwrite=True, say=lambda s: None,

@@ -74,7 +74,8 @@ def run_file(csv: Path, work: Path, args: argparse.Namespace) -> dict:
     opts = TrainOptions(model=AEConfig(arch=args.arch, hidden=args.hidden, latent=args.latent),
                         epochs=args.epochs, patience=args.patience, seed=args.seed,
                         val_fraction=args.val_fraction, calib_fraction=0.0,
-                        error=args.error, threshold_rule=args.threshold, risk=args.risk,
+                        error=args.error, slow_s=args.slow, threshold_rule=args.threshold,
+                        risk=args.risk,
                         threshold_scale=args.threshold_scale, debounce_k=args.k,
                         debounce_n=args.n, release=args.release, batch_size=32,
                         train_span=(None, fit_end_s), exclude_labelled=False, threads=1)
@@ -103,6 +104,8 @@ def main() -> int:
     p.add_argument('--val-fraction', type=float, default=0.3)
     p.add_argument('--error', default='channel_max',
                    choices=('mse', 'channel_max', 'channel_max_flat'))
+    p.add_argument('--slow', type=float, default=0.0,
+                   help='seconds of slow context (encdec train anomaly --slow; 0.0)')
     p.add_argument('--threshold', default='quantile', choices=('pot', 'quantile'))
     p.add_argument('--risk', type=float, default=0.01)
     p.add_argument('--threshold-scale', type=float, default=3.0)
@@ -126,7 +129,7 @@ def main() -> int:
     rows = {}
     for arch in args.arch or ['mlp', 'lstm', 'gru']:
         args.arch, start = arch, time.perf_counter()
-        args.tag = f'{arch}_w{args.window}'
+        args.tag = f'{arch}_w{args.window}_slow{args.slow:g}'
         per_file = [run_file(f, work, args) for f in files]
         total = pooled([{'pointwise': r['pointwise']} for r in per_file])
         rows[arch] = {'pooled': total, 'files': per_file,

@@ -10,18 +10,24 @@ For each window ``x`` [W, C] (raw units, channels in the spec's order)::
     r       = model(xn) - xn                        the autoencoder's residual (ONNX Runtime)
     e_c     = mean_t r_c^2                          per-channel reconstruction error
     d_c     = mean_t (xn_c[t] - xn_c[t-1])^2        per-channel roughness of the input
-    z_c     = (log e_c - m_c) / s_c                 how unusual each error is, against the
-    f_c     = -(log d_c - m'_c) / s'_c              channel's normal statistics; f_c is high
+    z_c     = (log e_c - a_c) / b_c                 how unusual each error is, against the
+    f_c     = -(log d_c - a'_c) / b'_c              channel's normal statistics; f_c is high
                                                     when a channel's noise vanishes (flat-lined)
+    slow context (the last L decisions, L = slow_s * rate / stride; off until L are seen):
+    E_c, D_c = means of log e_c and log d_c over the last L windows
+    s_c     = max( g(E_c), g(D_c) )                 each scaled so that its 99th percentile
+                                                    on normal data is 2.33
     error   = mean_c e_c                 ('mse', the classic)
             | max_c z_c                  ('channel_max': the most unusual channel)
             | max_c max(z_c, f_c)        ('channel_max_flat': also a stuck / frozen channel)
+              and max with s_c when the model has a slow context: a fault too small to stand
+              out in one window but persists (growing vibration, a worn motor)
     score   = error / threshold                     threshold calibrated on normal data
     flag    = debounce(score >= 1)                  k of the last n windows, with hysteresis
 
-The per-channel statistics (``m``, ``s``, ``m'``, ``s'``: mean and spread of the logarithms on
-held-out normal data) are stored in ``model.yaml``; they also rank the channels that
-contribute most (``max(z_c, f_c)`` per channel).
+The per-channel statistics (mean and spread of the logarithms, the slow context's centres
+and scales, all on held-out normal data) are stored in ``model.yaml``; they also rank the
+channels that contribute most (the per-channel maximum above).
 
 This module never imports torch or rclpy.
 """
@@ -149,8 +155,8 @@ class BatchScores:
         scores: [N] error / threshold (NaN for windows with non-finite inputs).
         flags: [N] debounced flags.
         errors: [N] aggregate errors.
-        channel_errors: [N, 2C] per-channel mean squared errors, then per-channel input
-            roughness (normalised units).
+        channel_errors: [N, 2C] per-channel mean squared errors, then input roughness
+            (normalised units).
         channel_z: [N, C] how unusual each channel is.
     """
 
@@ -176,6 +182,8 @@ class AnomalyScorer:
         release: Override the model's hysteresis release level (fraction of the threshold).
         threshold_scale: Multiply the calibrated threshold (above 1: fewer, later flags).
         warmup: Warm the engine up at start.
+        stride: Ticks between decisions where they differ from the spec's (the node's
+            ``stride`` parameter); the slow context then spans the same time.
 
     Attributes:
         spec: The resolved signal spec the model was trained on.
@@ -190,7 +198,8 @@ class AnomalyScorer:
     def __init__(self, model: str | Path | ModelDir, *, device: str = 'auto',
                  threads: int | None = None, debounce_k: int | None = None,
                  debounce_n: int | None = None, release: float | None = None,
-                 threshold_scale: float = 1.0, warmup: bool = True) -> None:
+                 threshold_scale: float = 1.0, warmup: bool = True,
+                 stride: int | None = None) -> None:
         self.model = model if isinstance(model, ModelDir) else ModelDir.load(model,
                                                                              task='anomaly')
         m = self.model
@@ -211,14 +220,31 @@ class AnomalyScorer:
         if self.error_kind not in ERROR_KINDS:
             raise ModelDirError(f'score.error in {where} is {self.error_kind!r}, not one of '
                                 f'{", ".join(ERROR_KINDS)}; re-train the model')
+        slow = None
+        slow_windows = m.section('channel_errors.slow_windows', 0)
+        if isinstance(slow_windows, bool) or not isinstance(slow_windows, int) or \
+                slow_windows < 0:
+            raise ModelDirError(f'channel_errors.slow_windows in {where} must be a whole '
+                                f'number >= 0, got {slow_windows!r}; re-train the model')
+        if slow_windows:
+            slow = SlowStats(slow_windows,
+                             _vector(m, 'channel_errors.slow_center', 2 * n_ch, np.float64),
+                             _vector(m, 'channel_errors.slow_scale', 2 * n_ch, np.float64))
         self.stats_ = ChannelStats(
             _vector(m, 'channel_errors.log_mean', n_ch, np.float64),
             _vector(m, 'channel_errors.log_std', n_ch, np.float64),
             _vector(m, 'channel_errors.rough_log_mean', n_ch, np.float64),
-            _vector(m, 'channel_errors.rough_log_std', n_ch, np.float64))
-        if not ((self.stats_.log_std > 0).all() and (self.stats_.rough_log_std > 0).all()):
+            _vector(m, 'channel_errors.rough_log_std', n_ch, np.float64), slow)
+        if not ((self.stats_.log_std > 0).all() and (self.stats_.rough_log_std > 0).all()
+                and (slow is None or (slow.scale > 0).all())):
             raise ModelDirError(f'channel_errors in {where} has spreads <= 0; re-train the '
                                 'model')
+        # the slow context spans the same time at another decision stride
+        self.stride = int(stride or self.spec.stride)
+        windows = 0
+        if slow is not None and self.error_kind != 'mse':
+            windows = max(1, int(round(slow.windows * self.spec.stride / self.stride)))
+        self.slow = SlowContext(windows, 2 * n_ch)
         threshold = m.section('threshold')
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
                 not math.isfinite(threshold) or threshold <= 0:
@@ -250,14 +276,19 @@ class AnomalyScorer:
         """The ONNX Runtime execution provider in use."""
         return self.engine.provider
 
+    @property
+    def slow_context_s(self) -> float:
+        """Seconds the slow context averages over (0: none)."""
+        return self.slow.windows * self.stride / self.spec.rate_hz
+
     def normalize(self, windows: np.ndarray) -> np.ndarray:
         """Raw windows [..., W, C] to the model's normalised units (float32)."""
         return ((np.asarray(windows, dtype=np.float32) - self.mean_) * self._inv_std)
 
     def channel_errors(self, windows: np.ndarray, *, batch: int = DEFAULT_BATCH) -> np.ndarray:
-        """Per-channel errors [N, 2C] (float64) of raw windows [N, W, C]: the mean squared
-        residual per channel, then the input's roughness per channel; NaN rows for windows
-        with non-finite values."""
+        """Per-channel statistics [N, 2C] (float64) of raw windows [N, W, C]: the mean
+        squared residual, then the input's roughness per channel; NaN rows for windows with
+        non-finite values."""
         windows = np.asarray(windows)
         if windows.ndim != 3 or windows.shape[1:] != (self.window, len(self.channels)):
             raise ConfigError(f'windows must have shape [N, {self.window}, '
@@ -265,8 +296,12 @@ class AnomalyScorer:
         return reconstruction_errors(self.engine, self.normalize(windows), batch=batch)
 
     def aggregate(self, channel_errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Aggregate errors [N] and per-channel z [N, C] from per-channel errors [N, 2C]."""
-        return aggregate_errors(channel_errors, self.error_kind, self.stats_)
+        """Aggregate errors [N] and per-channel z [N, C] from per-channel statistics
+        [N, 2C] of consecutive windows; feeds the slow context, so call it in order."""
+        slow = None
+        if self.slow.windows:
+            slow = self.slow.run(window_features(channel_errors))
+        return aggregate_errors(channel_errors, self.error_kind, self.stats_, slow)
 
     def top_channels(self, channel_z: np.ndarray, count: int = 3) -> list[tuple[str, float]]:
         """The ``count`` channels that are most unusual in one window, as (name, z)."""
@@ -318,6 +353,7 @@ class AnomalyScorer:
     def reset(self) -> None:
         """Lower the flag and forget past scores (e.g. after the inputs stopped)."""
         self.debouncer.reset()
+        self.slow.reset()
 
     def describe(self) -> dict[str, Any]:
         """A plain dict for diagnostics and reports."""
@@ -330,9 +366,84 @@ class AnomalyScorer:
             'rate_hz': self.spec.rate_hz,
             'channels': len(self.channels),
             'error': self.error_kind,
+            'slow_context_s': self.slow_context_s,
             'threshold': self.threshold_,
             'debounce': {'k': d.k, 'n': d.n, 'release': d.release},
         }
+
+
+GAUSS_P99 = 2.326
+"""The standard normal's 99th percentile: slow features are scaled so that their normal 99th
+percentile lands here, level with the single-window z-scores."""
+SLOW_MIN_WINDOWS = 5
+"""Fewest decisions a slow context may average over."""
+
+
+@dataclass(frozen=True)
+class SlowStats:
+    """Normal statistics of the slow context (see the module docstring).
+
+    Attributes:
+        windows: L, the decisions averaged (0: no slow context).
+        center: [2C] the median of E and D on normal data.
+        scale: [2C] how far the 99th percentile lies above the median, divided by
+            :data:`GAUSS_P99`.
+    """
+
+    windows: int
+    center: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, slow: np.ndarray, windows: int, *, min_scale: float = 1e-3) -> 'SlowStats':
+        """Fit from slow-context means [N, 2C] of normal data (rows with NaN ignored)."""
+        slow = np.asarray(slow, dtype=np.float64)
+        slow = slow[np.isfinite(slow).all(axis=1)]
+        center = np.median(slow, axis=0)
+        far = np.quantile(slow - center, 0.99, axis=0)
+        return cls(int(windows), center, np.maximum(far, min_scale) / GAUSS_P99)
+
+    def z(self, slow: np.ndarray) -> np.ndarray:
+        """Per-channel slow z [N, C] (NaN where the context is not yet full)."""
+        dev = (np.asarray(slow, dtype=np.float64) - self.center) / self.scale
+        c = dev.shape[1] // 2
+        return np.maximum(dev[:, :c], dev[:, c:])
+
+
+class SlowContext:
+    """The running mean of per-window features over the last ``windows`` valid decisions.
+
+    :meth:`update` gives NaN until ``windows`` values were seen; a window that could not be
+    scored (NaN features) leaves the context as it was.
+    """
+
+    def __init__(self, windows: int, width: int) -> None:
+        self.windows = int(windows)
+        self._ring = np.zeros((max(self.windows, 1), width), dtype=np.float64)
+        self._count = 0
+        self._nan = np.full(width, np.nan)
+
+    def update(self, features: np.ndarray) -> np.ndarray:
+        """Add one window's features [width]; return the running mean (or NaN)."""
+        if self.windows < 1:
+            return self._nan
+        if np.isfinite(features).all():
+            self._ring[self._count % self.windows] = features
+            self._count += 1
+        if self._count < self.windows:
+            return self._nan
+        return self._ring.mean(axis=0)
+
+    def run(self, features: np.ndarray) -> np.ndarray:
+        """Feed many windows' features [N, width] in order; the running mean after each."""
+        out = np.empty((len(features), self._ring.shape[1]), dtype=np.float64)
+        for i, row in enumerate(np.asarray(features, dtype=np.float64)):
+            out[i] = self.update(row)
+        return out
+
+    def reset(self) -> None:
+        """Forget every window seen."""
+        self._count = 0
 
 
 @dataclass(frozen=True)
@@ -344,59 +455,80 @@ class ChannelStats:
         log_std: [C] standard deviation of log(e_c + eps).
         rough_log_mean: [C] mean of log(d_c + eps), d_c the input's roughness.
         rough_log_std: [C] standard deviation of log(d_c + eps).
+        slow: The slow context's statistics, or None for a model without one.
     """
 
     log_mean: np.ndarray
     log_std: np.ndarray
     rough_log_mean: np.ndarray
     rough_log_std: np.ndarray
+    slow: SlowStats | None = None
 
     @classmethod
     def fit(cls, channel_errors: np.ndarray, *, min_std: float = 1e-3) -> 'ChannelStats':
-        """Fit from per-channel errors [N, 2C] of normal windows (NaN rows ignored)."""
-        ch = np.asarray(channel_errors, dtype=np.float64)
-        ch = ch[np.isfinite(ch).all(axis=1)]
-        logs = np.log(ch + LOG_EPS)
-        c = ch.shape[1] // 2
-        mean, std = logs.mean(axis=0), np.maximum(logs.std(axis=0), min_std)
+        """Fit the single-window statistics from per-channel errors [N, 2C] of normal windows
+        (NaN rows ignored); see :meth:`with_slow` for the slow context."""
+        u = window_features(channel_errors)
+        u = u[np.isfinite(u).all(axis=1)]
+        c = u.shape[1] // 2
+        mean, std = u.mean(axis=0), np.maximum(u.std(axis=0), min_std)
         return cls(mean[:c], std[:c], mean[c:], std[c:])
 
-    def to_dict(self) -> dict[str, np.ndarray]:
+    def with_slow(self, slow: SlowStats | None) -> 'ChannelStats':
+        """A copy with the slow context's statistics."""
+        return ChannelStats(self.log_mean, self.log_std, self.rough_log_mean,
+                            self.rough_log_std, slow)
+
+    def to_dict(self) -> dict[str, Any]:
         """Plain arrays for model.yaml."""
-        return {'log_mean': self.log_mean, 'log_std': self.log_std,
-                'rough_log_mean': self.rough_log_mean, 'rough_log_std': self.rough_log_std}
+        out: dict[str, Any] = {'log_mean': self.log_mean, 'log_std': self.log_std,
+                               'rough_log_mean': self.rough_log_mean,
+                               'rough_log_std': self.rough_log_std,
+                               'slow_windows': self.slow.windows if self.slow else 0}
+        if self.slow:
+            out['slow_center'] = self.slow.center
+            out['slow_scale'] = self.slow.scale
+        return out
 
 
-def aggregate_errors(channel_errors: np.ndarray, kind: str, stats: ChannelStats
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def window_features(channel_errors: np.ndarray) -> np.ndarray:
+    """Per-window features [N, 2C] from per-channel statistics [N, 2C]: log e, log d."""
+    return np.log(np.atleast_2d(np.asarray(channel_errors, dtype=np.float64)) + LOG_EPS)
+
+
+def aggregate_errors(channel_errors: np.ndarray, kind: str, stats: ChannelStats,
+                     slow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Aggregate per-channel errors [N, 2C] into one error per window [N]; also return how
     unusual each channel is [N, C].
 
-    Shared by the scorer and by threshold calibration in training, so both compute the same
-    number. Rows with NaN give NaN.
+    ``slow`` holds the slow context's running means [N, 2C] (:class:`SlowContext`); it is used
+    with the 'channel_max' kinds when ``stats`` has slow statistics. Shared by the scorer and by
+    threshold calibration in training, so both compute the same number. Rows with NaN give NaN.
     """
     ch = np.atleast_2d(np.asarray(channel_errors, dtype=np.float64))
+    u = window_features(ch)
     c = ch.shape[1] // 2
-    level, rough = ch[:, :c], ch[:, c:]
-    z = (np.log(level + LOG_EPS) - stats.log_mean) / stats.log_std
+    z = (u[:, :c] - stats.log_mean) / stats.log_std
     if kind == 'channel_max_flat':
-        flat = (stats.rough_log_mean - np.log(rough + LOG_EPS)) / stats.rough_log_std
+        flat = (stats.rough_log_mean - u[:, c:]) / stats.rough_log_std
         z = np.maximum(z, flat)
     if kind == 'mse':
-        errors = level.mean(axis=1)
-    elif kind in ('channel_max', 'channel_max_flat'):
-        errors = z.max(axis=1)
-    else:
+        return ch[:, :c].mean(axis=1), z
+    if kind not in ('channel_max', 'channel_max_flat'):
         raise ConfigError(f'error kind {kind!r} is not one of {", ".join(ERROR_KINDS)}')
-    return errors, z
+    if slow is not None and stats.slow is not None:
+        zs = stats.slow.z(slow)
+        z = np.where(np.isnan(z), z, np.fmax(z, zs))   # an unscored window stays NaN
+    return z.max(axis=1), z
 
 
 def residual_statistics(recon: np.ndarray, normalized: np.ndarray) -> np.ndarray:
     """Per-channel [N, 2C]: the mean squared residual, then the roughness of the input (mean
     squared step between samples, which vanishes when a channel is stuck or frozen)."""
-    r = recon.astype(np.float64) - normalized
+    x = normalized.astype(np.float64)
+    r = recon.astype(np.float64) - x
     level = np.mean(r * r, axis=1)
-    step = np.diff(normalized.astype(np.float64), axis=1)
+    step = np.diff(x, axis=1)
     rough = np.mean(step * step, axis=1) if step.shape[1] else np.zeros_like(level)
     return np.concatenate([level, rough], axis=1)
 

@@ -187,10 +187,11 @@ def parse_span(text: str | None) -> tuple[float | None, float | None] | None:
 
 
 def default_grace_s(scorer: AnomalyScorer) -> float:
-    """One window plus the debouncer's release (n decisions): how long a flag may outlast
-    a fault because the window still holds faulty samples."""
+    """One window, the debouncer's release (n decisions) and the slow context: how long a
+    flag may outlast a fault because the scorer's memory still holds faulty samples."""
     rate = scorer.spec.rate_hz
-    return (scorer.window + scorer.debouncer.n * scorer.spec.stride) / rate
+    return (scorer.window + scorer.debouncer.n * scorer.spec.stride) / rate + \
+        scorer.slow_context_s
 
 
 def held_values(dec_times_ns: np.ndarray, values: np.ndarray, at_ns: np.ndarray,

@@ -30,8 +30,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from encdec_ros.anomaly import ERROR_KINDS, LOG_EPS, ChannelStats, aggregate_errors, \
-    check_debounce, reconstruction_errors
+from encdec_ros.anomaly import ERROR_KINDS, LOG_EPS, SLOW_MIN_WINDOWS, ChannelStats, \
+    SlowContext, SlowStats, aggregate_errors, check_debounce, reconstruction_errors, \
+    window_features
 from encdec_ros.bag import Recording, read_bags
 from encdec_ros.errors import ConfigError, ModelDirError
 from encdec_ros.spec import SignalSpec
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 LOSS_PNG = 'loss.png'
 MAX_BLOCKS = 20
+SLOW_MIN_CONTEXTS = 50
+"""Held-out decisions needed to calibrate a slow context, in context lengths."""
 """Most blocks a recording is cut into for the train / val / calib split."""
 STD_FLOOR = 1e-6
 """Smallest normalisation scale, relative to max(1, |mean|), for channels that barely move."""
@@ -71,6 +74,9 @@ class TrainOptions:
         quantile: Quantile for the quantile rule (default 1 - risk).
         init_quantile: POT's initial level.
         threshold_scale: Multiply the calibrated threshold (a safety margin, 1 = none).
+        slow_s: Seconds of the slow context (the running mean of each channel's error,
+            and roughness over the last decisions; catches small persistent faults);
+            0 turns it off. It needs calibration blocks several times this long.
         debounce_k: Windows above the threshold (of debounce_n) that raise the flag.
         debounce_n: Windows the debouncer remembers.
         release: Hysteresis: the flag falls when debounce_n scores stay below this level.
@@ -96,6 +102,7 @@ class TrainOptions:
     quantile: float | None = None
     init_quantile: float = 0.98
     threshold_scale: float = 1.0
+    slow_s: float = 1.0
     debounce_k: int = 3
     debounce_n: int = 5
     release: float = 0.8
@@ -126,6 +133,9 @@ class TrainOptions:
                               f'{", ".join(RULES)}')
         if not 0 < self.risk < 1:
             raise ConfigError(f'risk must be between 0 and 1, got {self.risk!r}; e.g. 1e-4')
+        if not (isinstance(self.slow_s, (int, float)) and self.slow_s >= 0):
+            raise ConfigError(f'slow context must be >= 0 seconds, got {self.slow_s!r}; '
+                              'e.g. --slow 2, or 0 to turn it off')
         if not self.threshold_scale > 0:
             raise ConfigError(f'threshold scale must be positive, got {self.threshold_scale!r}')
         check_debounce(self.debounce_k, self.debounce_n, self.release)
@@ -248,7 +258,9 @@ def _split_recordings(recs: Sequence[Recording], opts: TrainOptions, window: int
         exclude = rec.label_mask() if opts.exclude_labelled and rec.labels else None
         for name, lo, hi in split_blocks(n, window, opts.val_fraction, opts.calib_fraction):
             lo, hi = a + lo, a + hi
-            step = calib_stride if name == 'calib' else stride
+            # held-out windows at the run-time stride, as the slow context will see them
+            held_out = name == 'calib' or (name == 'val' and opts.calib_fraction == 0)
+            step = calib_stride if held_out else stride
             wins, dropped = _segment_windows(rec, lo, hi, window, step, exclude)
             getattr(split, name).append(wins)
             split.rows[name] += hi - lo
@@ -472,14 +484,24 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         calib_err = reconstruction_errors(engine, calib_x)
         val_err = reconstruction_errors(engine, val_x) if opts.calib_fraction > 0 else calib_err
         stats = ChannelStats.fit(calib_err)
-        agg, _ = aggregate_errors(calib_err, opts.error, stats)
+        calib_parts = split.calib if opts.calib_fraction > 0 else split.val
+        slow_windows, slow_note = _slow_windows(opts, spec, calib_parts)
+        if slow_note:
+            say(f'  note: {slow_note}')
+        calib_slow = val_slow = None
+        if slow_windows:
+            calib_slow = _slow_runs(calib_err, calib_parts, slow_windows)
+            stats = stats.with_slow(SlowStats.fit(calib_slow, slow_windows))
+            val_slow = _slow_runs(val_err, split.val, slow_windows) \
+                if opts.calib_fraction > 0 else calib_slow
+        agg, _ = aggregate_errors(calib_err, opts.error, stats, calib_slow)
         cal = calibrate(agg, rule=opts.threshold_rule, risk=opts.risk, quantile=opts.quantile,
                         init_quantile=opts.init_quantile)
         threshold = cal.threshold * opts.threshold_scale
         if not (math.isfinite(threshold) and threshold > 0):
             raise ConfigError(f'the calibrated threshold is {threshold!r}, not a positive '
                               f'number; use --error mse or the quantile rule')
-        val_agg, _ = aggregate_errors(val_err, opts.error, stats)
+        val_agg, _ = aggregate_errors(val_err, opts.error, stats, val_slow)
         calibration = {
             **cal.to_dict(), 'threshold': float(threshold),
             'calibrated_threshold': cal.threshold, 'scale': opts.threshold_scale,
@@ -518,13 +540,14 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
             'architecture': {**opts.model.to_dict(), 'parameters': n_params,
                              'input': {'name': 'x', 'shape': ['batch', W, C]},
                              'output': {'name': 'x_hat', 'shape': ['batch', W, C]}},
-            'score': {'error': opts.error, 'log_eps': LOG_EPS},
+            'score': {'error': opts.error, 'log_eps': LOG_EPS,
+                      'slow_context_s': slow_windows * spec.stride / spec.rate_hz},
             'threshold': float(threshold),
             'calibration': calibration,
             'channel_errors': {
                 **stats.to_dict(),
-                'mean': calib_err[:, :C].mean(axis=0),
-                'p99': np.quantile(calib_err[:, :C], 0.99, axis=0),
+                'mean': np.nanmean(calib_err[:, :C], axis=0),
+                'p99': np.nanquantile(calib_err[:, :C], 0.99, axis=0),
             },
             'detector': {'debounce_k': opts.debounce_k, 'debounce_n': opts.debounce_n,
                          'release': opts.release},
@@ -539,6 +562,40 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         + f'); validation windows above it: {calibration["exceed_validation"]:.2%}; '
         f'ONNX parity {export["max_abs_diff"]:.1e}')
     return TrainResult(out, figures, calibration, history, model)
+
+
+def _slow_windows(opts: TrainOptions, spec: SignalSpec, parts: list[np.ndarray]
+                  ) -> tuple[int, str]:
+    """Decisions in the slow context (0: none) and a note when it had to be turned off."""
+    if not opts.slow_s or opts.error == 'mse':
+        return 0, ''
+    windows = int(round(opts.slow_s * spec.rate_hz / spec.stride))
+    if windows < SLOW_MIN_WINDOWS:
+        return 0, (f'slow context off: {opts.slow_s:g} s is only {windows} decision(s) at '
+                   f'{spec.rate_hz:g} Hz with stride {spec.stride}; give --slow of at least '
+                   f'{SLOW_MIN_WINDOWS * spec.stride / spec.rate_hz:g} s')
+    longest = max((len(p) for p in parts), default=0)
+    total = sum(len(p) for p in parts)
+    if longest < 3 * windows or total < SLOW_MIN_CONTEXTS * windows:
+        return 0, (f'slow context off: the held-out data holds {total} decisions (longest '
+                   f'block {longest}), too few to calibrate a context of {windows} decisions '
+                   f'(it needs {SLOW_MIN_CONTEXTS} contexts, the longest block 3); give longer '
+                   'bags or a shorter --slow')
+    return windows, ''
+
+
+def _slow_runs(channel_errors: np.ndarray, parts: list[np.ndarray], windows: int
+               ) -> np.ndarray:
+    """The slow context's running means [N, 2C] over held-out windows, restarted at every
+    block (blocks are not contiguous in time)."""
+    out, lo = [], 0
+    for part in parts:
+        n = len(part)
+        if n:
+            context = SlowContext(windows, channel_errors.shape[1])
+            out.append(context.run(window_features(channel_errors[lo:lo + n])))
+        lo += n
+    return np.concatenate(out) if out else np.zeros((0, channel_errors.shape[1]))
 
 
 def _options_dict(opts: TrainOptions) -> dict[str, Any]:

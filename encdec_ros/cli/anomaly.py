@@ -62,6 +62,10 @@ def register(groups: dict) -> None:
                    help='aggregate of per-channel errors: mse (mean over channels), '
                         'channel_max (the most unusual channel) or channel_max_flat (that, or '
                         'a channel whose noise vanished, e.g. a stuck sensor; default)')
+    g.add_argument('--slow', type=float, default=1.0, metavar='S',
+                   help='seconds of slow context: each channel\'s error and roughness '
+                        'averaged over the last S seconds of decisions, to catch small '
+                        'persistent faults such as growing vibration (1; 0 turns it off)')
     g.add_argument('--threshold', choices=('pot', 'quantile'), default='pot',
                    help='calibration rule: pot (peaks over threshold, GPD tail; default) or '
                         'quantile')
@@ -124,7 +128,7 @@ def _train(args: argparse.Namespace) -> int:
         calib_fraction=args.calib_fraction, train_stride=args.train_stride, seed=args.seed,
         error=args.error, threshold_rule=args.threshold, risk=args.risk,
         quantile=args.quantile, init_quantile=args.init_quantile,
-        threshold_scale=args.threshold_scale, debounce_k=args.debounce_k,
+        threshold_scale=args.threshold_scale, slow_s=args.slow, debounce_k=args.debounce_k,
         debounce_n=args.debounce_n, release=args.release,
         train_span=parse_span(args.train_span), exclude_labelled=not args.keep_labelled,
         time_limit_s=args.time_limit, threads=args.threads)
