@@ -108,7 +108,7 @@ def main() -> int:
                    help='seconds of slow context (encdec train anomaly --slow; 0.0)')
     p.add_argument('--threshold', default='quantile', choices=('pot', 'quantile'))
     p.add_argument('--risk', type=float, default=0.01)
-    p.add_argument('--threshold-scale', type=float, default=3.0)
+    p.add_argument('--threshold-scale', type=float, default=2.85)
     p.add_argument('--k', type=int, default=1)
     p.add_argument('--n', type=int, default=1)
     p.add_argument('--release', type=float, default=1.0)

@@ -258,9 +258,8 @@ def _split_recordings(recs: Sequence[Recording], opts: TrainOptions, window: int
         exclude = rec.label_mask() if opts.exclude_labelled and rec.labels else None
         for name, lo, hi in split_blocks(n, window, opts.val_fraction, opts.calib_fraction):
             lo, hi = a + lo, a + hi
-            # held-out windows at the run-time stride, as the slow context will see them
-            held_out = name == 'calib' or (name == 'val' and opts.calib_fraction == 0)
-            step = calib_stride if held_out else stride
+            # held-out windows at the run-time stride, as the scorer will see them
+            step = stride if name == 'train' else calib_stride
             wins, dropped = _segment_windows(rec, lo, hi, window, step, exclude)
             getattr(split, name).append(wins)
             split.rows[name] += hi - lo
@@ -481,10 +480,16 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         from encdec_ros.engine import InferenceEngine
 
         engine = InferenceEngine(onnx_tmp, device='cpu', warmup=False)
-        calib_err = reconstruction_errors(engine, calib_x)
-        val_err = reconstruction_errors(engine, val_x) if opts.calib_fraction > 0 else calib_err
+        # the threshold and the normal statistics see every held-out window: the calibration
+        # blocks and the validation blocks (which only chose the epoch), so that the tail is
+        # estimated on as much of the recording as possible
+        val_err = reconstruction_errors(engine, val_x)
+        if opts.calib_fraction > 0:
+            calib_err = np.concatenate([reconstruction_errors(engine, calib_x), val_err])
+            calib_parts = split.calib + split.val
+        else:
+            calib_err, calib_parts = val_err, split.val
         stats = ChannelStats.fit(calib_err)
-        calib_parts = split.calib if opts.calib_fraction > 0 else split.val
         slow_windows, slow_note = _slow_windows(opts, spec, calib_parts)
         if slow_note:
             say(f'  note: {slow_note}')
@@ -505,7 +510,8 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         calibration = {
             **cal.to_dict(), 'threshold': float(threshold),
             'calibrated_threshold': cal.threshold, 'scale': opts.threshold_scale,
-            'data': 'calibration split' if opts.calib_fraction > 0 else 'validation split',
+            'data': 'calibration and validation splits' if opts.calib_fraction > 0
+                    else 'validation split',
             'exceed_calibration': float(np.mean(agg >= threshold)),
             'exceed_validation': float(np.mean(val_agg >= threshold)),
         }
