@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import rclpy
@@ -97,6 +98,23 @@ def run_node(node_cls: Callable[[], Node], args: list[str] | None = None) -> int
 
 
 # --------------------------------------------------------------------------- parameters
+
+
+def resolve_share_path(path: str) -> str:
+    """Expand ``~``; a relative path that does not exist is also tried under the installed
+    share directory (``models/denoise_sim_imu``, ``config/quad_x.yaml``). Empty stays empty."""
+    if not path:
+        return ''
+    p = Path(path).expanduser()
+    if p.exists() or p.is_absolute():
+        return str(p)
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        share = Path(get_package_share_directory('encdec_ros'))
+    except (ImportError, LookupError, ValueError):  # not installed with colcon
+        return str(p)
+    candidate = share / p
+    return str(candidate) if candidate.exists() else str(p)
 
 
 @dataclass(frozen=True)

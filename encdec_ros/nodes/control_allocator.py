@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,8 @@ from std_msgs.msg import Float32, Float64MultiArray, MultiArrayDimension
 from ..allocation import (Allocator, Effectiveness, ExactAllocator, RateLimiter,
                           effectiveness_of_model, make_allocator, method_name)
 from ..errors import ConfigError, EncdecError
-from .common import DiagnosticsReporter, Param, declare_parameters, qos_profile, run_node
+from .common import DiagnosticsReporter, Param, declare_parameters, qos_profile, \
+    resolve_share_path, run_node
 
 LATENCY_WINDOW = 1024
 
@@ -151,10 +151,10 @@ class ControlAllocatorNode(Node):
 
     def _effectiveness(self, path: str, model_dir: str) -> Effectiveness:
         if path:
-            return Effectiveness.load(_resolve(path))
+            return Effectiveness.load(resolve_share_path(path))
         if model_dir:
             try:
-                return effectiveness_of_model(_resolve(model_dir))
+                return effectiveness_of_model(resolve_share_path(model_dir))
             except EncdecError as err:
                 raise ConfigError(f'the model directory cannot be read ({err}) and no '
                                   'effectiveness file is set; pass -p effectiveness:=FILE so '
@@ -168,7 +168,7 @@ class ControlAllocatorNode(Node):
             if not model_dir:
                 return self._fall_back('method learned needs model_dir, none is set', solver)
             try:
-                return make_allocator('learned', self.eff, model_dir=_resolve(model_dir),
+                return make_allocator('learned', self.eff, model_dir=resolve_share_path(model_dir),
                                       device=device)
             except EncdecError as err:
                 return self._fall_back(str(err), solver)
@@ -301,21 +301,6 @@ class ControlAllocatorNode(Node):
         else:
             self.diag.update('OK', f'{self.core.method}: last error '
                              f'{self._last_error:.2%} of the largest wrench', values)
-
-
-def _resolve(path: str) -> str:
-    """Expand ``~``; a relative path that does not exist is also tried under the installed
-    share directory (``config/quad_x.yaml``, ``models/NAME``)."""
-    p = Path(path).expanduser()
-    if p.exists() or p.is_absolute():
-        return str(p)
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        share = Path(get_package_share_directory('encdec_ros'))
-    except (ImportError, LookupError, ValueError):  # not installed with colcon
-        return str(p)
-    candidate = share / p
-    return str(candidate) if candidate.exists() else str(p)
 
 
 def main(args: list[str] | None = None) -> None:

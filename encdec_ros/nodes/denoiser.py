@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,8 @@ from rclpy.node import Node
 from ..denoise import METHODS, DenoiseCore, build_core
 from ..errors import ConfigError, EncdecError
 from ..player import message_class
-from .common import DiagnosticsReporter, Param, declare_parameters, qos_profile, run_node
+from .common import DiagnosticsReporter, Param, declare_parameters, qos_profile, \
+    resolve_share_path, run_node
 
 LATENCY_WINDOW = 4096  # recent callbacks kept for the latency figures; a power of two
 
@@ -112,8 +112,8 @@ class DenoiserNode(Node):
             raise ConfigError(f'parameter method is {method!r}; use auto, '
                               f'{", ".join(METHODS)}')
         self.core: DenoiseCore = build_core(
-            method, model_dir=_resolve(values['model_dir']) or None,
-            spec=_resolve(values['spec_file']) or None, device=values['device'],
+            method, model_dir=resolve_share_path(values['model_dir']) or None,
+            spec=resolve_share_path(values['spec_file']) or None, device=values['device'],
             threads=values['threads'], params=overrides(values, method))
         topic = self.core.topic
         # The spec's topic relative, so that the node's namespace applies (/imu -> imu).
@@ -198,23 +198,6 @@ class DenoiserNode(Node):
                               'on unchanged', values)
         else:
             self._diag.update('OK', f'denoising with {self.method}', values)
-
-
-def _resolve(path: str) -> str:
-    """Expand ``~``; a relative path that does not exist is also tried under the installed
-    share directory (``models/denoise_sim_imu``, ``config/sim_imu_denoise_spec.yaml``)."""
-    if not path:
-        return ''
-    p = Path(path).expanduser()
-    if p.exists() or p.is_absolute():
-        return str(p)
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        share = Path(get_package_share_directory('encdec_ros'))
-    except (ImportError, LookupError, ValueError):  # not installed with colcon
-        return str(p)
-    candidate = share / p
-    return str(candidate) if candidate.exists() else str(p)
 
 
 def main(args: list[str] | None = None) -> None:
