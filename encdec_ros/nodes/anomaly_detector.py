@@ -133,10 +133,11 @@ class AnomalyDetectorNode(Node):
         self.scorer = AnomalyScorer(
             p['model_dir'], device=p['device'], threads=p['threads'],
             debounce_k=p['debounce_k'] or None, debounce_n=p['debounce_n'] or None,
-            release=p['release'] or None, threshold_scale=p['threshold_scale'])
+            release=p['release'] or None, threshold_scale=p['threshold_scale'],
+            stride=p['stride'] or None)
         spec = self.scorer.spec
         self.spec = spec
-        self.stride: int = p['stride'] or spec.stride
+        self.stride: int = self.scorer.stride
         self._period = spec.period_ns
         self._aligner = StreamingAligner(spec.channel_counts, spec.period_ns)
         self._ring = RingWindow(spec.window, len(self.scorer.channels))
