@@ -135,7 +135,7 @@ class TrainOptions:
             raise ConfigError(f'risk must be between 0 and 1, got {self.risk!r}; e.g. 1e-4')
         if not (isinstance(self.slow_s, (int, float)) and self.slow_s >= 0):
             raise ConfigError(f'slow context must be >= 0 seconds, got {self.slow_s!r}; '
-                              'e.g. --slow 2, or 0 to turn it off')
+                              'e.g. --slow 1, or 0 to turn it off')
         if not self.threshold_scale > 0:
             raise ConfigError(f'threshold scale must be positive, got {self.threshold_scale!r}')
         check_debounce(self.debounce_k, self.debounce_n, self.release)
