@@ -9,7 +9,9 @@
    with hindsight, with and without that flight's turn-on bias; and the spread of the clean
    signal's mean across flights beside the bias (why no estimator can see the bias).
    Then the same with glitches added on top of the simulated noise (spikes and dropped
-   samples, as a flaky sensor bus gives), models trained with that corruption.
+   samples, as a flaky sensor bus gives), models trained with that corruption, beside a
+   hand-made median + Butterworth; and MLPs trained without the glitches, with them and on
+   both (``--also-uncorrupted``), each evaluated with and without them.
 2. The node's per-message latency over DDS: the node runs in its own process (as
    ``ros2 run`` would start it); this process publishes /imu messages at 200 Hz and 1 kHz
    and times each one until its /imu/denoised comes back (publish, DDS, callback, denoise,
@@ -220,6 +222,29 @@ def median_reference(test_bag: Path, spec: SignalSpec, noise: NoiseSpec, seed: i
     return {'median_taps': best_k.tolist(), 'rmse': best.tolist(),
             'model_ratio': (model / best).tolist(),
             'model_ratio_overall': report['methods']['model']['rmse_overall'] / overall}
+
+
+def cross_table(train_bags: list[Path], spec: SignalSpec, test_bag: Path, noise: NoiseSpec,
+                plain_model: Path, glitch_model: Path, epochs: int, mixed_out: Path
+                ) -> dict[str, dict[str, float]]:
+    """MLPs trained without glitches, with them, and on both (``also_uncorrupted``), each
+    evaluated on the test flight without and with them: the model's overall figure."""
+    mixed = train(train_bags, spec, mixed_out, 'mlp', epochs, noise=noise,
+                  also_uncorrupted=True)
+    table: dict[str, dict[str, float]] = {}
+    print('\n  MLP overall figure (RMS over channels of RMSE / noisy RMSE), trained on '
+          '(rows) vs evaluated on (columns):')
+    print(f'    {"":<34}{"plain":>8}{"glitches":>10}')
+    for label, model in (('plain flights', plain_model), ('glitches', glitch_model),
+                         ('both (--also-uncorrupted)', mixed)):
+        row = {}
+        for column, add in (('plain', None), ('glitches', noise)):
+            report = evaluate_denoise(model, test_bag, add_noise=add, seed=100,
+                                      methods=('model',), plot=False)
+            row[column] = report['methods']['model']['rmse_overall']
+        table[label] = row
+        print(f'    {label:<34}{row["plain"]:>8.3f}{row["glitches"]:>10.3f}')
+    return table
 
 
 def plot_bounds(path: Path, b: dict[str, Any], reports: dict[str, dict[str, Any]],
@@ -436,6 +461,11 @@ def main() -> int:
                   f'then Butterworth, tuned on the test flight itself: model / it '
                   + ', '.join(f'{r:.3f}' for r in med['model_ratio'])
                   + f'; overall {med["model_ratio_overall"]:.3f}')
+
+        if 'mlp' in models:
+            summary['sim_cross'] = cross_table(train_bags, spec, test_bag, noise, models['mlp'],
+                                               workdir / 'sim_glitch_mlp', args.epochs,
+                                               workdir / 'sim_mixed_mlp')
 
     if not args.skip_latency:
         arch = args.archs[0]

@@ -39,6 +39,7 @@ from .spec import SignalSpec
 log = logging.getLogger(__name__)
 
 CLEAN_SUFFIX = '/clean'
+RECORDED_REFERENCE = 'the recorded signal'   # Pair.reference without a clean topic
 REPORT_NAME = 'denoise_report.json'
 PNG_NAME = 'denoise_overlay.png'
 
@@ -179,7 +180,7 @@ def load_pairs(bags: Sequence[str | Path], spec: SignalSpec, *,
             reference = f'ground truth {ref}'
         else:
             clean = noisy
-            reference = 'the recorded signal'
+            reference = RECORDED_REFERENCE
         if noise is not None:
             rng = np.random.default_rng(seed + i)
             noisy = noise.apply(noisy, rate_hz=resolved.rate_hz, rng=rng)

@@ -349,10 +349,28 @@ def test_train_and_eval_on_the_recorded_signal_with_added_noise(bag, tmp_path):
     assert report['samples'] == 1200 and report['span'] == [2.0, None]
 
 
+def test_also_uncorrupted_trains_on_each_bag_with_and_without_the_noise(bag, model_dir,
+                                                                         tmp_path):
+    spec = tmp_path / 'spec.yaml'
+    spec.write_text(yaml.safe_dump(imu_spec()))
+    out = tmp_path / 'mixed'
+    assert cli_main(['train', 'denoise', '--bag', str(bag), '--spec', str(spec), '--out',
+                     str(out), '--hidden', '16', '--layers', '1', '--epochs', '1',
+                     '--threads', '1', '--noise', 'relative,spikes:0.01:3',
+                     '--also-uncorrupted']) == 0
+    mixed, plain = ModelDir.load(out, task='denoise'), ModelDir.load(model_dir)
+    assert mixed.section('denoise.reference') == [
+        'ground truth /imu/clean', 'ground truth /imu/clean, input + relative,spikes:0.01:3']
+    assert mixed.section('denoise.also_uncorrupted') is True
+    samples = mixed.section('training.samples')
+    assert samples == {k: 2 * v for k, v in plain.section('training.samples').items()}
+
+
 def test_user_mistakes_get_one_clear_sentence(bag, model_dir, tmp_path, capsys):
     two = imu_spec()
     two['topics']['/motors'] = {'fields': ['velocity[0:6]']}
     (tmp_path / 'two.yaml').write_text(yaml.safe_dump(two))
+    (tmp_path / 'one.yaml').write_text(yaml.safe_dump(imu_spec()))
     cases = [
         (['train', 'denoise', '--bag', str(bag), '--spec', str(tmp_path / 'two.yaml'),
           '--out', str(tmp_path / 'x')], 'names exactly one topic'),
@@ -364,6 +382,11 @@ def test_user_mistakes_get_one_clear_sentence(bag, model_dir, tmp_path, capsys):
           'gauss:1', '--out', str(tmp_path / 'e')], "unknown noise kind 'gauss'"),
         (['eval', 'denoise', '--model', str(model_dir), '--bag', str(bag), '--methods',
           'median'], '--methods takes'),
+        (['train', 'denoise', '--bag', str(bag), '--spec', str(tmp_path / 'one.yaml'),
+          '--out', str(tmp_path / 'y'), '--also-uncorrupted'], 'needs --noise'),
+        (['train', 'denoise', '--bag', str(bag), '--spec', str(tmp_path / 'one.yaml'),
+          '--out', str(tmp_path / 'y'), '--also-uncorrupted', '--noise', 'gaussian:0.1',
+          '--clean-topic', 'none'], 'needs ground truth'),
     ]
     for argv, match in cases:
         assert cli_main(argv) == 2

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from encdec_ros.denoise import BASELINES, make_baseline, one_topic_spec, tune_baselines
-from encdec_ros.denoise_eval import Pair, load_pairs
+from encdec_ros.denoise_eval import RECORDED_REFERENCE, Pair, load_pairs
 from encdec_ros.errors import BagError, ConfigError
 from encdec_ros.noise import NoiseSpec
 from encdec_ros.spec import SignalSpec
@@ -76,6 +76,9 @@ class DenoiseOptions:
         val_fraction: Share of each recording (at its end) for validation and tuning.
         max_windows: Windows drawn per epoch at most (None: all).
         noise: Corruption added to the input (required without a clean topic).
+        also_uncorrupted: With a clean topic and ``noise``: train (and validate, and tune
+            the baselines) on each recording both with and without that corruption, so the
+            model copes with a sensor that glitches only some of the time.
         clean_topic: 'auto' (``<topic>/clean`` when the bag has it), a topic, or None.
         learn_offset: Learn the mean noisy-minus-clean offset of the training bags.
         absolute_input: Also feed the nonlinear part the normalised level of the samples,
@@ -100,6 +103,7 @@ class DenoiseOptions:
     val_fraction: float = 0.2
     max_windows: int | None = None
     noise: NoiseSpec | None = None
+    also_uncorrupted: bool = False
     clean_topic: str | None = 'auto'
     learn_offset: bool = False
     absolute_input: bool = False
@@ -127,6 +131,9 @@ class DenoiseOptions:
                               f'{self.val_fraction}')
         if not self.lr > 0 or self.weight_decay < 0 or self.ridge < 0:
             raise ConfigError('lr must be positive and weight_decay and ridge non-negative')
+        if self.also_uncorrupted and self.noise is None:
+            raise ConfigError('--also-uncorrupted needs --noise: it trains on each bag both '
+                              'with and without that corruption')
 
 
 @dataclass
@@ -264,6 +271,8 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
     window = spec.window
     resolved, pairs = load_pairs(bags, spec, clean_topic=opts.clean_topic, noise=opts.noise,
                                  seed=opts.seed, span=opts.train_span)
+    if opts.also_uncorrupted:
+        pairs = pairs + _uncorrupted(bags, spec, pairs, opts)
     resolved = one_topic_spec(resolved)
     channels = len(resolved.channels)
     rate = resolved.rate_hz
@@ -334,6 +343,7 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
                 'output': 'clean current sample (input minus predicted noise)',
                 'reference': sorted({p.reference for p in pairs}),
                 'noise': opts.noise.to_dict() if opts.noise is not None else None,
+                'also_uncorrupted': opts.also_uncorrupted,
                 'learn_offset': opts.learn_offset,
             },
             'normalization': {k: v.tolist() for k, v in norm.items()},
@@ -373,6 +383,19 @@ def _floor(scale: np.ndarray, mean: np.ndarray) -> np.ndarray:
     floor = STD_FLOOR * np.maximum(1.0, np.abs(mean))
     scale = np.where(np.isfinite(scale), scale, 0.0)
     return np.maximum(scale, floor)
+
+
+def _uncorrupted(bags: Sequence[str | Path], spec: SignalSpec, pairs: list[Pair],
+                 opts: DenoiseOptions) -> list[Pair]:
+    """The same recordings without the added corruption (each needs a clean topic)."""
+    for pair in pairs:
+        if pair.reference.startswith(RECORDED_REFERENCE):
+            raise ConfigError(f'{pair.source} has no clean reference topic, so without the '
+                              'corruption its input would equal its target; '
+                              '--also-uncorrupted needs ground truth (a <topic>/clean topic '
+                              'or --clean-topic)')
+    return load_pairs(bags, spec, clean_topic=opts.clean_topic, noise=None,
+                      span=opts.train_span)[1]
 
 
 def _options_dict(opts: DenoiseOptions) -> dict[str, Any]:

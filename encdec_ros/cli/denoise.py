@@ -33,6 +33,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help='network (default: %(default)s)')
     t.add_argument('--noise', metavar='SPEC', help=NOISE_HELP + '; required without a clean '
                    'topic, optional augmentation with one')
+    t.add_argument('--also-uncorrupted', action='store_true',
+                   help='with --noise and a clean topic: train on each bag both with and '
+                        'without that corruption (a sensor that glitches only some of the '
+                        'time)')
     t.add_argument('--clean-topic', default='auto', metavar='TOPIC',
                    help='ground-truth topic with the same stamps; auto: <topic>/clean when the '
                         'bag has it; none: the recorded signal (default: %(default)s)')
@@ -112,7 +116,8 @@ def _train(args: argparse.Namespace) -> int:
         arch=args.arch, window=args.window, hidden=args.hidden, layers=args.layers,
         epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, val_fraction=args.val_fraction,
-        max_windows=args.max_windows, noise=parse_noise(args.noise), clean_topic=clean,
+        max_windows=args.max_windows, noise=parse_noise(args.noise),
+        also_uncorrupted=args.also_uncorrupted, clean_topic=clean,
         learn_offset=args.learn_offset, absolute_input=args.absolute_input,
         train_span=parse_span(args.train_span),
         seed=args.seed, threads=args.threads, time_limit_s=args.time_limit)
