@@ -53,6 +53,7 @@ def bag(tmp_path_factory):
 @pytest.fixture(scope='module')
 def model_dir(bag, tmp_path_factory):
     """A tiny MLP trained through the command line on the bag's /imu vs /imu/clean."""
+    pytest.importorskip('torch')   # training is offline; the runtime tests run without it
     root = tmp_path_factory.mktemp('denoise_model')
     spec = root / 'spec.yaml'
     spec.write_text(yaml.safe_dump(imu_spec()))
@@ -331,6 +332,7 @@ def test_eval_command_reports_rmse_lag_and_plots(model_dir, bag, tmp_path, capsy
 
 
 def test_train_and_eval_on_the_recorded_signal_with_added_noise(bag, tmp_path):
+    pytest.importorskip('torch')
     spec = tmp_path / 'spec.yaml'
     spec.write_text(yaml.safe_dump(imu_spec(window=6)))
     out = tmp_path / 'gru'
