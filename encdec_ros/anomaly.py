@@ -422,6 +422,7 @@ class SlowContext:
         self._ring = np.zeros((max(self.windows, 1), width), dtype=np.float64)
         self._count = 0
         self._nan = np.full(width, np.nan)
+        self._nan.setflags(write=False)      # returned while unarmed: shared, so read-only
 
     def update(self, features: np.ndarray) -> np.ndarray:
         """Add one window's features [width]; return the running mean (or NaN)."""

@@ -39,7 +39,6 @@ from .spec import SignalSpec
 log = logging.getLogger(__name__)
 
 CLEAN_SUFFIX = '/clean'
-RECORDED_REFERENCE = 'the recorded signal'   # Pair.reference without a clean topic
 REPORT_NAME = 'denoise_report.json'
 PNG_NAME = 'denoise_overlay.png'
 
@@ -114,8 +113,8 @@ def match_stamps(stamps: np.ndarray, ref_stamps: np.ndarray, period_ns: int
 
 def load_pairs(bags: Sequence[str | Path], spec: SignalSpec, *,
                clean_topic: str | None = 'auto', noise: NoiseSpec | None = None,
-               seed: int = 0, span: tuple[float | None, float | None] | None = None
-               ) -> tuple[SignalSpec, list[Pair]]:
+               seed: int = 0, span: tuple[float | None, float | None] | None = None,
+               also_uncorrupted: bool = False) -> tuple[SignalSpec, list[Pair]]:
     """Read the spec's topic and its clean reference from each bag.
 
     Args:
@@ -126,10 +125,15 @@ def load_pairs(bags: Sequence[str | Path], spec: SignalSpec, *,
         noise: Corruption added to the input; required when there is no clean topic.
         seed: Seed of the corruption (bag ``i`` uses ``seed + i``).
         span: (start, end) seconds from the first sample of each bag.
+        also_uncorrupted: Also return each bag without ``noise`` (after all the corrupted
+            pairs, same order); needs ``noise`` and a clean topic in every bag.
 
     Returns:
-        The resolved spec and one :class:`Pair` per bag.
+        The resolved spec and one :class:`Pair` per bag (two with ``also_uncorrupted``).
     """
+    if also_uncorrupted and noise is None:
+        raise ConfigError('--also-uncorrupted needs --noise: it trains on each bag both '
+                          'with and without that corruption')
     if not bags:
         raise BagError('no bag given; pass at least one bag with --bag')
     if len(spec.topics) != 1:
@@ -137,7 +141,7 @@ def load_pairs(bags: Sequence[str | Path], spec: SignalSpec, *,
                         f'clean), got {len(spec.topics)}: {", ".join(spec.topic_names)}')
     topic = spec.topics[0].name
     resolved: SignalSpec | None = spec if spec.resolved else None
-    pairs = []
+    pairs, uncorrupted = [], []
     for i, path in enumerate(bags):
         with BagSource(path) as bag:
             this = bind_spec(spec, bag)
@@ -179,22 +183,36 @@ def load_pairs(bags: Sequence[str | Path], spec: SignalSpec, *,
             stamps, noisy, clean = stamps[a], noisy[a], clean_s.values[b]
             reference = f'ground truth {ref}'
         else:
+            if also_uncorrupted:
+                raise ConfigError(f'{path} has no clean reference topic, so without the '
+                                  'corruption its input would equal its target; '
+                                  '--also-uncorrupted needs ground truth (a <topic>/clean '
+                                  'topic or --clean-topic)')
             clean = noisy
-            reference = RECORDED_REFERENCE
-        if noise is not None:
-            rng = np.random.default_rng(seed + i)
-            noisy = noise.apply(noisy, rate_hz=resolved.rate_hz, rng=rng)
-            reference += f', input + {noise.text}'
-        finite = np.isfinite(noisy).all(axis=1) & np.isfinite(clean).all(axis=1)
-        if not finite.all():
-            log.warning('%s: left out %d samples with NaN or infinite values', path,
-                        int((~finite).sum()))
-            stamps, noisy, clean = stamps[finite], noisy[finite], clean[finite]
+            reference = 'the recorded signal'
         check_rate(path, topic, stamps, resolved.rate_hz)
-        pairs.append(Pair(str(path), stamps, np.asarray(noisy, np.float64),
-                          np.asarray(clean, np.float64), reference))
+        if noise is None:
+            pairs.append(_pair(path, stamps, noisy, clean, reference))
+            continue
+        corrupted = noise.apply(noisy, rate_hz=resolved.rate_hz,
+                                rng=np.random.default_rng(seed + i))
+        pairs.append(_pair(path, stamps, corrupted, clean, f'{reference}, input + {noise.text}'))
+        if also_uncorrupted:
+            uncorrupted.append(_pair(path, stamps, noisy, clean, reference))
     assert resolved is not None
-    return resolved, pairs
+    return resolved, pairs + uncorrupted
+
+
+def _pair(path: Any, stamps: np.ndarray, noisy: np.ndarray, clean: np.ndarray,
+          reference: str) -> Pair:
+    """A Pair without the samples where input or reference is not finite (warned)."""
+    finite = np.isfinite(noisy).all(axis=1) & np.isfinite(clean).all(axis=1)
+    if not finite.all():
+        log.warning('%s: left out %d samples with NaN or infinite values', path,
+                    int((~finite).sum()))
+        stamps, noisy, clean = stamps[finite], noisy[finite], clean[finite]
+    return Pair(str(path), stamps, np.asarray(noisy, np.float64),
+                np.asarray(clean, np.float64), reference)
 
 
 def check_rate(path: Any, topic: str, stamps: np.ndarray, rate_hz: float) -> float:

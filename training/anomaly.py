@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 
 LOSS_PNG = 'loss.png'
 MAX_BLOCKS = 20
+"""Most blocks a recording is cut into for the train / val / calib split."""
 SLOW_MIN_CONTEXTS = 50
 """Held-out decisions needed to calibrate a slow context, in context lengths."""
-"""Most blocks a recording is cut into for the train / val / calib split."""
 STD_FLOOR = 1e-6
 """Smallest normalisation scale, relative to max(1, |mean|), for channels that barely move."""
 

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from encdec_ros.denoise import BASELINES, make_baseline, one_topic_spec, tune_baselines
-from encdec_ros.denoise_eval import RECORDED_REFERENCE, Pair, load_pairs
+from encdec_ros.denoise_eval import Pair, load_pairs
 from encdec_ros.errors import BagError, ConfigError
 from encdec_ros.noise import NoiseSpec
 from encdec_ros.spec import SignalSpec
@@ -131,9 +131,6 @@ class DenoiseOptions:
                               f'{self.val_fraction}')
         if not self.lr > 0 or self.weight_decay < 0 or self.ridge < 0:
             raise ConfigError('lr must be positive and weight_decay and ridge non-negative')
-        if self.also_uncorrupted and self.noise is None:
-            raise ConfigError('--also-uncorrupted needs --noise: it trains on each bag both '
-                              'with and without that corruption')
 
 
 @dataclass
@@ -270,9 +267,8 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         spec = spec.with_window(stride=1)
     window = spec.window
     resolved, pairs = load_pairs(bags, spec, clean_topic=opts.clean_topic, noise=opts.noise,
-                                 seed=opts.seed, span=opts.train_span)
-    if opts.also_uncorrupted:
-        pairs = pairs + _uncorrupted(bags, spec, pairs, opts)
+                                 seed=opts.seed, span=opts.train_span,
+                                 also_uncorrupted=opts.also_uncorrupted)
     resolved = one_topic_spec(resolved)
     channels = len(resolved.channels)
     rate = resolved.rate_hz
@@ -383,19 +379,6 @@ def _floor(scale: np.ndarray, mean: np.ndarray) -> np.ndarray:
     floor = STD_FLOOR * np.maximum(1.0, np.abs(mean))
     scale = np.where(np.isfinite(scale), scale, 0.0)
     return np.maximum(scale, floor)
-
-
-def _uncorrupted(bags: Sequence[str | Path], spec: SignalSpec, pairs: list[Pair],
-                 opts: DenoiseOptions) -> list[Pair]:
-    """The same recordings without the added corruption (each needs a clean topic)."""
-    for pair in pairs:
-        if pair.reference.startswith(RECORDED_REFERENCE):
-            raise ConfigError(f'{pair.source} has no clean reference topic, so without the '
-                              'corruption its input would equal its target; '
-                              '--also-uncorrupted needs ground truth (a <topic>/clean topic '
-                              'or --clean-topic)')
-    return load_pairs(bags, spec, clean_topic=opts.clean_topic, noise=None,
-                      span=opts.train_span)[1]
 
 
 def _options_dict(opts: DenoiseOptions) -> dict[str, Any]:
