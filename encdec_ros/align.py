@@ -5,7 +5,8 @@ offline and the same messages arriving live land on the same ticks. At tick ``t`
 holds its last sample stamped at or before ``t``. A tick is produced once every topic has a
 sample stamped after it, so no later message can change it: the offline reader and the
 streaming aligner of the live nodes give identical rows. A sample stamped earlier than one
-already seen on its topic is dropped (counted) by both.
+already seen on its topic is dropped (counted) by both. Stamps that mostly repeat (a header
+stamp that is never filled in, say) cannot time samples at all: :func:`stalled` tells.
 """
 
 from __future__ import annotations
@@ -33,6 +34,19 @@ def monotonic(stamps_ns: np.ndarray, values: np.ndarray) -> Stream:
     running = np.maximum.accumulate(stamps_ns)
     keep = stamps_ns >= running
     return Stream(stamps_ns[keep], values[keep], int((~keep).sum()))
+
+
+def repeats(stamps_ns: np.ndarray) -> int:
+    """How many stamps equal the one before them (a clock that does not advance)."""
+    stamps_ns = np.asarray(stamps_ns, dtype=np.int64)
+    return int((np.diff(stamps_ns) == 0).sum()) if stamps_ns.size > 1 else 0
+
+
+def stalled(stamps_ns: np.ndarray) -> bool:
+    """Whether a topic's stamps mostly repeat (at least half equal the one before, as when
+    every stamp is zero), so that they cannot time its samples: the median gap is then zero."""
+    stamps_ns = np.asarray(stamps_ns)
+    return stamps_ns.size > 2 and 2 * repeats(stamps_ns) >= stamps_ns.size - 1
 
 
 def first_tick(start_ns: int, period_ns: int) -> int:

@@ -36,7 +36,7 @@ import numpy as np
 
 from .anomaly import AnomalyScorer
 from .bag import Recording, read_bag
-from .errors import ConfigError
+from .errors import BagError, ConfigError
 from .labels import Interval, intervals_from_mask, label_mask, read_labels_csv
 from .window import window_ends, windows_at
 
@@ -103,6 +103,20 @@ def evaluate_recording(scorer: AnomalyScorer, rec: Recording, *,
         raise ConfigError(f'points {points!r} is not one of {", ".join(POINTS)}')
     labels = list(rec.labels if labels is None else labels)
     ends, batch = score_recording(scorer, rec, progress=progress)
+    spec = scorer.spec
+    if not len(ends):
+        raise BagError(f'{rec.source} gives no complete window: it holds {rec.duration_s:.2f} s '
+                       f'of the spec\'s topics, one window is {spec.window} samples '
+                       f'({spec.window / spec.rate_hz:g} s at {spec.rate_hz:g} Hz); give a '
+                       'longer recording')
+    if not np.isfinite(batch.scores).any():
+        bad = [ch for ch, ok in zip(rec.channels, np.isfinite(rec.data).all(axis=0)) if not ok]
+        raise BagError(f'none of the {len(ends)} windows of {rec.source} could be scored: '
+                       f'each holds NaN or infinite values (in {", ".join(bad[:4])}'
+                       f'{" ..." if len(bad) > 4 else ""}), which the detector does not score '
+                       '(the node reports them as ERROR on /diagnostics); drop the messages '
+                       'with non-finite values from the bag or leave those fields out of the '
+                       'spec')
     if points == 'messages':
         first = scorer.spec.topic_names[0]
         pts = rec.streams[first].stamps_ns
@@ -117,6 +131,11 @@ def evaluate_recording(scorer: AnomalyScorer, rec: Recording, *,
             keep &= rel >= lo - 1e-9
         if hi is not None:
             keep &= rel < hi - 1e-9
+        if not keep.any():
+            raise ConfigError(f'the evaluation span {lo if lo is not None else ""}:'
+                              f'{hi if hi is not None else ""} s holds no sample of '
+                              f'{rec.source}, which is {rec.duration_s:.1f} s long; give a span '
+                              'inside it (seconds from its start)')
         pts = pts[keep]
     dec_times = rec.times_ns[ends]
     pflags = held_values(dec_times, batch.flags, pts)
@@ -312,11 +331,17 @@ def summary_lines(result: EvalResult) -> list[str]:
             return 'n/a'
         return f'{100 * v:.2f} %' if pct else f'{v:.3f}'
 
-    lines = [f'{m["decisions"]["windows"]} decisions over {len(result.point_times_ns)} '
+    dec = m['decisions']
+    lines = [f'{dec["windows"]} decisions over {len(result.point_times_ns)} '
              f'points ({m["points"]}); threshold {result.scorer.get("threshold", 0):.4g} '
-             f'({result.scorer.get("error")})',
-             f'point-wise: precision {fmt(pw["precision"])}  recall {fmt(pw["recall"])}  '
-             f'F1 {fmt(pw["f1"])}  FAR {fmt(pw["far"], True)}  MAR {fmt(pw["mar"], True)}']
+             f'({result.scorer.get("error")})']
+    if dec['invalid']:
+        lines.append(f'NOT SCORED: {dec["invalid"]} of {dec["windows"]} windows '
+                     f'({100 * dec["invalid"] / dec["windows"]:.1f} %) held NaN or infinite '
+                     'values; they count as not flagged here (the node reports them as ERROR '
+                     'on /diagnostics)')
+    lines.append(f'point-wise: precision {fmt(pw["precision"])}  recall {fmt(pw["recall"])}  '
+                 f'F1 {fmt(pw["f1"])}  FAR {fmt(pw["far"], True)}  MAR {fmt(pw["mar"], True)}')
     if 'pointwise_after_grace' in m and m['events']:
         lines.append(f'FAR outside the {m["grace_s"]:g} s after each labelled fault: '
                      f'{fmt(m["pointwise_after_grace"]["far"], True)}')

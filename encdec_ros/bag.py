@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .align import Stream, align, monotonic
+from .align import Stream, align, monotonic, repeats, stalled
 from .errors import BagError, SpecError
 from .fields import ShortMessageError, compile_path
 from .labels import LABEL_TOPIC, SIDECAR_NAME, Interval, intervals_from_label_messages, \
@@ -71,6 +71,7 @@ class BagSource:
         self._defs: dict[str, tuple[str, Any]] = {}   # msgtype -> (format, text)
         self._stores: dict[str, Any] = {}
         self._base_store: Any = None
+        self._decompress: Callable[[bytes], bytes] | None = None
         try:
             self._open()
         except BaseException:
@@ -101,6 +102,8 @@ class BagSource:
             parts = [(f, Reader2) for f in files]
         elif path.is_dir() or path.suffix in ('.db3', '.mcap'):
             parts = [(path, Reader2)]
+            if path.is_file():
+                self._warn_if_split_part(path)
         elif path.suffix == '.bag':
             parts = [(path, Reader1)]
         else:
@@ -114,15 +117,7 @@ class BagSource:
             try:
                 reader.open()
             except (ReaderError1, ReaderError2, OSError, KeyError, ValueError) as err:
-                text = str(err).rstrip('.')
-                if 'Serialization format' in text:
-                    msg = f'{part} stores messages in an unsupported serialisation format ' \
-                          f'({_quoted(text)}); encdec_ros reads CDR ' \
-                          'bags, re-record with the default rmw serialisation'
-                else:
-                    msg = f'cannot open bag {part}: {text}; check that it is a complete ' \
-                          'rosbag2 or ROS 1 bag'
-                raise BagError(msg) from None
+                raise BagError(_open_error(part, err)) from None
             self._readers.append(reader)
             if reader_cls is Reader1:
                 self.kind, self.storage_id = 'ros1', 'rosbag1'
@@ -139,6 +134,8 @@ class BagSource:
                     from rosbags.typesys import Stores
                     self.distro = distro if hasattr(Stores, f'ROS2_{distro.upper()}') else None
                     compressed = storage.metadata.compression_mode == 'message'
+                    if compressed:
+                        self._decompress = _zstd_decompress(part)
                 else:
                     subs, compressed = [storage], False
                 self._storages.extend((s, compressed) for s in subs)
@@ -163,7 +160,32 @@ class BagSource:
                 self.topics[topic].meta_count = count
         self._base_store = standard_typestore(self.distro)
 
+    def _warn_if_split_part(self, path: Path) -> None:
+        """Warn when ``path`` is one storage file of a split bag whose directory lists more."""
+        meta = path.parent / 'metadata.yaml'
+        if not meta.is_file():
+            return
+        try:
+            import yaml
+            info = yaml.safe_load(meta.read_text())['rosbag2_bagfile_information']
+            names = [Path(str(p)).name for p in info['relative_file_paths']]
+        except Exception:  # noqa: BLE001 - a damaged metadata.yaml only loses the hint
+            return
+        if len(names) > 1 and path.name in names:
+            self.warnings.append(
+                f'{path} is only one of the {len(names)} storage files of the split bag '
+                f'{path.parent}, so only that part is read; pass the directory {path.parent} '
+                'to read the whole bag')
+
     # ------------------------------------------------------------------ types
+    def definition_source(self, topic: str) -> str:
+        """Where the definition of ``topic``'s type comes from: ``in bag``, ``standard`` (the
+        distribution's standard types), or ``none`` (the bag cannot be decoded there)."""
+        info = self.topics[topic]
+        if info.has_definition:
+            return 'in bag'
+        return 'standard' if info.type in self._base_store.fielddefs else 'none'
+
     def typestore(self, topic: str) -> Any:
         """The typestore that decodes ``topic``: the bag's own definition where it carries one
         that decodes the topic's first message, else the standard definition."""
@@ -235,10 +257,9 @@ class BagSource:
             if not conns:
                 continue
             if compressed:
-                import zstandard
-                dctx = zstandard.ZstdDecompressor()
+                decompress = self._decompress or _zstd_decompress(self.path)
                 for conn, stamp, data in storage.messages(conns):
-                    yield conn.topic, stamp, dctx.decompress(data)
+                    yield conn.topic, stamp, decompress(data)
             else:
                 for conn, stamp, data in storage.messages(conns):
                     yield conn.topic, stamp, data
@@ -352,7 +373,8 @@ def bind_spec(spec: SignalSpec, bag: BagSource) -> SignalSpec:
 
 def read_streams(bag: BagSource, spec: SignalSpec, *, show_progress: bool | None = None
                  ) -> tuple[dict[str, Stream], list[str]]:
-    """Extract the spec's fields from every message; return raw streams and warnings."""
+    """Extract the spec's fields from every message; return raw streams and warnings (the
+    bag's own warnings first, such as reading one part of a split bag)."""
     spec.require_resolved()
     extractors: dict[str, tuple[list[Callable[[Any], Any]], int, bool]] = {}
     for topic in spec.topics:
@@ -393,6 +415,8 @@ def read_streams(bag: BagSource, spec: SignalSpec, *, show_progress: bool | None
                             'elements than the spec asks for')
         values = np.asarray(rows[topic], dtype=np.float64).reshape(-1, width)
         stream = monotonic(np.asarray(stamps[topic], dtype=np.int64), values)
+        if stalled(stream.stamps_ns):
+            raise BagError(stalled_message(bag.path, topic, stream.stamps_ns, use_header))
         if stream.dropped:
             warnings.append(f'{topic}: dropped {stream.dropped} messages stamped earlier than '
                             f'one before them ({"header" if use_header else "receive"} time)')
@@ -400,7 +424,22 @@ def read_streams(bag: BagSource, spec: SignalSpec, *, show_progress: bool | None
         if bad:
             warnings.append(f'{topic}: {bad} messages hold NaN or infinite values')
         streams[topic] = stream
-    return streams, warnings
+    return streams, list(bag.warnings) + warnings
+
+
+def stalled_message(path: str | Path, topic: str, stamps_ns: np.ndarray, use_header: bool
+                    ) -> str:
+    """The sentence for a topic whose stamps mostly repeat (see :func:`align.stalled`)."""
+    n = int(np.asarray(stamps_ns).size)
+    how = 'are all zero' if not np.asarray(stamps_ns).any() else \
+        f'repeat the one before in {repeats(stamps_ns)} of {n} messages'
+    if use_header:
+        return f'{path}: the header stamps of {topic} {how}, so they cannot time its ' \
+               f'samples; set stamp: receive under {topic} in the spec to use the times the ' \
+               'bag logged instead'
+    return f'{path}: the log (receive) times of {topic} {how}, so they cannot time its ' \
+           f'samples; use stamp: header under {topic} in the spec if its type has a header, ' \
+           'or record the bag again'
 
 
 def read_labels(bag: BagSource, *, end_ns: int | None = None) -> list[Interval]:
@@ -430,7 +469,6 @@ def read_bag(path: str | Path, spec: SignalSpec, *, show_progress: bool | None =
                 raise SpecError(msg)
             resolved = spec
         streams, warnings = read_streams(bag, resolved, show_progress=show_progress)
-        warnings = bag.warnings + warnings
         ordered = [streams[t] for t in resolved.topic_names]
         empty = [t for t in resolved.topic_names if streams[t].stamps_ns.size == 0]
         if empty:
@@ -466,6 +504,73 @@ def read_bags(paths: Sequence[str | Path], spec: SignalSpec, *,
         rec = read_bag(path, out[0].spec if out else spec, show_progress=show_progress)
         out.append(rec)
     return out
+
+
+def _open_error(part: Path, err: Exception) -> str:
+    """One sentence for a bag that rosbags cannot open: what is wrong and how to repair it."""
+    text = str(err).rstrip('.')
+    if 'Serialization format' in text:
+        return f'{part} stores messages in an unsupported serialisation format ' \
+               f'({_quoted(text)}); encdec_ros reads CDR bags, re-record with the default ' \
+               'rmw serialisation'
+    if text.startswith(('A metadata key is missing', 'Invalid bag metadata',
+                        'Could not load YAML')):
+        meta = part / 'metadata.yaml'
+        return f'cannot open bag {part}: its metadata.yaml is incomplete or damaged; rename ' \
+               f'{meta} (to metadata.yaml.broken, say) to read the storage files without it, ' \
+               f'or regenerate it with `ros2 bag reindex {part}`'
+    if text.startswith(('Bag index looks damaged', 'Bag is not indexed')) or \
+            'Header could not be read' in text:
+        return f'cannot open bag {part}: its index is damaged or missing, as when a ' \
+               f'recording is cut short; rebuild it with `rosbag reindex {part}` (ROS 1 ' \
+               'tools, which keep a backup) and read the result'
+    if text in ('File end magic is invalid', 'File magic is invalid') or \
+            text.startswith(('Footer', 'Summary')):
+        files = [part] if part.is_file() else sorted(part.glob('*.mcap'))
+        broken = [f for f in files if not _mcap_complete(f)] or files
+        name = broken[0] if broken else part
+        return f'cannot open bag {part}: {name.name} is not a complete MCAP file (it was ' \
+               f'probably cut short while recording); recover its messages with ' \
+               f'`mcap recover {name} -o {name.with_name(name.stem + "_recovered.mcap")}` ' \
+               'and read the recovered file'
+    if 'database disk image is malformed' in text or 'file is not a database' in text:
+        files = [part] if part.is_file() else sorted(part.glob('*.db3'))
+        name = files[0] if len(files) == 1 else part
+        return f'cannot open bag {part}: its sqlite3 database is damaged (probably cut short ' \
+               f'while recording); recover what it holds with `sqlite3 {name} .recover | ' \
+               f'sqlite3 {Path(name).with_suffix("")}_recovered.db3`'
+    return f'cannot open bag {part}: {text}; check that it is a complete rosbag2 or ROS 1 bag'
+
+
+def _mcap_complete(path: Path) -> bool:
+    """Whether an .mcap file ends with the MCAP magic (a cut-short file does not)."""
+    try:
+        with path.open('rb') as f:
+            f.seek(-8, 2)
+            return f.read(8) == b'\x89MCAP0\r\n'
+    except OSError:
+        return False
+
+
+def _zstd_decompress(path: Path) -> Callable[[bytes], bytes]:
+    """The zstd decompression of per-message compressed bags, from the module rosbags uses."""
+    try:
+        import compression.zstd   # Python 3.14 and later
+        return compression.zstd.decompress
+    except ImportError:
+        pass
+    try:
+        import backports.zstd   # what rosbags uses before Python 3.14
+        return backports.zstd.decompress
+    except ImportError:
+        pass
+    try:
+        import zstandard
+    except ImportError:
+        msg = f'{path} compresses each message with zstd but no zstd module is installed; ' \
+              'install one with `pip install backports.zstd`'
+        raise BagError(msg) from None
+    return zstandard.ZstdDecompressor().decompress
 
 
 def _quoted(text: str) -> str:

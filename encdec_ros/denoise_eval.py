@@ -153,6 +153,11 @@ def load_pairs(bags: Sequence[str | Path], spec: SignalSpec, *,
             ref = clean_topic
             if ref == 'auto':
                 ref = topic + CLEAN_SUFFIX if topic + CLEAN_SUFFIX in bag.topics else None
+            if ref == topic:
+                raise ConfigError(f'the clean topic {ref} is the input topic itself, so every '
+                                  'figure would compare the signal with itself; name the '
+                                  'ground-truth topic, or use --clean-topic none with a noise '
+                                  'spec')
             if ref is not None and ref not in bag.topics:
                 raise BagError(f'clean topic {ref} is not in {path}; its topics are '
                                f'{", ".join(sorted(bag.topics))} (without one, give a noise '
@@ -172,6 +177,12 @@ def load_pairs(bags: Sequence[str | Path], spec: SignalSpec, *,
             log.warning('%s', text)
         noisy_s = streams[topic]
         keep = span_mask(noisy_s.stamps_ns, span)
+        if span is not None and noisy_s.stamps_ns.size and not keep.any():
+            length = (noisy_s.stamps_ns[-1] - noisy_s.stamps_ns[0]) * 1e-9
+            raise ConfigError(f'the span {"" if span[0] is None else span[0]:}:'
+                              f'{"" if span[1] is None else span[1]:} s holds no {topic} message '
+                              f'of {path}, which is {length:.1f} s long; give a span inside it '
+                              '(seconds from its first message)')
         stamps, noisy = noisy_s.stamps_ns[keep], noisy_s.values[keep]
         if ref is not None:
             clean_s = streams[ref]
@@ -215,11 +226,21 @@ def _pair(path: Any, stamps: np.ndarray, noisy: np.ndarray, clean: np.ndarray,
                 np.asarray(clean, np.float64), reference)
 
 
-def check_rate(path: Any, topic: str, stamps: np.ndarray, rate_hz: float) -> float:
-    """Warn when the topic's measured rate is far from the spec's; return the measured one."""
+def measured_rate(path: Any, topic: str, stamps: np.ndarray) -> float:
+    """The topic's rate in Hz from the median stamp step; one sentence when stamps repeat."""
     if stamps.size < 3:
         raise BagError(f'{path}: {topic} has only {stamps.size} usable messages; record longer')
-    actual = 1e9 / max(float(np.median(np.diff(stamps))), 1.0)
+    step = float(np.median(np.diff(stamps)))
+    if step <= 0:
+        raise BagError(f'{path}: most {topic} messages carry the same header stamp as the one '
+                       'before, so the stamps are not sample times; set "stamp: receive" for '
+                       f'{topic} in the spec to use the times the bag recorded them')
+    return 1e9 / step
+
+
+def check_rate(path: Any, topic: str, stamps: np.ndarray, rate_hz: float) -> float:
+    """Warn when the topic's measured rate is far from the spec's; return the measured one."""
+    actual = measured_rate(path, topic, stamps)
     if not 0.8 <= actual / rate_hz <= 1.25:
         log.warning('%s: %s arrives at about %.4g Hz but the spec says rate_hz %g; set rate_hz '
                     "to the topic's own rate (filters and lags use it)", path, topic, actual,
@@ -268,13 +289,14 @@ def score(estimate: np.ndarray, clean: np.ndarray, noise_rmse: np.ndarray, rate_
     unbiased = np.std(err, axis=0)
     lags = [lag(estimate[:, c], clean[:, c], max_lag) for c in range(clean.shape[1])]
     lag_s = np.array([v for v, _ in lags])
-    rel = rmse / np.where(noise_rmse > 0, noise_rmse, 1.0)
+    noisy = noise_rmse > 0          # a channel whose input equals its reference has no figure
+    rel = np.where(noisy, rmse / np.where(noisy, noise_rmse, 1.0), np.nan)
     return {
         'rmse': rmse.tolist(),
         'rmse_without_offset': unbiased.tolist(),
         'mean_error': err.mean(axis=0).tolist(),
-        'rmse_relative': rel.tolist(),
-        'rmse_overall': float(np.sqrt(np.mean(rel ** 2))),
+        'rmse_relative': _or_none(rel),
+        'rmse_overall': float(np.sqrt(np.mean(rel[noisy] ** 2))) if noisy.any() else None,
         'lag_samples': [round(v, 2) for v in lag_s.tolist()],
         'lag_ms': [round(v * 1e3 / rate_hz, 2) for v in lag_s.tolist()],
         'lag_samples_mean': round(float(lag_s.mean()), 2),
@@ -282,15 +304,28 @@ def score(estimate: np.ndarray, clean: np.ndarray, noise_rmse: np.ndarray, rate_
     }
 
 
+def _or_none(values: np.ndarray) -> list[float | None]:
+    """A list for JSON: None where a figure is undefined (NaN)."""
+    return [float(v) if math.isfinite(v) else None for v in np.asarray(values, np.float64)]
+
+
 def compare(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The model against the best baseline: RMSE ratios and whether its lag is no larger."""
+    """The model against the best baseline: RMSE ratios and whether its lag is no larger.
+
+    Channels whose noisy input equals the reference (nothing to remove) get None."""
     have = [m for m in BASELINES if m in methods]
-    if 'model' not in methods or not have:
+    if 'model' not in methods or not have or methods['model']['rmse_overall'] is None:
         return {}
     best = min(have, key=lambda m: methods[m]['rmse_overall'])
     model = methods['model']
+    noisy = np.asarray(methods['noisy']['rmse']) > 0 if 'noisy' in methods else True
+
+    def ratio(a: Any, b: Any) -> list[float | None]:
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        ok = noisy & (b > 0)
+        return _or_none(np.where(ok, a / np.where(ok, b, 1.0), np.nan))
+
     m_rmse = np.asarray(model['rmse'])
-    b_rmse = np.asarray(methods[best]['rmse'])
     per_best = np.array([min(methods[m]['rmse'][c] for m in have) for c in range(m_rmse.size)])
     per_name = [min(have, key=lambda m: methods[m]['rmse'][c]) for c in range(m_rmse.size)]
     m_lag = np.asarray(model['lag_samples'])
@@ -299,11 +334,11 @@ def compare(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
         'best_baseline': best,
         'ratio_overall': model['rmse_overall'] / max(methods[best]['rmse_overall'], 1e-300),
-        'ratio_per_channel': (m_rmse / np.maximum(b_rmse, 1e-300)).tolist(),
+        'ratio_per_channel': ratio(m_rmse, methods[best]['rmse']),
         'best_baseline_per_channel': per_name,
-        'ratio_per_channel_vs_each_best': (m_rmse / np.maximum(per_best, 1e-300)).tolist(),
-        'ratio_without_offset': (np.asarray(model['rmse_without_offset']) / np.maximum(
-            np.asarray(methods[best]['rmse_without_offset']), 1e-300)).tolist(),
+        'ratio_per_channel_vs_each_best': ratio(m_rmse, per_best),
+        'ratio_without_offset': ratio(model['rmse_without_offset'],
+                                      methods[best]['rmse_without_offset']),
         'lag_no_larger': bool(np.all(m_lag <= b_lag + tol)),
         'lag_no_larger_per_channel': (m_lag <= b_lag + tol).tolist(),
     }
@@ -313,7 +348,8 @@ def compare(methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def evaluate_cores(cores: dict[str, DenoiseCore], pair: Pair, *, rate_hz: float,
-                   skip: int, max_lag: int | None = None) -> tuple[dict[str, Any],
+                   skip: int, max_lag: int | None = None,
+                   channels: Sequence[str] | None = None) -> tuple[dict[str, Any],
                                                                    dict[str, np.ndarray]]:
     """Run each core over the noisy samples and score it against the clean ones.
 
@@ -327,6 +363,11 @@ def evaluate_cores(cores: dict[str, DenoiseCore], pair: Pair, *, rate_hz: float,
     max_lag = max_lag if max_lag is not None else int(max(8, round(0.25 * rate_hz)))
     clean = pair.clean[skip:]
     noise_rmse = np.sqrt(np.mean((pair.noisy[skip:] - clean) ** 2, axis=0))
+    if not (noise_rmse > 0).all():
+        same = [channels[c] if channels else str(c) for c in np.flatnonzero(noise_rmse <= 0)]
+        log.warning('%s: on channel(s) %s the input equals the reference, so there is no noise '
+                    'to remove there; those channels get no ratio and stay out of the overall '
+                    'figure', pair.source, ', '.join(same))
     estimates: dict[str, np.ndarray] = {'noisy': pair.noisy}
     figures = {'noisy': score(pair.noisy[skip:], clean, noise_rmse, rate_hz, max_lag)}
     for method, core in cores.items():
@@ -363,8 +404,10 @@ def evaluate_denoise(model_dir: str | Path, bag: str | Path, *, clean_topic: str
     Returns:
         The report (also written as ``denoise_report.json``).
     """
-    from .modeldir import ModelDir
+    from .modeldir import ModelDir, check_output_dir
 
+    if out_dir is not None:
+        check_output_dir(out_dir, what='report directory')
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f'unknown method {unknown[0] if unknown else ""!r}; choose from '
@@ -375,8 +418,10 @@ def evaluate_denoise(model_dir: str | Path, bag: str | Path, *, clean_topic: str
     resolved, pairs = load_pairs([bag], spec, clean_topic=clean_topic, noise=add_noise,
                                  seed=seed, span=span)
     pair = pairs[0]
+    measured = measured_rate(bag, spec.topics[0].name, pair.stamps_ns)
     cores = {m: build_core(m, model_dir=model.path, device=device) for m in methods}
-    figures, estimates = evaluate_cores(cores, pair, rate_hz=spec.rate_hz, skip=window)
+    figures, estimates = evaluate_cores(cores, pair, rate_hz=spec.rate_hz, skip=window,
+                                        channels=spec.channels)
     report: dict[str, Any] = {
         'bag': str(bag),
         'model_dir': str(model.path),
@@ -384,7 +429,7 @@ def evaluate_denoise(model_dir: str | Path, bag: str | Path, *, clean_topic: str
         'type': spec.topics[0].type,
         'channels': spec.channels,
         'rate_hz': spec.rate_hz,
-        'measured_rate_hz': round(1e9 / float(np.median(np.diff(pair.stamps_ns))), 3),
+        'measured_rate_hz': round(measured, 3),
         'reference': pair.reference,
         'span': list(span) if span else None,
         'samples': int(pair.noisy.shape[0]),

@@ -35,3 +35,7 @@ class EngineError(EncdecError):
 
 class ConfigError(EncdecError):
     """A configuration file or command-line option has an invalid value."""
+
+
+class OutputError(EncdecError):
+    """An output path (model, report or bag directory, report file) cannot be created or written."""

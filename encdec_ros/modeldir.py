@@ -23,9 +23,11 @@ time with one sentence that says how to fix it.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 import numpy as np
 import yaml
 
-from .errors import ModelDirError
+from .errors import EncdecError, ModelDirError, OutputError
 
 if TYPE_CHECKING:
     from .engine import InferenceEngine
@@ -148,6 +150,136 @@ def _first_line(err: BaseException) -> str:
     return ort_message(err)
 
 
+# --------------------------------------------------------------------------- output paths
+
+_PROBE_PREFIX = '.encdec-write-probe-'
+_REASONS = {errno.EACCES: 'permission denied', errno.EPERM: 'operation not permitted',
+            errno.EROFS: 'read-only file system', errno.ENOSPC: 'no space left on the device',
+            errno.EDQUOT: 'disk quota exceeded', errno.ENOENT: 'it accepts no new entries',
+            errno.ENAMETOOLONG: 'a name is too long'}
+
+
+def _reason(err: OSError) -> str:
+    """A few words on why an OSError happened, without the path (the sentence names it)."""
+    text = _REASONS.get(err.errno or -1) or err.strerror or type(err).__name__
+    return text[:1].lower() + text[1:]
+
+
+def _find_writable_dir(directory: Path, *, target: Path, what: str, option: str,
+                       error: type[EncdecError]) -> Path:
+    """Return the nearest existing ancestor of ``directory`` (itself included) once a probe
+    showed that it takes new entries; raise ``error`` naming ``target`` otherwise."""
+    for candidate in (directory, *directory.parents):
+        try:
+            mode = os.stat(candidate).st_mode
+        except FileNotFoundError:
+            if os.path.islink(candidate):
+                raise error(f'cannot create {what} {target}: {candidate} is a broken symbolic '
+                            f'link; remove it or choose another {option}') from None
+            continue
+        except NotADirectoryError:
+            continue            # a parent further up is a file: found on the way up
+        except OSError as err:
+            raise error(f'cannot create {what} {target}: {candidate} cannot be reached '
+                        f'({_reason(err)}); choose another {option} in a directory you can '
+                        'write to') from None
+        if not stat.S_ISDIR(mode):
+            raise error(f'cannot create {what} {target}: {candidate} is a file, not a '
+                        f'directory; choose another {option} whose parent folders are '
+                        'directories') from None
+        try:
+            if candidate == directory:      # it exists: what is written goes into it
+                fd, probe = tempfile.mkstemp(prefix=_PROBE_PREFIX, dir=candidate)
+                os.close(fd)
+                os.unlink(probe)
+            else:                           # it will be created here
+                os.rmdir(tempfile.mkdtemp(prefix=_PROBE_PREFIX, dir=candidate))
+        except OSError as err:
+            place = ('it is' if candidate == target else f'{candidate} is')
+            raise error(f'cannot write {what} {target}: {place} not writable '
+                        f'({_reason(err)}); choose another {option} in a directory you can '
+                        'write to') from None
+        return candidate
+    raise error(f'cannot create {what} {target}: no folder of its path exists; choose another '
+                f'{option}')  # pragma: no cover - the root always exists
+
+
+def check_output_dir(path: str | Path, *, what: str = 'output directory',
+                     option: str = '--out', empty: bool = False, force_flag: str = '--force',
+                     file_ok: bool = False,
+                     error: type[EncdecError] = OutputError) -> Path:
+    """Refuse, before any work, an output directory that cannot be created or written.
+
+    Nothing is left behind: a probe file (or directory) is created in the directory, or in
+    its nearest existing parent, and removed at once; nothing that exists is changed.
+
+    Args:
+        path: The directory that will be written (created with its parents when missing).
+        what: What it is, for the message ('model directory', 'report directory' ...).
+        option: How the user named it, for the message ('--out').
+        empty: Refuse an existing directory that holds anything (a model directory without
+            ``--force``).
+        force_flag: The option that allows replacing a non-empty directory, for the message.
+        file_ok: An existing file at ``path`` will be replaced (``bag --overwrite``); only its
+            directory must be writable then.
+        error: The :class:`~encdec_ros.errors.EncdecError` subclass to raise.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        error: One sentence naming the path, why it cannot be written and what to do.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None             # missing, or a parent is missing or a file: found below
+    if mode is not None and not stat.S_ISDIR(mode):
+        if not file_ok:
+            raise error(f'{what} {path} is a file, not a directory; choose another {option} '
+                        '(a new directory, or an existing one)')
+        _find_writable_dir(path.parent, target=path, what=what, option=option, error=error)
+        return path
+    if mode is not None and empty:
+        try:
+            full = any(path.iterdir())
+        except OSError as err:
+            raise error(f'cannot read {what} {path} ({_reason(err)}); choose another '
+                        f'{option}') from None
+        if full:
+            raise error(f'{what} {path} already exists and is not empty; choose another '
+                        f'{option} or pass {force_flag} to replace it')
+    _find_writable_dir(path, target=path, what=what, option=option, error=error)
+    return path
+
+
+def check_output_file(path: str | Path, *, what: str = 'output file', option: str = '--out',
+                      error: type[EncdecError] = OutputError) -> Path:
+    """Refuse, before any work, an output file that cannot be created or written.
+
+    A directory at ``path`` is refused; otherwise the nearest existing folder of ``path``
+    must take new files (probed as in :func:`check_output_dir`), and an existing file must
+    open for writing (it is opened to append nothing, so it stays as it is).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise error(f'{what} {path} is a directory; pass a file path for {option}, such as '
+                    'a new file inside it')
+    _find_writable_dir(path.parent, target=path, what=what, option=option, error=error)
+    if path.is_file():
+        try:
+            with open(path, 'ab'):
+                pass
+        except OSError as err:
+            raise error(f'cannot write {what} {path}: it is not writable ({_reason(err)}); '
+                        f'choose another {option} or fix its permissions') from None
+    return path
+
+
 # --------------------------------------------------------------------------- save
 
 
@@ -176,11 +308,8 @@ def save_model_dir(path: str | Path, *, onnx_file: str | Path | bytes, task: str
     if clash:
         raise ModelDirError(f'section name(s) {", ".join(clash)} are written by save_model_dir '
                             'itself; rename the section')
-    if path.exists() and not path.is_dir():
-        raise ModelDirError(f'{path} exists and is not a directory; choose another output path')
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise ModelDirError(f'model directory {path} already exists and is not empty; choose '
-                            'another path or pass overwrite=True (--force) to replace it')
+    check_output_dir(path, what='model directory', option='output path', empty=not overwrite,
+                     force_flag='overwrite=True (--force)', error=ModelDirError)
     if isinstance(onnx_file, (bytes, bytearray)):
         data = bytes(onnx_file)
         source = 'the given ONNX bytes'
@@ -203,9 +332,15 @@ def save_model_dir(path: str | Path, *, onnx_file: str | Path | bytes, task: str
         meta[key] = _plain(value, key)
     text = yaml.dump(meta, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
-    path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / ONNX_NAME, data)
-    _atomic_write(path / YAML_NAME, text.encode('utf-8'))  # last: its presence means complete
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path / ONNX_NAME, data)
+        _atomic_write(path / YAML_NAME, text.encode('utf-8'))  # last: its presence = complete
+    except OSError as err:      # last line of defence; the CLI checks --out before training
+        check_output_dir(path, what='model directory', option='output path',
+                         error=ModelDirError)   # names a parent that is a file, and the like
+        raise ModelDirError(f'cannot write model directory {path} ({_reason(err)}); free space '
+                            'or choose another output path, then export again') from None
     return path
 
 

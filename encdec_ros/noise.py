@@ -144,7 +144,10 @@ class NoiseSpec:
             raise ConfigError(f'noise spec file {path} does not exist; give a YAML file or a '
                               f'string such as {_EXAMPLE!r}')
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding='utf-8'))
+        except UnicodeDecodeError:
+            raise ConfigError(f'noise spec file {path} is not a text YAML file; give a YAML '
+                              f'file or a string such as {_EXAMPLE!r}') from None
         except yaml.YAMLError as err:
             raise ConfigError(f'{path} is not valid YAML ({getattr(err, "problem", err)}); '
                               'fix the syntax') from None

@@ -74,6 +74,9 @@ class BagPlayer:
             raise BagError(msg)
         remap = dict(remap or {})
         self.topics = wanted
+        self.warnings = list(self._bag.warnings)    # e.g. only one part of a split bag
+        for text in self.warnings:
+            node.get_logger().warning(text)
         self._pubs = {t: node.create_publisher(message_class(available[t].type),
                                                remap.get(t, t), qos)
                       for t in wanted}

@@ -100,11 +100,29 @@ class SignalSpec:
     def load(cls, path: str | Path) -> 'SignalSpec':
         """Read and check a spec YAML file."""
         path = Path(path)
+        if path.is_dir():
+            if (path / 'metadata.yaml').is_file():
+                msg = (f'spec file {path} is a bag directory, not a spec; pass the signal spec '
+                       'YAML file (topics, fields, rate_hz, window)')
+            else:
+                yamls = sorted(p.name for p in path.glob('*.y*ml') if p.is_file())
+                hint = f' such as {path / yamls[0]}' if yamls else ''
+                msg = (f'spec file {path} is a directory; pass a signal spec YAML file{hint} '
+                       'instead')
+            raise SpecError(msg)
         if not path.is_file():
             msg = f'spec file {path} does not exist; pass the path of a signal spec YAML'
             raise SpecError(msg)
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_text(encoding='utf-8'))
+        except (UnicodeDecodeError, yaml.reader.ReaderError):
+            msg = (f'spec file {path} is not a text YAML file (did you pass a bag?); pass the '
+                   'signal spec YAML that lists topics, fields, rate_hz and window')
+            raise SpecError(msg) from None
+        except OSError as err:
+            msg = (f'spec file {path} cannot be read ({err.strerror or type(err).__name__}); '
+                   'check its permissions or pass another signal spec YAML')
+            raise SpecError(msg) from None
         except yaml.YAMLError as err:
             mark = getattr(err, 'problem_mark', None)
             where = f' at line {mark.line + 1}' if mark else ''

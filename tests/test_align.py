@@ -89,3 +89,17 @@ def test_windows_offline_and_ring_agree_and_follow_the_absolute_stride():
     gap_times = np.concatenate([times[:100], times[100:] + 50 * PERIOD])
     for end in window_ends(gap_times, PERIOD, window=16, stride=1):
         assert np.all(np.diff(gap_times[end - 15:end + 1]) == PERIOD)
+
+
+def test_stamps_that_mostly_repeat_are_stalled():
+    from encdec_ros.align import repeats, stalled
+
+    steady = np.arange(10, dtype=np.int64) * PERIOD
+    assert repeats(steady) == 0 and not stalled(steady)
+    assert stalled(np.zeros(10, np.int64))                     # header stamps never filled
+    pairs = np.repeat(steady[::2], 2)
+    assert repeats(pairs) == 5 and stalled(pairs) and np.median(np.diff(pairs)) == 0
+    few = steady.copy()
+    few[[3, 7]] = few[[2, 6]]                                  # an occasional repeat is fine
+    assert repeats(few) == 2 and not stalled(few)
+    assert not stalled(np.zeros(2, np.int64))                  # too few to tell

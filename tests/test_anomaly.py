@@ -356,6 +356,50 @@ def test_a_bag_without_the_models_topics_is_refused(flight, tmp_path):
         evaluate_bag(flight['model'], bag)
 
 
+def test_eval_says_what_it_could_not_score(flight, tmp_path, capsys):
+    """Non-finite inputs, a bag shorter than a window and a span outside the bag: no figures
+    from nothing, one sentence each; windows left unscored are counted in the summary."""
+    import dataclasses
+
+    from encdec_ros.cli import main
+    from encdec_ros.errors import BagError
+    from training.sim import SimConfig, simulate, write_bag
+
+    sim = simulate(SimConfig(duration_s=20, seed=42))
+    gyro = sim.imu_angular_velocity.copy()
+    gyro[::10, 0] = np.nan                       # every 50 ms: every 0.2 s window holds one
+    everywhere = write_bag(dataclasses.replace(sim, imu_angular_velocity=gyro), tmp_path / 'nan')
+    gyro = sim.imu_angular_velocity.copy()
+    gyro[1000:1400, 1] = np.inf                  # 2 s of a broken channel
+    stretch = write_bag(dataclasses.replace(sim, imu_angular_velocity=gyro), tmp_path / 'inf')
+    one = simulate(SimConfig(duration_s=1.0, seed=42))      # cut to its first 0.1 s:
+    n, m = len(one.imu_stamp_ns), len(one.motor_stamp_ns)
+    cut = {f.name: getattr(one, f.name)[:10 if len(getattr(one, f.name)) == n else 5]
+           for f in dataclasses.fields(one) if isinstance(getattr(one, f.name), np.ndarray)
+           and getattr(one, f.name).ndim and len(getattr(one, f.name)) in (n, m)}
+    short = write_bag(dataclasses.replace(one, **cut), tmp_path / 'short')
+
+    with pytest.raises(BagError, match=r'none of the \d+ windows of .* could be scored: each '
+                                       r'holds NaN or infinite values \(in /imu/angular_vel'):
+        evaluate_bag(flight['model'], everywhere)
+    with pytest.raises(BagError, match='gives no complete window'):
+        evaluate_bag(flight['model'], short)
+    with pytest.raises(ConfigError, match=r'span 100.0:200.0 s holds no sample of .* 20.0 s long'):
+        evaluate_bag(flight['model'], stretch, eval_span=(100.0, 200.0))
+
+    result = evaluate_bag(flight['model'], stretch)
+    invalid = result.metrics['decisions']['invalid']
+    assert 0 < invalid < result.metrics['decisions']['windows']
+    assert int(np.sum(~np.isfinite(result.scores))) == invalid
+    assert main(['eval', 'anomaly', '--model', str(flight['model']), '--bag', str(stretch),
+                 '--no-plot', '--out', str(tmp_path / 'ev')]) == 0
+    assert f'NOT SCORED: {invalid} of ' in capsys.readouterr().out
+    assert main(['eval', 'anomaly', '--model', str(flight['model']), '--bag', str(everywhere),
+                 '--no-plot', '--out', str(tmp_path / 'ev2')]) == 2
+    err = capsys.readouterr().err
+    assert 'could be scored' in err and 'Traceback' not in err
+
+
 # --------------------------------------------------------------------------- the live node
 
 

@@ -270,3 +270,147 @@ def test_real_ros1_husky_bag_aligns_imu_and_odometry():
     # mounted with its y axis vertical, so its y rate (not z) follows the odometry's yaw rate
     corr = np.corrcoef(rec.data[:, 0], rec.data[:, 3])[0, 1]
     assert corr > 0.8
+
+
+# ---------------------------------------------------------------------- odd bags
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_per_message_compressed_bag_reads_back_exactly(tmp_path, storage):
+    """rosbag2's compression mode message: each message is a zstd frame of its own."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
+    from encdec_ros.bag import standard_typestore
+
+    store = standard_typestore()
+    path = tmp_path / 'bag'
+    plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
+    writer = Writer(path, version=8, storage_plugin=plugin)
+    writer.set_compression(CompressionMode.MESSAGE, CompressionFormat.ZSTD)
+    writer.open()
+    conn = writer.add_connection('/x', 'std_msgs/msg/Float64', typestore=store)
+    values = np.random.default_rng(4).normal(size=30)
+    for k, value in enumerate(values):
+        msg = store.types['std_msgs/msg/Float64'](data=float(value))
+        writer.write(conn, T0 + k * 10_000_000, store.serialize_cdr(msg, 'std_msgs/msg/Float64'))
+    writer.close()
+    meta = yaml.safe_load((path / 'metadata.yaml').read_text())['rosbag2_bagfile_information']
+    assert meta['compression_mode'].lower() == 'message'
+    rec = read_bag(path, SignalSpec.from_dict({'rate_hz': 100, 'window': 2, 'topics': {
+        '/x': ['data']}}))
+    np.testing.assert_array_equal(rec.streams['/x'].values[:, 0], values)
+    np.testing.assert_array_equal(rec.streams['/x'].stamps_ns, T0 + np.arange(30) * 10_000_000)
+
+
+def test_compressed_bag_without_a_zstd_module_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+    from encdec_ros.bag import _zstd_decompress
+
+    for name in ('compression.zstd', 'backports.zstd', 'zstandard'):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(BagError, match='no zstd module is installed; install one with '
+                                       '`pip install backports.zstd`'):
+        _zstd_decompress(tmp_path)
+
+
+def test_damaged_bags_name_the_repair(tmp_path):
+    for storage in ('sqlite3', 'mcap'):
+        path = tmp_path / storage
+        write_bag(path, storage=storage, seconds=0.2)
+        meta = path / 'metadata.yaml'
+        meta.write_text(meta.read_text()[:300])          # metadata.yaml cut short
+        with pytest.raises(BagError, match=r'metadata.yaml is incomplete or damaged; rename .*'
+                                           r'`ros2 bag reindex'):
+            BagSource(path)
+        meta.unlink()                                    # without it, the storage file reads
+        with BagSource(path) as bag:
+            assert sum(1 for _ in bag.raw_messages()) == 40 + 20 + 10 + 4
+        file = next(path.glob('*.db3' if storage == 'sqlite3' else '*.mcap'))
+        file.write_bytes(file.read_bytes()[:file.stat().st_size // 2])   # storage cut short
+        fix = '.recover' if storage == 'sqlite3' else f'mcap recover {file}'
+        with pytest.raises(BagError, match=re_escape(fix)):
+            BagSource(path)
+    cut = tmp_path / 'cut.bag'
+    cut.write_bytes(shared('bags/robot_localization/test1.bag').read_bytes()[:700_000])
+    with pytest.raises(BagError, match=re_escape(f'its index is damaged or missing, as when a '
+                                                 f'recording is cut short; rebuild it with '
+                                                 f'`rosbag reindex {cut}`')):
+        BagSource(cut)
+
+
+def re_escape(text: str) -> str:
+    import re
+    return re.escape(text)
+
+
+def write_stamped(path: Path, stamps: np.ndarray) -> np.ndarray:
+    """A bag of /imu with the given header stamps, logged at 100 Hz, and a /fast topic
+    whose log times lie a nanosecond apart; returns the log times of /imu."""
+    logs = T0 + np.arange(stamps.size) * 10_000_000
+    with BagWriter(path) as bag:
+        bag.add_topic('/imu', 'sensor_msgs/msg/Imu')
+        bag.add_topic('/fast', 'std_msgs/msg/Float64')
+        for k, (stamp, log_ns) in enumerate(zip(stamps, logs)):
+            msg = bag.new('sensor_msgs/msg/Imu', header=bag.header(int(stamp)),
+                          orientation=bag.new('geometry_msgs/msg/Quaternion', x=0., y=0., z=0.,
+                                              w=1.),
+                          orientation_covariance=np.zeros(9),
+                          angular_velocity=bag.new('geometry_msgs/msg/Vector3', x=0., y=0.,
+                                                   z=float(k)),
+                          angular_velocity_covariance=np.zeros(9),
+                          linear_acceleration=bag.new('geometry_msgs/msg/Vector3', x=0., y=0.,
+                                                      z=9.81),
+                          linear_acceleration_covariance=np.zeros(9))
+            bag.write('/imu', int(log_ns), msg)
+            bag.write('/fast', 1000 + k, bag.new('std_msgs/msg/Float64', data=float(k)))
+    return logs
+
+
+STAMP_SPEC = {'rate_hz': 100, 'window': 2, 'topics': {'/imu': ['angular_velocity.z']}}
+
+
+@pytest.mark.parametrize('kind', ['zero', 'pairs'])
+def test_header_stamps_that_repeat_are_refused_with_the_receive_fix(tmp_path, kind):
+    good = T0 + np.arange(40) * 10_000_000
+    stamps = np.zeros(40, np.int64) if kind == 'zero' else np.repeat(good[::2], 2)
+    logs = write_stamped(tmp_path / 'bag', stamps)
+    how = 'are all zero' if kind == 'zero' else 'repeat the one before in 20 of 40 messages'
+    with pytest.raises(BagError, match=f'the header stamps of /imu {how}, so they cannot time '
+                                       'its samples; set stamp: receive under /imu'):
+        read_bag(tmp_path / 'bag', SignalSpec.from_dict(STAMP_SPEC))
+    spec = dict(STAMP_SPEC, topics={'/imu': {'stamp': 'receive', 'fields': ['angular_velocity.z']}})
+    rec = read_bag(tmp_path / 'bag', SignalSpec.from_dict(spec))
+    np.testing.assert_array_equal(rec.streams['/imu'].stamps_ns, logs)
+    np.testing.assert_array_equal(rec.streams['/imu'].values[:, 0], np.arange(40.))
+
+
+def test_inspect_flags_stamps_rates_duplicates_and_definitions(tmp_path, capsys):
+    from encdec_ros.cli import main
+
+    write_stamped(tmp_path / 'bag', np.zeros(40, np.int64))
+    spec = tmp_path / 'spec.yaml'
+    spec.write_text(yaml.safe_dump(STAMP_SPEC))
+    assert main(['inspect', str(tmp_path / 'bag'), '--spec', str(spec)]) == 1
+    out = capsys.readouterr().out
+    fast = next(line for line in out.splitlines() if line.startswith('/fast'))
+    assert fast.split()[3] == '?' and '40 messages lie within 39 ns of log time' in out
+    imu = next(line for line in out.splitlines() if line.startswith('/imu'))
+    assert imu.split()[3] == '100.00'
+    assert 'the header stamps of /imu are all zero' in out and 'stamp: receive' in out
+    # the same field twice: inspect refuses it as train does
+    spec.write_text(yaml.safe_dump(dict(STAMP_SPEC, topics={'/fast': {
+        'stamp': 'receive', 'fields': ['data', 'data']}})))
+    assert main(['inspect', str(tmp_path / 'bag'), '--spec', str(spec)]) == 1
+    assert 'channel /fast/data appears twice; list each field once' in capsys.readouterr().out
+    # a sqlite3 bag without definitions of test_msgs: neither column nor check calls it standard
+    path = shared(RESOURCES, 'rosbag2_py/test/resources/sqlite3/convert_a')
+    assert main(['inspect', str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith('b_basictypes'))
+    assert line.endswith('none (not a standard type)')
+
+
+def test_one_file_of_a_split_bag_warns_to_pass_its_directory():
+    path = shared(RESOURCES, 'rosbag2_py/test/resources/mcap/wbag')
+    with BagSource(path / 'wbag_0.mcap') as bag:
+        assert any(f'only one of the 5 storage files of the split bag {path}' in w and
+                   f'pass the directory {path}' in w for w in bag.warnings)
+    with BagSource(path) as bag:
+        assert not bag.warnings

@@ -389,6 +389,10 @@ def test_user_mistakes_get_one_clear_sentence(bag, model_dir, tmp_path, capsys):
         (['train', 'denoise', '--bag', str(bag), '--spec', str(tmp_path / 'one.yaml'),
           '--out', str(tmp_path / 'y'), '--also-uncorrupted', '--noise', 'gaussian:0.1',
           '--clean-topic', 'none'], 'needs ground truth'),
+        (['eval', 'denoise', '--model', str(model_dir), '--bag', str(bag), '--eval-span',
+          '100:200', '--out', str(tmp_path / 'e')], 'holds no /imu message of'),
+        (['eval', 'denoise', '--model', str(model_dir), '--bag', str(bag), '--clean-topic',
+          '/imu', '--out', str(tmp_path / 'e')], 'is the input topic itself'),
     ]
     for argv, match in cases:
         assert cli_main(argv) == 2
@@ -408,6 +412,35 @@ def test_user_mistakes_get_one_clear_sentence(bag, model_dir, tmp_path, capsys):
     with pytest.raises(ModelDirError, match=r'differs from the one .* \(window 8 vs 16\)'):
         build_core('kalman', model_dir=model_dir, spec=SignalSpec.from_dict(imu_spec(16)))
     assert issubclass(ShortMessageError, ValueError) and issubclass(ConfigError, EncdecError)
+
+
+def test_eval_of_odd_recordings_names_the_problem(model_dir, tmp_path, caplog):
+    """Repeated header stamps are refused in one sentence (not a division by zero); a channel
+    with nothing to remove gets no ratio instead of a huge one, and the rest still count."""
+    import dataclasses
+
+    from encdec_ros.denoise_eval import evaluate_denoise
+    from encdec_ros.errors import BagError
+
+    sim = simulate(SimConfig(duration_s=4.0, seed=5))
+    stamps = sim.imu_stamp_ns.copy()
+    stamps[1::2] = stamps[::2][:len(stamps[1::2])]          # every stamp twice
+    repeated = write_bag(dataclasses.replace(sim, imu_stamp_ns=stamps), tmp_path / 'repeat')
+    with pytest.raises(BagError, match=r'header stamps? .*stamp: receive'):
+        evaluate_denoise(model_dir, repeated)
+
+    gyro, clean = sim.imu_angular_velocity.copy(), sim.clean_angular_velocity.copy()
+    gyro[:, 0] = clean[:, 0] = 0.0                          # a channel without noise
+    flat = write_bag(dataclasses.replace(sim, imu_angular_velocity=gyro,
+                                         clean_angular_velocity=clean), tmp_path / 'flat')
+    report = evaluate_denoise(model_dir, flat, out_dir=tmp_path / 'ev', plot=False)
+    comp = report['comparison']
+    assert comp['ratio_per_channel'][3] is None and report['methods']['model'][
+        'rmse_relative'][3] is None
+    assert all(0.1 < r < 10 for i, r in enumerate(comp['ratio_per_channel']) if i != 3)
+    assert 0.1 < comp['ratio_overall'] < 10
+    assert 'the input equals the reference' in caplog.text
+    json.loads((tmp_path / 'ev' / 'denoise_report.json').read_text())   # strict JSON
 
 
 def test_standalone_core_from_a_spec_for_joint_states():

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-torch = pytest.importorskip('torch')
+from encdec_ros.cli import main as cli_main
+from encdec_ros.engine import InferenceEngine
+from encdec_ros.errors import ModelDirError, OutputError
+from encdec_ros.modeldir import (FORMAT, ModelDir, check_output_dir, check_output_file,
+                                 first_difference, save_model_dir)
 
-from encdec_ros.engine import InferenceEngine  # noqa: E402
-from encdec_ros.errors import ModelDirError  # noqa: E402
-from encdec_ros.modeldir import FORMAT, ModelDir, first_difference, save_model_dir  # noqa: E402
-from training.export import export_onnx  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SPEC = {
     'rate_hz': 100.0,
@@ -26,6 +29,9 @@ SPEC = {
 
 @pytest.fixture(scope='module')
 def onnx_file(tmp_path_factory) -> Path:
+    torch = pytest.importorskip('torch')
+    from training.export import export_onnx
+
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
     path = tmp_path_factory.mktemp('modeldir_onnx') / 'exported.onnx'
@@ -233,3 +239,154 @@ def test_first_difference_rules():
     assert first_difference({'a': True}, {'a': 1}) == ('spec.a', 'True', '1')
     assert first_difference({'a': 0.1 + 0.2}, {'a': 0.3}) is None
     assert first_difference({'a': 'x'}, {'a': 'x', 'b': None}) == ('spec.b', 'nothing', 'None')
+
+
+# --------------------------------------------------------------------------- output paths
+
+
+def _no_probe_left(*folders: Path) -> bool:
+    return not [p for d in folders for p in d.iterdir() if p.name.startswith('.encdec-')]
+
+
+def test_check_output_dir_accepts_new_and_existing_directories(tmp_path):
+    assert check_output_dir(tmp_path / 'new' / 'deep') == tmp_path / 'new' / 'deep'
+    assert not (tmp_path / 'new').exists()          # nothing is created early
+    (tmp_path / 'full').mkdir()
+    (tmp_path / 'full' / 'keep.txt').write_text('x')
+    check_output_dir(tmp_path / 'full')             # a report directory may hold files
+    check_output_dir(tmp_path / 'empty_ok', empty=True)
+    assert _no_probe_left(tmp_path, tmp_path / 'full')
+    assert [p.name for p in (tmp_path / 'full').iterdir()] == ['keep.txt']
+
+
+def test_check_output_dir_refusals_are_one_sentence(tmp_path):
+    plain = tmp_path / 'plain.txt'
+    plain.write_text('precious')
+    with pytest.raises(OutputError, match=r'model directory .*plain.txt is a file, not a '
+                                          r'directory; choose another --out') as info:
+        check_output_dir(plain, what='model directory')
+    assert '\n' not in str(info.value)
+    with pytest.raises(OutputError, match=r'cannot create output directory .*plain.txt/a/b: '
+                                          r'.*plain.txt is a file, not a directory; choose '
+                                          r'another --out whose parent folders'):
+        check_output_dir(plain / 'a' / 'b')
+    (tmp_path / 'full').mkdir()
+    (tmp_path / 'full' / 'x').write_text('')
+    with pytest.raises(OutputError, match='already exists and is not empty; choose another '
+                                          '--out or pass --force to replace it'):
+        check_output_dir(tmp_path / 'full', empty=True)
+    with pytest.raises(ModelDirError, match='is a file'):
+        check_output_dir(plain, error=ModelDirError)
+    assert plain.read_text() == 'precious'          # loses nothing
+    check_output_dir(plain, file_ok=True)           # bag --overwrite replaces a file
+
+
+def _sys_refuses_entries() -> bool:
+    probe = Path('/sys/encdec_write_probe')
+    try:
+        probe.mkdir()
+    except OSError:
+        return Path('/sys').is_dir()
+    probe.rmdir()
+    return False
+
+
+def test_check_output_dir_in_a_folder_that_takes_no_entries():
+    if not _sys_refuses_entries():
+        pytest.skip('/sys is absent or writable here')
+    with pytest.raises(OutputError, match=r'cannot write output directory /sys/encdec_x/y: '
+                                          r'/sys is not writable \(.*\); choose another --out'):
+        check_output_dir('/sys/encdec_x/y')
+
+
+def test_check_output_file(tmp_path):
+    with pytest.raises(OutputError, match='is a directory; pass a file path for --report'):
+        check_output_file(tmp_path, option='--report')
+    (tmp_path / 'f').write_text('a')
+    with pytest.raises(OutputError, match=r'f is a file, not a directory; choose another '
+                                          r'--report'):
+        check_output_file(tmp_path / 'f' / 'r.json', option='--report')
+    assert check_output_file(tmp_path / 'sub' / 'r.json') == tmp_path / 'sub' / 'r.json'
+    check_output_file(tmp_path / 'f')               # an existing file stays as it is
+    assert (tmp_path / 'f').read_text() == 'a' and _no_probe_left(tmp_path)
+
+
+def test_save_model_dir_refuses_a_file_or_a_file_as_parent(tmp_path, onnx_file):
+    plain = tmp_path / 'plain'
+    plain.write_text('precious')
+    for force in (False, True):
+        with pytest.raises(ModelDirError, match='model directory .*plain is a file, not a '
+                                                'directory'):
+            save_model_dir(plain, onnx_file=onnx_file, task='anomaly', overwrite=force)
+    with pytest.raises(ModelDirError, match=r'plain/m: .*plain is a file, not a directory'):
+        save_model_dir(plain / 'm', onnx_file=onnx_file, task='anomaly')
+    assert plain.read_text() == 'precious'
+
+
+def _commands(tmp_path: Path, out: str) -> list[list[str]]:
+    """Every command that writes --out (or --report), with inputs that do not exist: the
+    output must be refused before any of them is read."""
+    bag, spec = str(tmp_path / 'no.bag'), str(tmp_path / 'no.yaml')
+    return [
+        ['train', 'anomaly', '--bag', bag, '--spec', spec, '--out', out],
+        ['train', 'anomaly', '--bag', bag, '--spec', spec, '--out', out, '--force'],
+        ['train', 'denoise', '--bag', bag, '--spec', spec, '--noise', 'gaussian:0.1',
+         '--out', out],
+        ['train', 'allocator', '--effectiveness', spec, '--out', out],
+        ['eval', 'anomaly', '--model', str(tmp_path), '--bag', bag, '--out', out],
+        ['eval', 'denoise', '--model', str(tmp_path), '--bag', bag, '--out', out],
+        ['eval', 'allocator', '--effectiveness', str(ROOT / 'config' / 'quad_x.yaml'),
+         '--samples', '10', '--report', str(Path(out) / 'r.json')],
+        ['train', 'effectiveness', '--bag', bag, '--template', spec, '--mass', '1',
+         '--inertia', '1', '1', '1', '--out', str(Path(out) / 'e.yaml')],
+        ['sim', '--out', out, '--duration', '2'],
+        ['bag', 'from-csv', str(tmp_path / 'no.csv'), '--out', out],
+        ['demo', '--out', out],
+    ]
+
+
+@pytest.mark.parametrize('index', range(11))
+def test_every_command_refuses_an_unwritable_out_before_any_work(tmp_path, capsys, index):
+    plain = tmp_path / 'plain'
+    plain.write_text('precious')
+    argv = _commands(tmp_path, str(plain / 'sub'))[index]
+    start = time.perf_counter()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - start < 10
+    assert err.startswith('encdec: error: cannot create ') and err.count('\n') == 1, err
+    assert f'{plain} is a file, not a directory' in err and 'Traceback' not in err
+    assert plain.read_text() == 'precious'
+
+
+@pytest.mark.parametrize('kind', ['anomaly', 'denoise', 'allocator'])
+def test_train_out_that_is_a_file_says_so(tmp_path, capsys, kind):
+    plain = tmp_path / 'plain'
+    plain.write_text('precious')
+    args = {'allocator': ['--effectiveness', str(tmp_path / 'no.yaml')]}.get(
+        kind, ['--bag', str(tmp_path / 'no.bag'), '--spec', str(tmp_path / 'no.yaml')])
+    for force in ([], ['--force']):
+        assert cli_main(['train', kind, *args, '--out', str(plain), *force]) == 2
+        err = capsys.readouterr().err
+        assert f'model directory {plain} is a file, not a directory' in err
+        assert 'not empty' not in err and err.count('\n') == 1
+    assert plain.read_text() == 'precious'
+
+
+def test_train_refuses_a_full_out_before_torch(tmp_path):
+    """A full --out without --force fails before torch is even imported."""
+    import subprocess
+    import sys
+
+    full = tmp_path / 'full'
+    full.mkdir()
+    (full / 'model.yaml').write_text('x')
+    argv = ['train', 'denoise', '--bag', 'b', '--spec', 's', '--out', str(full)]
+    code = ('import sys\nfrom encdec_ros.cli import main\n'
+            f'rc = main({argv!r})\n'
+            'sys.exit(10 + rc if "torch" in sys.modules else rc)')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, 'PYTHONPATH': str(ROOT)})
+    assert proc.returncode == 2, proc.stderr
+    assert 'already exists and is not empty; choose another --out or pass --force' in \
+        proc.stderr

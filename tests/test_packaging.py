@@ -59,3 +59,17 @@ def test_installed_command_line_runs(installed):
                           cwd=installed)
     assert proc.returncode == 0, proc.stderr
     assert 'inspect' in proc.stdout and 'sim' in proc.stdout
+
+
+@pytest.mark.parametrize('launch', sorted((ROOT / 'launch').glob('*.launch.py')),
+                         ids=lambda p: p.name)
+def test_launch_default_models_are_shipped_and_load(launch):
+    """A launch file's default model_dir names a model directory in models/ of its task."""
+    from encdec_ros.modeldir import ModelDir
+
+    task = {'anomaly_detector': 'anomaly', 'denoiser': 'denoise',
+            'control_allocator': 'allocator'}[launch.name.split('.')[0]]
+    names = re.findall(r"\[share, 'models', '([A-Za-z0-9_]+)'\]", launch.read_text())
+    assert names, f'{launch.name} names no default model'
+    for name in names:
+        ModelDir.load(ROOT / 'models' / name, task=task)

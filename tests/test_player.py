@@ -70,3 +70,19 @@ def test_player_refuses_unknown_topics_and_rates(rclpy_context, small_bag):
             BagPlayer(node, small_bag, rate=-1)
     finally:
         node.destroy_node()
+
+
+def test_player_warns_when_given_one_file_of_a_split_bag(rclpy_context):
+    import rclpy
+    from data_paths import shared
+
+    path = shared('bags/rosbag2-test-resources/rosbag2_py/test/resources/mcap/wbag')
+    node = rclpy.create_node('player_split', context=rclpy_context)
+    try:
+        with BagPlayer(node, path / 'wbag_0.mcap', rate=0) as player:
+            assert any(f'pass the directory {path}' in w for w in player.warnings)
+            assert player.play().messages > 0
+        with BagPlayer(node, path, topics=['AAA'], rate=0) as player:
+            assert player.warnings == [] and player.play().messages == 804
+    finally:
+        node.destroy_node()

@@ -116,6 +116,49 @@ def test_missing_file(tmp_path):
         SignalSpec.load(tmp_path / 'nope.yaml')
 
 
+@pytest.mark.parametrize('data', [
+    b'#ROSBAG V2.0\nE\x00\x00\x00\x04\x00\x00\x00op=\x03\xbb\xfe\xff',  # a ROS 1 bag
+    b'SQLite format 3\x00\x10\x00\x01\x01',                            # a .db3 bag
+    b'rate_hz: 10\x00\nwindow: 4\n',                                    # UTF-8 with a NUL
+], ids=['ros1', 'sqlite', 'nul'])
+def test_binary_file_is_not_a_spec(tmp_path, data):
+    path = tmp_path / 'recording.bag'
+    path.write_bytes(data)
+    with pytest.raises(SpecError, match=r'spec file .*recording.bag is not a text YAML file '
+                                        r'\(did you pass a bag\?\); pass the signal spec YAML'
+                       ) as info:
+        SignalSpec.load(path)
+    assert '\n' not in str(info.value)
+
+
+def test_directory_is_not_a_spec(tmp_path):
+    with pytest.raises(SpecError, match=r'is a directory; pass a signal spec YAML file instead'):
+        SignalSpec.load(tmp_path)
+    (tmp_path / 'imu.yaml').write_text('rate_hz: 10\n')
+    with pytest.raises(SpecError, match=r'is a directory; pass a signal spec YAML file such as '
+                                        r'.*imu.yaml instead'):
+        SignalSpec.load(tmp_path)
+    bag = tmp_path / 'bag'
+    bag.mkdir()
+    (bag / 'metadata.yaml').write_text('rosbag2_bagfile_information: {}\n')
+    with pytest.raises(SpecError, match=r'bag is a bag directory, not a spec; pass the signal '
+                                        r'spec YAML file'):
+        SignalSpec.load(bag)
+
+
+def test_cli_inspect_with_a_bag_as_spec_is_one_line(tmp_path, capsys):
+    from encdec_ros.cli import main
+
+    path = tmp_path / 'recording.bag'
+    path.write_bytes(b'#ROSBAG V2.0\n\xbb\xfe\xff')
+    assert main(['inspect', str(path), '--spec', str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('encdec: error: spec file') and err.count('\n') == 1
+    assert 'did you pass a bag?' in err and 'Traceback' not in err
+    assert main(['inspect', str(path), '--spec', str(tmp_path)]) == 2
+    assert 'is a directory; pass a signal spec YAML file' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(('topic', 'field', 'message'), [
     ('/imuu', 'angular_velocity.x', r'topic /imuu is not in .*did you mean /imu\?'),
     ('/imu', 'angular_velocity.w', "geometry_msgs/msg/Vector3 has no field 'w'.*x, y, z"),

@@ -35,6 +35,7 @@ from encdec_ros.anomaly import ERROR_KINDS, LOG_EPS, SLOW_MIN_WINDOWS, ChannelSt
     window_features
 from encdec_ros.bag import Recording, read_bags
 from encdec_ros.errors import ConfigError, ModelDirError
+from encdec_ros.modeldir import check_output_dir
 from encdec_ros.spec import SignalSpec
 from encdec_ros.window import window_ends, windows_at
 
@@ -424,10 +425,7 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
     opts = opts or TrainOptions()
     opts.check()
     say = say or log.info
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ModelDirError(f'model directory {out} already exists and is not empty; choose '
-                            'another --out or pass --force to replace it')
+    out = check_output_dir(out, what='model directory', empty=not overwrite, error=ModelDirError)
     if not isinstance(spec, SignalSpec):
         spec = SignalSpec.load(spec)
     if window is not None or stride is not None:
@@ -449,6 +447,12 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
     calib_raw = _stack(split.calib, W, C) if opts.calib_fraction > 0 else val_raw
     for name, arr in (('training', train_raw), ('validation', val_raw),
                       ('calibration', calib_raw)):
+        if len(arr) < 2 and split.dropped:
+            raise ConfigError(f'only {len(arr)} {name} windows of {W} samples are usable: '
+                              f'{split.dropped} windows were left out because they hold NaN or '
+                              'infinite values (or labelled faults); drop the messages with '
+                              'non-finite values from the bag, or leave their fields out of '
+                              'the spec')
         if len(arr) < 2:
             raise ConfigError(f'only {len(arr)} {name} windows of {W} samples fit in the data; '
                               'give longer bags, a smaller window or a smaller stride')

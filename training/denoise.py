@@ -41,7 +41,7 @@ import numpy as np
 
 from encdec_ros.denoise import BASELINES, make_baseline, one_topic_spec, tune_baselines
 from encdec_ros.denoise_eval import Pair, load_pairs
-from encdec_ros.errors import BagError, ConfigError
+from encdec_ros.errors import BagError, ConfigError, ModelDirError
 from encdec_ros.noise import NoiseSpec
 from encdec_ros.spec import SignalSpec
 
@@ -248,17 +248,14 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
     """
     import torch
 
-    from encdec_ros.modeldir import ModelDir, save_model_dir
+    from encdec_ros.modeldir import ModelDir, check_output_dir, save_model_dir
 
     from .export import export_onnx
 
     t_start = time.perf_counter()
     opts = copy.deepcopy(options) if options is not None else DenoiseOptions()
     opts.check()
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise ConfigError(f'model directory {out} already exists and is not empty; choose '
-                          'another --out or pass --force to replace it')
+    out = check_output_dir(out, what='model directory', empty=not force, error=ModelDirError)
     if isinstance(spec, (str, Path)):
         spec = SignalSpec.load(spec)
     if opts.window is not None:

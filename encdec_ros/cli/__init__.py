@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -70,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print('encdec: interrupted', file=sys.stderr)
         return 130
+    except BrokenPipeError:              # `encdec inspect BAG | head`: the reader has left
+        try:
+            sys.stdout = open(os.devnull, 'w')
+        except OSError:
+            pass
+        return 0
 
 
 if __name__ == '__main__':

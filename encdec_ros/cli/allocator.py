@@ -103,17 +103,15 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 def _train(args: argparse.Namespace) -> int:
     from ..allocation import Effectiveness
     from ..errors import ConfigError
+    from ..modeldir import check_output_dir
 
+    out = check_output_dir(args.out, what='model directory', empty=not args.force)
     try:
         hidden = tuple(int(x) for x in str(args.hidden).split(',') if x.strip())
     except ValueError:
         raise ConfigError(f'--hidden {args.hidden!r} is not a comma-separated list of widths; '
                           'write e.g. 128,128,128') from None
     eff = Effectiveness.load(args.effectiveness)
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise ConfigError(f'model directory {out} already exists and is not empty; choose '
-                          'another --out or pass --force to replace it')
 
     from training.allocator import (AllocatorTrainConfig, bag_wrenches, export_allocator,
                                     train_allocator)
@@ -150,10 +148,12 @@ def _identify(args: argparse.Namespace) -> int:
 
     from ..allocation import Effectiveness
     from ..errors import ConfigError
+    from ..modeldir import check_output_file
 
     out = Path(args.out)
     if out.exists() and not args.force:
         raise ConfigError(f'{out} already exists; choose another --out or pass --force')
+    check_output_file(out, what='effectiveness file')
     template = Effectiveness.load(args.template)
 
     from training.allocator import (IdentifyConfig, identify_effectiveness,
@@ -205,6 +205,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..allocator_eval import (HELD_OUT_SEED, bag_wrenches, evaluate, format_table,
                                   plot_errors, write_report)
     from ..errors import ConfigError
+    from ..modeldir import check_output_file
 
     if not args.model and not args.effectiveness:
         raise ConfigError('pass --model DIR (a trained allocator) or --effectiveness YAML '
@@ -220,6 +221,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f'--methods names {bad[0]!r}; use {", ".join(known)} or all')
     if 'learned' in wanted and not args.model:
         raise ConfigError('method learned needs --model DIR')
+    report_path = Path(args.report or f'allocator_eval_{eff.name}.json')
+    plot_path = Path(args.plot) if args.plot else report_path.with_suffix('.png')
+    check_output_file(report_path, what='report', option='--report')  # before the scoring
+    check_output_file(plot_path, what='plot', option='--plot')
     makers = {
         'learned': lambda: LearnedAllocator(args.model, effectiveness=eff, device=args.device),
         'exact': lambda: ExactAllocator(eff),
@@ -246,8 +251,6 @@ def _eval(args: argparse.Namespace) -> int:
         report['learned_vs_exact_latency'] = learned / exact
     if args.model:
         report['model'] = str(args.model)
-    report_path = Path(args.report or f'allocator_eval_{eff.name}.json')
-    plot_path = Path(args.plot) if args.plot else report_path.with_suffix('.png')
     write_report(report, report_path)
     plot_errors(report, curves, plot_path)
     print(format_table(report))

@@ -115,6 +115,14 @@ def register(groups: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..modeldir import check_output_dir
+    from ..spec import SignalSpec
+
+    # before torch is imported, any bag read or any epoch: an --out that cannot be written
+    # and a spec that is no spec fail at once (the trainer reads the spec again)
+    check_output_dir(args.out, what='model directory', empty=not args.force)
+    SignalSpec.load(args.spec)
+
     from training.anomaly import TrainOptions, train_anomaly
     from training.models import AEConfig
 
@@ -162,15 +170,17 @@ def _rebuild_command(args: argparse.Namespace) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     from ..anomaly_eval import evaluate_bag, parse_span, summary_lines, write_report
+    from ..modeldir import check_output_dir
 
+    bag = Path(args.bag)
+    out = Path(args.out) if args.out else bag.with_name(f'{bag.name}_eval')
+    check_output_dir(out, what='report directory')  # before the replay, not after it
     start = time.perf_counter()
     result = evaluate_bag(args.model, args.bag, labels_csv=args.labels, device=args.device,
                           points=args.points, eval_span=parse_span(args.eval_span),
                           grace_s=args.grace, debounce_k=args.debounce_k,
                           debounce_n=args.debounce_n, release=args.release,
                           threshold_scale=args.threshold_scale)
-    bag = Path(args.bag)
-    out = Path(args.out) if args.out else bag.with_name(f'{bag.name}_eval')
     json_path, png = write_report(result, out, model=args.model, plot=not args.no_plot)
     print(f'model {args.model} on {args.bag} ({result.scorer["provider"]}):')
     for line in summary_lines(result):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from ..errors import BagError
+
 
 def register(groups: dict) -> None:
     """Add ``bag from-csv``."""
@@ -39,7 +41,10 @@ def _split(text: str | None) -> list[str]:
 
 def _from_csv(args: argparse.Namespace) -> int:
     from ..csvbag import csv_to_bag
+    from ..modeldir import check_output_dir
 
+    check_output_dir(args.out, what='bag directory', file_ok=args.overwrite,
+                     error=BagError)
     start = time.perf_counter()
     out, table = csv_to_bag(
         args.csv, args.out, topic=args.topic, storage=args.storage, sep=args.sep,

@@ -54,7 +54,9 @@ def _demo(args: argparse.Namespace) -> int:
     if args.duration < 165:
         raise ConfigError(f'--duration {args.duration:g} is too short for six faults; give at '
                           'least 165 s')
-    out = Path(args.out)
+    from ..modeldir import check_output_dir
+
+    out = check_output_dir(args.out)   # before four minutes of flights and training
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     spec = ROOT / 'config' / 'sim_spec.yaml'

@@ -106,6 +106,14 @@ def _command() -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..modeldir import check_output_dir
+    from ..spec import SignalSpec
+
+    # before torch is imported, any bag read or any epoch: an --out that cannot be written
+    # and a spec that is no spec fail at once (the trainer reads the spec again)
+    check_output_dir(args.out, what='model directory', empty=not args.force)
+    SignalSpec.load(args.spec)
+
     from training.denoise import DenoiseOptions, train_denoiser
 
     from ..denoise_eval import parse_span
@@ -158,12 +166,18 @@ def _table(channels: Sequence[str], rmse: dict[str, Sequence[float]],
         print(f'    {name:<{width}}' + ''.join(cells))
 
 
+def _fmt(value: float | None) -> str:
+    """A figure with three decimals, or n/a where it is undefined."""
+    return 'n/a' if value is None else f'{value:.3f}'
+
+
 def _eval(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
     from ..denoise_eval import evaluate_denoise, parse_span
     from ..errors import ConfigError
+    from ..modeldir import check_output_dir
     from ..noise import parse_noise
 
     methods = [m.strip() for m in args.methods.split(',') if m.strip()]
@@ -180,6 +194,7 @@ def _eval(args: argparse.Namespace) -> int:
         out = bag.with_name(f'{bag.stem if bag.is_file() else bag.name}_denoise')
         if not os.access(out.parent, os.W_OK):
             out = Path.cwd() / out.name
+    check_output_dir(out, what='report directory')  # before the replay, not after it
     report = evaluate_denoise(args.model, args.bag, clean_topic=clean, add_noise=noise,
                               seed=args.seed, span=parse_span(args.eval_span), methods=methods,
                               device=args.device, out_dir=out, plot=not args.no_plot,
@@ -192,14 +207,14 @@ def _eval(args: argparse.Namespace) -> int:
     _table(report['channels'], {m: f['rmse'] for m, f in figs.items()},
            {m: f['lag_ms'] for m, f in figs.items()})
     print('    overall (RMSE / noisy RMSE, RMS over channels): ' + ', '.join(
-        f'{m} {f["rmse_overall"]:.3f}' for m, f in figs.items()))
+        f'{m} {_fmt(f["rmse_overall"])}' for m, f in figs.items()))
     comp = report['comparison']
     if comp:
         print(f'  model / best baseline ({comp["best_baseline"]}): overall '
               f'{comp["ratio_overall"]:.3f}; per channel '
-              + ', '.join(f'{r:.3f}' for r in comp['ratio_per_channel']))
+              + ', '.join(map(_fmt, comp['ratio_per_channel'])))
         print('  model / best baseline of each channel: '
-              + ', '.join(f'{r:.3f}' for r in comp['ratio_per_channel_vs_each_best']))
+              + ', '.join(map(_fmt, comp['ratio_per_channel_vs_each_best'])))
         print(f'  model lag no larger than {comp["best_baseline"]}\'s: '
               f'{"yes" if comp["lag_no_larger"] else "no"}')
     print(f'  report: {report.get("report")}' + (f', plot: {report["png"]}'

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def register(groups: dict) -> None:
@@ -20,7 +24,7 @@ def register(groups: dict) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..bag import BagSource, bind_spec
+    from ..bag import BagSource, bind_spec, read_streams
     from ..errors import EncdecError
     from ..spec import SignalSpec
 
@@ -44,11 +48,15 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f'\n{"topic":<{width}}  {"type":<40} {"count":>8} {"rate Hz":>9}  definition')
         for name in sorted(bag.topics):
             info = bag.topics[name]
-            ts = np.asarray(times[name], dtype=np.int64)
-            rate = (len(ts) - 1) / ((ts[-1] - ts[0]) * 1e-9) if len(ts) > 1 and \
-                ts[-1] > ts[0] else float('nan')
-            note = 'in bag' if info.has_definition else 'standard'
-            print(f'{name:<{width}}  {info.type:<40} {len(ts):>8} {rate:>9.2f}  {note}')
+            ts = np.sort(np.asarray(times[name], dtype=np.int64))
+            rate, trouble = _rate(ts)
+            note = bag.definition_source(name)
+            if note == 'none':
+                note = 'none (not a standard type)'
+            shown = f'{rate:>9.2f}' if rate == rate else f'{"?" if trouble else "-":>9}'
+            print(f'{name:<{width}}  {info.type:<40} {len(ts):>8} {shown}  {note}')
+            if trouble:
+                print(f'{"":<{width}}  ! {trouble}')
             if info.meta_count is not None and len(ts) < info.meta_count:
                 print(f'{"":<{width}}  ! read {len(ts)} of the {info.meta_count} messages '
                       'metadata.yaml lists')
@@ -77,5 +85,41 @@ def _inspect(args: argparse.Namespace) -> int:
                     failed += 1
                     text = str(err).replace(f'{spec.source}: ', '')
                     print(f'  FAIL  {topic.name} {entry.path.text}: {text}')
-        print(f'{"all fields resolve" if not failed else f"{failed} field(s) do not resolve"}')
-        return 1 if failed else 0
+        if failed:
+            print(f'{failed} field(s) do not resolve')
+            return 1
+        # the fields resolve one by one; now the spec as a whole, as train and eval read it
+        try:
+            resolved = bind_spec(spec, bag)
+            _, warnings = read_streams(bag, resolved, show_progress=False)
+        except EncdecError as err:
+            print(f'  FAIL  {str(err).replace(f"{spec.source}: ", "")}')
+            print('all fields resolve one by one, but the spec as a whole does not fit this bag')
+            return 1
+        for text in warnings:
+            if text not in bag.warnings:     # those are printed above
+                print(f'  warn  {text}')
+        print('all fields resolve')
+        return 0
+
+
+def _rate(stamps_ns: np.ndarray) -> tuple[float, str]:
+    """A topic's message rate from its sorted log times, and why it is unknown where it is."""
+    from ..align import repeats, stalled
+
+    n = stamps_ns.size
+    if n < 2:
+        return float('nan'), ''
+    span = int(stamps_ns[-1] - stamps_ns[0])
+    if span <= 0 or stalled(stamps_ns):
+        return float('nan'), (f'log times repeat in {repeats(stamps_ns)} of {n} messages, so '
+                              'no rate can be measured')
+    rate = (n - 1) / (span * 1e-9)
+    if rate > MAX_RATE_HZ:
+        return float('nan'), (f'{n} messages lie within {span} ns of log time, so those times '
+                              'are not real and no rate can be measured')
+    return rate, ''
+
+
+# No ROS topic publishes faster than this: a higher rate means the log times are not real.
+MAX_RATE_HZ = 1e6

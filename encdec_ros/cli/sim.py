@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
-from pathlib import Path
 
 # The same kinds as training.sim.FAULT_KINDS, repeated so that --help needs no scipy.
 FAULT_CHOICES = ('stuck', 'bias_drift', 'spikes', 'vibration', 'motor_degradation',
@@ -37,17 +37,20 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, write the bag and print a summary; returns the exit code."""
-    from training.sim import TOPICS, SimConfig, parse_faults, simulate, write_bag
-
     from ..errors import BagError
+    from ..modeldir import check_output_dir
+
+    if os.path.lexists(args.out):  # fail before spending time on the flight
+        msg = f'output path {args.out} already exists; remove it or choose another --out'
+        raise BagError(msg)
+    check_output_dir(args.out, what='bag directory', error=BagError)
+
+    from training.sim import TOPICS, SimConfig, parse_faults, simulate, write_bag
 
     t_start = time.perf_counter()
     config = SimConfig(duration_s=args.duration, seed=args.seed,
                        faults=parse_faults(args.faults), fault_duration_s=args.fault_duration,
                        storage=args.storage)
-    if Path(args.out).exists():  # fail before spending time on the flight
-        msg = f'output path {args.out} already exists; remove it or choose another --out'
-        raise BagError(msg)
     result = simulate(config, progress=True)
     t_sim = time.perf_counter()
     path = write_bag(result, args.out, storage=config.storage)
