@@ -532,6 +532,45 @@ def test_node_refuses_bad_parameters_in_one_sentence(flight, rclpy_context, tmp_
     assert 'does not exist' in proc.stderr and 'Traceback' not in proc.stderr
 
 
+def test_node_says_when_a_driver_leaves_header_stamps_unset(flight, rclpy_context):
+    """Imu messages with a zero header stamp over DDS: counted, not aligned, and the reason
+    with its fix on /diagnostics (instead of a detector that silently never decides)."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Imu
+
+    from encdec_ros.nodes.anomaly_detector import AnomalyDetectorNode
+    from encdec_ros.nodes.common import make_executor
+
+    node = AnomalyDetectorNode('anom_unstamped', context=rclpy_context, parameter_overrides=[
+        Parameter('model_dir', value=str(flight['model'])), Parameter('device', value='cpu'),
+        Parameter('diagnostics_period', value=0.1)])
+    client = rclpy.create_node('anom_unstamped_client', context=rclpy_context)
+    pub = client.create_publisher(Imu, '/imu', 10)
+    seen: list[str] = []
+    client.create_subscription(DiagnosticArray, '/diagnostics', lambda m: seen.extend(
+        s.message for s in m.status if bytes(s.level) == DiagnosticStatus.ERROR), 10)
+    executor = make_executor(rclpy_context)
+    executor.add_node(node)
+    executor.add_node(client)
+    stop, thread = _spin_in_thread(executor)
+    try:
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not any('zero header stamps' in m for m in seen):
+            pub.publish(Imu())                   # header.stamp left at 0, as the driver does
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        executor.shutdown()
+        client.destroy_node()
+        node.destroy_node()
+    assert node.counts['unstamped'] > 0 and node.counts['ticks'] == 0
+    assert any('/imu arrives with zero header stamps' in m and 'stamp: receive' in m
+               for m in seen), seen
+
+
 def test_launch_file_compiles_and_config_matches_the_node_parameters(flight, rclpy_context):
     import py_compile
 

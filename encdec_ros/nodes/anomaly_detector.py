@@ -146,7 +146,7 @@ class AnomalyDetectorNode(Node):
         self.record = record
         self.decisions: list[tuple[int, float, bool]] = []
         self.counts = {'messages': 0, 'short': 0, 'ticks': 0, 'decisions': 0, 'flagged': 0,
-                       'invalid': 0, 'raised': 0}
+                       'invalid': 0, 'raised': 0, 'unstamped': 0}
         self.latency = _Latency()          # message received -> decision published
         self.handling = _Latency()         # every message: received -> callback done
         self._last: Decision | None = None
@@ -191,6 +191,9 @@ class AnomalyDetectorNode(Node):
             if header:
                 st = msg.header.stamp
                 stamp = st.sec * 1_000_000_000 + st.nanosec
+                if stamp == 0:
+                    self._unstamped(index)
+                    return
             else:
                 stamp = self.get_clock().now().nanoseconds
             self.counts['messages'] += 1
@@ -208,6 +211,20 @@ class AnomalyDetectorNode(Node):
             if decided:
                 self.latency.add(done)
         return callback
+
+    def _unstamped(self, index: int) -> None:
+        """A message whose header stamp is zero (its driver leaves it unset): it cannot be
+        placed in time, so it is counted and diagnostics say how to fix it."""
+        self.counts['unstamped'] += 1
+        self.diagnostics.mark_input()          # the topic is alive: ERROR, not STALE
+        topic = self.spec.topics[index].name
+        text = (f'{topic} arrives with zero header stamps (its driver leaves them unset), so '
+                f'its messages cannot be timed; make the driver stamp them, or retrain with '
+                f'stamp: receive under {topic} in the spec')
+        if text != self._error:
+            self.get_logger().error(text)
+            self._error = text
+        self.diagnostics.update('ERROR', text, self._values())
 
     def _decide(self, tick_ns: int) -> None:
         try:
@@ -256,6 +273,7 @@ class AnomalyDetectorNode(Node):
             'decisions': self.counts['decisions'],
             'flagged decisions': self.counts['flagged'],
             'dropped (stamp back in time)': int(sum(self._aligner.dropped)),
+            'unstamped (zero header stamp)': self.counts['unstamped'],
         }
         if d is not None and d.valid:
             values['top channels'] = ', '.join(
