@@ -177,7 +177,6 @@ def _eval(args: argparse.Namespace) -> int:
 
     from ..denoise_eval import evaluate_denoise, parse_span
     from ..errors import ConfigError
-    from ..modeldir import check_output_dir
     from ..noise import parse_noise
 
     methods = [m.strip() for m in args.methods.split(',') if m.strip()]
@@ -194,7 +193,6 @@ def _eval(args: argparse.Namespace) -> int:
         out = bag.with_name(f'{bag.stem if bag.is_file() else bag.name}_denoise')
         if not os.access(out.parent, os.W_OK):
             out = Path.cwd() / out.name
-    check_output_dir(out, what='report directory')  # before the replay, not after it
     report = evaluate_denoise(args.model, args.bag, clean_topic=clean, add_noise=noise,
                               seed=args.seed, span=parse_span(args.eval_span), methods=methods,
                               device=args.device, out_dir=out, plot=not args.no_plot,
