@@ -26,10 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from encdec_ros.allocation import (Effectiveness, ExactAllocator,  # noqa: E402
-                                   LearnedAllocator, PseudoInverseAllocator,
-                                   RedistributionAllocator)
-from encdec_ros.allocator_eval import evaluate, reference_figures  # noqa: E402
+from encdec_ros.allocation.allocators import (  # noqa: E402
+    Effectiveness,
+    ExactAllocator,
+    LearnedAllocator,
+    PseudoInverseAllocator,
+    RedistributionAllocator,
+)
+from encdec_ros.allocation.evaluate import evaluate, reference_figures  # noqa: E402
 
 CONFIGS = ('quad_x', 'hexa_x', 'octo_x8', 'rov6', 'omnicopter', 'supply_vessel', 'sim_hexa')
 README = {  # the data README's reference table: pinv + clip mean / p95 / max, infeasible
@@ -129,7 +133,7 @@ def _sequence_latency(bag: Path, device: str) -> None:
 
     import numpy as np
 
-    from encdec_ros.allocator_eval import bag_wrenches
+    from encdec_ros.allocation.evaluate import bag_wrenches
 
     eff = Effectiveness.load(ROOT / 'config' / 'sim_hexa.yaml')
     v = bag_wrenches(bag, '/wrench_cmd', eff)[:3000]
@@ -211,8 +215,13 @@ def _identification(samples: int) -> dict:
     """Identify B from a 300 s simulated flight, train on it, score against the true B."""
     import tempfile
 
-    from training.allocator import (AllocatorTrainConfig, IdentifyConfig, export_allocator,
-                                    identify_effectiveness, train_allocator)
+    from training.allocator import (
+        AllocatorTrainConfig,
+        IdentifyConfig,
+        export_allocator,
+        identify_effectiveness,
+        train_allocator,
+    )
     from training.sim import HexaParams, SimConfig, simulate, write_bag
 
     true = Effectiveness.load(ROOT / 'config' / 'sim_hexa.yaml')
@@ -248,7 +257,7 @@ def _identification(samples: int) -> dict:
 
 
 def _print_config(name: str, report: dict) -> None:
-    from encdec_ros.allocator_eval import format_table
+    from encdec_ros.allocation.evaluate import format_table
 
     print()
     print(format_table(report))

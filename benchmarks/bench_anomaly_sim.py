@@ -5,7 +5,7 @@ Training flights (fault-free) and fault flights use different seeds, so every fa
 a trajectory, wind and noise the model has never seen; each carries the six fault kinds once,
 each on a random channel or motor. Every model goes through ``encdec train anomaly``'s code
 (training.anomaly.train_anomaly) and is evaluated with ``encdec eval anomaly``'s code
-(encdec_ros.anomaly_eval.evaluate_bag: the same scorer as the live node).
+(encdec_ros.anomaly.evaluate.evaluate_bag: the same scorer as the live node).
 
 Figures per architecture:
 
@@ -73,8 +73,8 @@ def main() -> int:
     logging.disable(logging.WARNING)
     import numpy as np
 
-    from encdec_ros.anomaly import AnomalyScorer
-    from encdec_ros.anomaly_eval import evaluate_bag, pooled
+    from encdec_ros.anomaly.evaluate import evaluate_bag, pooled
+    from encdec_ros.anomaly.scorer import AnomalyScorer
     from training.anomaly import TrainOptions, train_anomaly
     from training.models import AEConfig
 

@@ -45,11 +45,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from encdec_ros.denoise import BASELINES  # noqa: E402
-from encdec_ros.denoise_eval import evaluate_denoise, load_pairs  # noqa: E402
+from encdec_ros.denoise.evaluate import evaluate_denoise, load_pairs  # noqa: E402
+from encdec_ros.denoise.filters import BASELINES  # noqa: E402
+from encdec_ros.denoise.noise import NoiseSpec  # noqa: E402
+from encdec_ros.io.spec import SignalSpec  # noqa: E402
 from encdec_ros.modeldir import ModelDir  # noqa: E402
-from encdec_ros.noise import NoiseSpec  # noqa: E402
-from encdec_ros.spec import SignalSpec  # noqa: E402
 
 SIM_SPEC = ROOT / 'config' / 'sim_imu_denoise_spec.yaml'
 REAL_BAG = ROOT.parent / 'shared' / 'data' / 'bags' / 'robot_localization' / 'test1.bag'
@@ -217,7 +217,7 @@ def median_reference(test_bag: Path, spec: SignalSpec, noise: NoiseSpec, seed: i
     """What an engineer would put in front of a low-pass against glitches: a causal running
     median (3, 5 or 7 samples) then a Butterworth, both tuned per channel on the test flight
     itself (hindsight, so the most this pair could do there), as a ratio to the model."""
-    from encdec_ros.denoise import tune_butterworth
+    from encdec_ros.denoise.filters import tune_butterworth
 
     _, pairs = load_pairs([test_bag], spec, noise=noise, seed=seed)
     noisy, clean = pairs[0].noisy, pairs[0].clean
@@ -313,7 +313,7 @@ def node_latency(model_dir: Path, test_bag: Path, method: str, rate_hz: float,
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Imu
 
-    from encdec_ros.bag import BagSource
+    from encdec_ros.io.bag import BagSource
 
     env = dict(os.environ, ROS_DOMAIN_ID=str(os.getpid() % 90 + 5),
                ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
@@ -399,8 +399,8 @@ def core_latency(model_dir: Path, test_bag: Path, method: str, count: int) -> di
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Imu
 
-    from encdec_ros.bag import BagSource
-    from encdec_ros.denoise import build_core
+    from encdec_ros.denoise.filters import build_core
+    from encdec_ros.io.bag import BagSource
 
     with BagSource(test_bag) as src:
         raws = [bytes(r) for _, _, r in src.raw_messages(['/imu'])][:count]

@@ -46,7 +46,7 @@ FIT_ROWS = 400
 
 def convert(csv: Path, out: Path) -> Path:
     """The bag of one SKAB file (converted once, as `encdec bag from-csv` does)."""
-    from encdec_ros.csvbag import csv_to_bag
+    from encdec_ros.io.csvbag import csv_to_bag
 
     if not (out / 'metadata.yaml').exists():
         csv_to_bag(csv, out, sep=';', time_col='datetime', label_col='anomaly',
@@ -58,10 +58,10 @@ def run_file(csv: Path, work: Path, args: argparse.Namespace) -> dict:
     """Train on the first 400 rows of one file, score the rest; return its figures."""
     import numpy as np
 
-    from encdec_ros.anomaly import AnomalyScorer
-    from encdec_ros.anomaly_eval import evaluate_recording
-    from encdec_ros.bag import read_bag
-    from encdec_ros.spec import SignalSpec
+    from encdec_ros.anomaly.evaluate import evaluate_recording
+    from encdec_ros.anomaly.scorer import AnomalyScorer
+    from encdec_ros.io.bag import read_bag
+    from encdec_ros.io.spec import SignalSpec
     from training.anomaly import TrainOptions, train_anomaly
     from training.models import AEConfig
 
@@ -118,7 +118,7 @@ def main() -> int:
 
     import logging
     logging.disable(logging.WARNING)          # rosbags / reader notes about the CSV bags
-    from encdec_ros.anomaly_eval import pooled
+    from encdec_ros.anomaly.evaluate import pooled
 
     data = Path(args.data)
     if not data.is_dir():

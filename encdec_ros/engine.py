@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ConfigError, EngineError
+from encdec_ros.errors import ConfigError, EngineError
 
 DEVICES = ('auto', 'tensorrt', 'cuda', 'cpu')
 PROVIDERS = {

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 import numpy as np
 import yaml
 
-from .errors import EncdecError, ModelDirError, OutputError
+from encdec_ros.errors import EncdecError, ModelDirError, OutputError
 
 if TYPE_CHECKING:
-    from .engine import InferenceEngine
+    from encdec_ros.engine import InferenceEngine
 
 FORMAT = 'encdec_ros/model/1'
 TASKS = ('anomaly', 'denoise', 'allocator')
@@ -145,7 +145,7 @@ def _article(word: str) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    from .engine import ort_message
+    from encdec_ros.engine import ort_message
 
     return ort_message(err)
 
@@ -473,7 +473,7 @@ class ModelDir:
 
     def engine(self, device: str = 'auto', **kwargs: Any) -> 'InferenceEngine':
         """Open an :class:`~encdec_ros.engine.InferenceEngine` on this model."""
-        from .engine import InferenceEngine
+        from encdec_ros.engine import InferenceEngine
 
         return InferenceEngine(self.onnx_path, device=device, **kwargs)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from encdec_ros.align import Stream, StreamingAligner, align, monotonic
-from encdec_ros.window import RingWindow, window_ends, windows_at
+from encdec_ros.io.align import Stream, StreamingAligner, align, monotonic
+from encdec_ros.io.window import RingWindow, window_ends, windows_at
 
 PERIOD = 10_000_000  # 100 Hz
 
@@ -92,7 +92,7 @@ def test_windows_offline_and_ring_agree_and_follow_the_absolute_stride():
 
 
 def test_stamps_that_mostly_repeat_are_stalled():
-    from encdec_ros.align import repeats, stalled
+    from encdec_ros.io.align import repeats, stalled
 
     steady = np.arange(10, dtype=np.int64) * PERIOD
     assert repeats(steady) == 0 and not stalled(steady)

@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 import yaml
 
-from encdec_ros.allocation import (AXES, AllocationError, Effectiveness, ExactAllocator,
-                                   PseudoInverseAllocator, RateLimiter,
-                                   RedistributionAllocator, make_allocator, method_name)
-from encdec_ros.allocator_eval import held_out_wrenches, reference_figures
+from encdec_ros.allocation.allocators import (
+    AXES,
+    AllocationError,
+    Effectiveness,
+    ExactAllocator,
+    PseudoInverseAllocator,
+    RateLimiter,
+    RedistributionAllocator,
+    make_allocator,
+    method_name,
+)
+from encdec_ros.allocation.evaluate import held_out_wrenches, reference_figures
 from encdec_ros.errors import ConfigError, EncdecError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,8 +21,12 @@ from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float32, Float64MultiArray  # noqa: E402
 
-from encdec_ros.allocation import (Effectiveness, ExactAllocator,  # noqa: E402
-                                   LearnedAllocator, PseudoInverseAllocator)
+from encdec_ros.allocation.allocators import (  # noqa: E402
+    Effectiveness,
+    ExactAllocator,
+    LearnedAllocator,
+    PseudoInverseAllocator,
+)
 from encdec_ros.errors import EngineError  # noqa: E402
 from encdec_ros.nodes.common import make_executor, run_node  # noqa: E402
 from encdec_ros.nodes.control_allocator import PARAMS, ControlAllocatorNode  # noqa: E402

@@ -10,17 +10,28 @@ import pytest
 
 pytest.importorskip('torch')
 
-from encdec_ros.allocation import (AllocationError, Effectiveness,  # noqa: E402
-                                   ExactAllocator, LearnedAllocator, PseudoInverseAllocator,
-                                   RedistributionAllocator, effectiveness_of_model,
-                                   make_allocator)
-from encdec_ros.allocator_eval import evaluate, held_out_wrenches  # noqa: E402
-from encdec_ros.bagwrite import BagWriter  # noqa: E402
+from encdec_ros.allocation.allocators import (  # noqa: E402
+    AllocationError,
+    Effectiveness,
+    ExactAllocator,
+    LearnedAllocator,
+    PseudoInverseAllocator,
+    RedistributionAllocator,
+    effectiveness_of_model,
+    make_allocator,
+)
+from encdec_ros.allocation.evaluate import evaluate, held_out_wrenches  # noqa: E402
 from encdec_ros.cli import main as cli_main  # noqa: E402
 from encdec_ros.errors import BagError, ModelDirError  # noqa: E402
+from encdec_ros.io.bagwrite import BagWriter  # noqa: E402
 from encdec_ros.modeldir import ModelDir  # noqa: E402
-from training.allocator import (AllocatorTrainConfig, bag_wrenches,  # noqa: E402
-                                export_allocator, sample_wrenches, train_allocator)
+from training.allocator import (  # noqa: E402
+    AllocatorTrainConfig,
+    bag_wrenches,
+    export_allocator,
+    sample_wrenches,
+    train_allocator,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUAD = ROOT / 'config' / 'quad_x.yaml'

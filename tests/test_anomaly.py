@@ -21,12 +21,17 @@ import numpy as np
 import pytest
 import yaml
 
-from encdec_ros.anomaly import AnomalyScorer, Debouncer
-from encdec_ros.anomaly_eval import anomaly_metrics, confusion, evaluate_bag, parse_span, \
-    pooled
-from encdec_ros.bag import read_bag
+from encdec_ros.anomaly.evaluate import (
+    anomaly_metrics,
+    confusion,
+    evaluate_bag,
+    parse_span,
+    pooled,
+)
+from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer
 from encdec_ros.errors import ConfigError, ModelDirError, SpecError
-from encdec_ros.labels import Interval
+from encdec_ros.io.bag import read_bag
+from encdec_ros.io.labels import Interval
 from encdec_ros.modeldir import save_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +132,7 @@ def test_debouncer_needs_k_of_n_and_releases_with_hysteresis():
 
 
 def test_slow_context_averages_the_last_windows_and_skips_unscored_ones():
-    from encdec_ros.anomaly import SlowContext, SlowStats
+    from encdec_ros.anomaly.scorer import SlowContext, SlowStats
 
     ctx = SlowContext(3, 2)
     rows = np.array([[1, 10], [2, 20], [np.nan, 0], [3, 30], [4, 40]], float)
@@ -157,7 +162,7 @@ def test_step_by_step_equals_batch_with_debouncing(flight, slow_model, which):
     a, b = AnomalyScorer(model, device='cpu'), AnomalyScorer(model, device='cpu')
     assert (a.slow_context_s > 0) == (which == 'slow')
     rec = read_bag(flight['faults'], a.spec)
-    from encdec_ros.window import window_ends, windows_at
+    from encdec_ros.io.window import window_ends, windows_at
 
     ends = window_ends(rec.times_ns, a.spec.period_ns, a.window, a.spec.stride)
     wins = windows_at(rec.data, ends, a.window)
@@ -178,7 +183,7 @@ def test_step_by_step_equals_batch_with_debouncing(flight, slow_model, which):
 def test_onnx_matches_torch_for_each_architecture(flight, tmp_path):
     import torch
 
-    from encdec_ros.anomaly_eval import score_recording
+    from encdec_ros.anomaly.evaluate import score_recording
 
     rec = read_bag(flight['faults'], AnomalyScorer(flight['model'], device='cpu').spec)
     for arch in ('mlp', 'lstm', 'gru'):
@@ -191,7 +196,7 @@ def test_onnx_matches_torch_for_each_architecture(flight, tmp_path):
         assert scorer.model.section('architecture.arch') == arch
         assert result.figures['export']['max_abs_diff'] <= 1e-4
         ends, _ = score_recording(scorer, rec)
-        from encdec_ros.window import windows_at
+        from encdec_ros.io.window import windows_at
 
         x = scorer.normalize(windows_at(rec.data, ends[::10], scorer.window))  # real windows
         with torch.no_grad():
@@ -347,7 +352,7 @@ def test_bad_model_directories_give_one_clear_sentence(flight, tmp_path, capsys)
 
 
 def test_a_bag_without_the_models_topics_is_refused(flight, tmp_path):
-    from encdec_ros.csvbag import csv_to_bag
+    from encdec_ros.io.csvbag import csv_to_bag
 
     csv = tmp_path / 'log.csv'
     csv.write_text('time,a,b\n' + ''.join(f'{i},{i},{2 * i}\n' for i in range(50)))
@@ -423,9 +428,9 @@ def _play_to_node(context, model, bags, *, name: str, rate: float = 8.0):
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from std_msgs.msg import Bool, Float32
 
+    from encdec_ros.io.player import BagPlayer
     from encdec_ros.nodes.anomaly_detector import AnomalyDetectorNode
     from encdec_ros.nodes.common import make_executor
-    from encdec_ros.player import BagPlayer
 
     node = AnomalyDetectorNode(name, context=context, namespace='t', record=True,
                                parameter_overrides=[

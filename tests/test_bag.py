@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from data_paths import shared
-from encdec_ros.bag import BagSource, read_bag, read_bags
-from encdec_ros.bagwrite import BagWriter
+
 from encdec_ros.errors import BagError, SpecError
-from encdec_ros.spec import SignalSpec
+from encdec_ros.io.bag import BagSource, read_bag, read_bags
+from encdec_ros.io.bagwrite import BagWriter
+from encdec_ros.io.spec import SignalSpec
 
 T0 = 1_700_000_000_000_000_000
 THERMAL = """\
@@ -226,7 +226,7 @@ def test_real_test_msgs_decode_only_from_mcap_definitions():
         assert bag.topics['/test_topic'].has_definition
         msgs = [m for _, _, m in bag.messages(['/test_topic'])]
     assert len(msgs) == 3 and all(m.int32_value == 123 for m in msgs)
-    from encdec_ros.bag import bind_spec
+    from encdec_ros.io.bag import bind_spec
     with BagSource(path) as bag:
         resolved = bind_spec(spec, bag)
     assert resolved.channels[-1] == '/array_topic/float64_values[2]'
@@ -278,7 +278,8 @@ def test_per_message_compressed_bag_reads_back_exactly(tmp_path, storage):
     """rosbag2's compression mode message: each message is a zstd frame of its own."""
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
-    from encdec_ros.bag import standard_typestore
+
+    from encdec_ros.io.bag import standard_typestore
 
     store = standard_typestore()
     path = tmp_path / 'bag'
@@ -302,7 +303,8 @@ def test_per_message_compressed_bag_reads_back_exactly(tmp_path, storage):
 
 def test_compressed_bag_without_a_zstd_module_says_what_to_install(tmp_path, monkeypatch):
     import sys
-    from encdec_ros.bag import _zstd_decompress
+
+    from encdec_ros.io.bag import _zstd_decompress
 
     for name in ('compression.zstd', 'backports.zstd', 'zstandard'):
         monkeypatch.setitem(sys.modules, name, None)

@@ -6,13 +6,13 @@ import csv
 
 import numpy as np
 import pytest
-
 from data_paths import shared
-from encdec_ros.bag import BagSource, read_bag
-from encdec_ros.csvbag import csv_to_bag
+
 from encdec_ros.errors import BagError
-from encdec_ros.labels import LABEL_TOPIC, read_labels_csv
-from encdec_ros.spec import SignalSpec
+from encdec_ros.io.bag import BagSource, read_bag
+from encdec_ros.io.csvbag import csv_to_bag
+from encdec_ros.io.labels import LABEL_TOPIC, read_labels_csv
+from encdec_ros.io.spec import SignalSpec
 
 
 def test_skab_file_round_trips_values_times_and_labels(tmp_path):

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from encdec_ros.cli import main as cli_main
-from encdec_ros.denoise import (
+from encdec_ros.denoise.evaluate import lag, load_pairs, match_stamps, parse_span
+from encdec_ros.denoise.filters import (
     BASELINES,
     ButterworthDenoiser,
     DenoiseCore,
@@ -25,12 +26,11 @@ from encdec_ros.denoise import (
     tune_kalman,
     tune_one_euro,
 )
-from encdec_ros.denoise_eval import lag, load_pairs, match_stamps, parse_span
+from encdec_ros.denoise.noise import NoiseSpec, parse_noise
 from encdec_ros.errors import ConfigError, EncdecError, ModelDirError, SpecError
-from encdec_ros.fields import ShortMessageError, compile_path, compile_setter, parse_path
+from encdec_ros.io.fields import ShortMessageError, compile_path, compile_setter, parse_path
+from encdec_ros.io.spec import SignalSpec
 from encdec_ros.modeldir import ModelDir
-from encdec_ros.noise import NoiseSpec, parse_noise
-from encdec_ros.spec import SignalSpec
 from training.sim import SimConfig, simulate, write_bag
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,7 +161,7 @@ def test_setter_writes_numbers_back_into_rclpy_messages():
 
 
 def test_setter_works_on_rosbags_messages(bag):
-    from encdec_ros.bag import BagSource
+    from encdec_ros.io.bag import BagSource
 
     with BagSource(bag) as src:
         _, _, msg = next(src.messages(['/motors']))
@@ -299,7 +299,7 @@ def test_core_denoises_a_message_in_place_and_keeps_the_rest(model_dir, bag):
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Imu
 
-    from encdec_ros.bag import BagSource
+    from encdec_ros.io.bag import BagSource
 
     with BagSource(bag) as src:
         raws = [bytes(r) for _, _, r in src.raw_messages(['/imu'])][:50]
@@ -419,7 +419,7 @@ def test_eval_of_odd_recordings_names_the_problem(model_dir, tmp_path, caplog):
     with nothing to remove gets no ratio instead of a huge one, and the rest still count."""
     import dataclasses
 
-    from encdec_ros.denoise_eval import evaluate_denoise
+    from encdec_ros.denoise.evaluate import evaluate_denoise
     from encdec_ros.errors import BagError
 
     sim = simulate(SimConfig(duration_s=4.0, seed=5))
@@ -472,8 +472,9 @@ def test_runtime_side_never_imports_torch():
     import sys
 
     code = ('import sys\n'
-            'import encdec_ros.nodes.denoiser, encdec_ros.denoise_eval, encdec_ros.cli.denoise\n'
-            'from encdec_ros.denoise import build_core\n'
+            'import encdec_ros.nodes.denoiser, encdec_ros.denoise.evaluate\n'
+            'import encdec_ros.cli.denoise\n'
+            'from encdec_ros.denoise.filters import build_core\n'
             "build_core('kalman', model_dir='models/denoise_sim_imu')\n"
             "print('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,

@@ -20,12 +20,12 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import Imu, JointState  # noqa: E402
 
-from encdec_ros.bag import BagSource  # noqa: E402
 from encdec_ros.cli import main as cli_main  # noqa: E402
-from encdec_ros.denoise import build_core  # noqa: E402
+from encdec_ros.denoise.filters import build_core  # noqa: E402
 from encdec_ros.errors import ConfigError, ModelDirError  # noqa: E402
+from encdec_ros.io.bag import BagSource  # noqa: E402
+from encdec_ros.io.player import BagPlayer  # noqa: E402
 from encdec_ros.nodes.denoiser import PARAMETERS, DenoiserNode  # noqa: E402
-from encdec_ros.player import BagPlayer  # noqa: E402
 from training.sim import SimConfig, simulate, write_bag  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from encdec_ros.bag import BagSource
 from encdec_ros.errors import BagError, ConfigError
-from encdec_ros.player import BagPlayer
+from encdec_ros.io.bag import BagSource
+from encdec_ros.io.player import BagPlayer
 from training.sim import SimConfig, simulate, write_bag
 
 
@@ -22,7 +22,7 @@ def small_bag(tmp_path_factory):
 def test_player_publishes_the_stored_bytes_in_order(rclpy_context, small_bag):
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Imu, JointState
 
     qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,

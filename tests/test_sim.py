@@ -14,10 +14,22 @@ from rosbags.typesys import Stores, get_typestore
 
 from encdec_ros import cli
 from encdec_ros.errors import BagError, ConfigError
-from encdec_ros.labels import (LABEL_TOPIC, SIDECAR_NAME, intervals_from_label_messages,
-                               read_labels_csv)
-from training.sim import (FAULT_KINDS, IMU_CHANNELS, TOPICS, HexaParams, SimConfig,
-                          parse_faults, simulate, write_bag)
+from encdec_ros.io.labels import (
+    LABEL_TOPIC,
+    SIDECAR_NAME,
+    intervals_from_label_messages,
+    read_labels_csv,
+)
+from training.sim import (
+    FAULT_KINDS,
+    IMU_CHANNELS,
+    TOPICS,
+    HexaParams,
+    SimConfig,
+    parse_faults,
+    simulate,
+    write_bag,
+)
 
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 REPO = Path(__file__).resolve().parents[1]

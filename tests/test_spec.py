@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from encdec_ros.bag import standard_typestore
 from encdec_ros.errors import SpecError
-from encdec_ros.fields import compile_path, parse_path
-from encdec_ros.spec import SignalSpec
+from encdec_ros.io.bag import standard_typestore
+from encdec_ros.io.fields import compile_path, parse_path
+from encdec_ros.io.spec import SignalSpec
 
 GOOD = """\
 rate_hz: 100
@@ -213,6 +213,6 @@ def test_extraction_is_identical_on_rclpy_and_rosbags_messages():
         fn = compile_path(parse_path(text))
         assert list(fn(live)) == want
         assert list(fn(stored)) == want
-    from encdec_ros.fields import ShortMessageError
+    from encdec_ros.io.fields import ShortMessageError
     with pytest.raises(ShortMessageError):
         compile_path(parse_path('effort[0:3]'))(live)

@@ -9,7 +9,8 @@ the runtime maps it to ``u = u_min + (u_max - u_min) s``: limits hold by constru
 
 The loss is the allocation objective itself, evaluated through B (the weighted, normalised
 wrench error plus the small effort term), plus a distillation term pulling u toward the exact
-optimum computed by :class:`~encdec_ros.allocation.ExactAllocator` (the target every method is
+optimum computed by :class:`~encdec_ros.allocation.allocators.ExactAllocator` (the target
+every method is
 scored against). Training wrenches cover the attainable set and well beyond it, so saturation
 is learned, and can be mixed with the commanded wrenches of a bag so the model is best where
 the robot really operates.
@@ -31,8 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from encdec_ros.allocation import AXES, Effectiveness, ExactAllocator
-from encdec_ros.allocator_eval import bag_wrenches
+from encdec_ros.allocation.allocators import AXES, Effectiveness, ExactAllocator
+from encdec_ros.allocation.evaluate import bag_wrenches
 from encdec_ros.errors import BagError, ConfigError
 from encdec_ros.progress import progress as progress_bar
 
@@ -176,7 +177,7 @@ def build_net(k: int, n: int, hidden: Sequence[int], clip_norm: float, *,
 
 def pinv_skip(eff: Effectiveness) -> tuple[np.ndarray, np.ndarray]:
     """The pseudo-inverse allocator as an affine map x = v / scale -> s in [0, 1] units."""
-    from encdec_ros.allocation import PseudoInverseAllocator
+    from encdec_ros.allocation.allocators import PseudoInverseAllocator
 
     p = PseudoInverseAllocator(eff)
     span = eff.u_max - eff.u_min
@@ -353,8 +354,7 @@ def export_allocator(result: TrainResult, out: str | Path, *, overwrite: bool = 
     import torch
 
     from encdec_ros.modeldir import save_model_dir
-
-    from .export import export_onnx
+    from training.export import export_onnx
 
     eff = result.eff
     out = Path(out)
@@ -430,7 +430,7 @@ def _stamp(msg: Any) -> int:
 def read_identification_data(path: str | Path, cfg: IdentifyConfig, n_actuators: int
                              ) -> dict[str, np.ndarray]:
     """IMU (specific force, rates), rotor speeds and actuator commands from a bag."""
-    from encdec_ros.bag import BagSource
+    from encdec_ros.io.bag import BagSource
 
     want = {cfg.imu_topic: 'sensor_msgs/msg/Imu', cfg.motors_topic: 'sensor_msgs/msg/JointState',
             cfg.actuator_topic: 'std_msgs/msg/Float64MultiArray'}

@@ -2,7 +2,7 @@
 
 ``encdec train anomaly`` calls :func:`train_anomaly`, which:
 
-1. reads the bags with the signal spec (``encdec_ros.bag.read_bags``), optionally only a
+1. reads the bags with the signal spec (``encdec_ros.io.bag.read_bags``), optionally only a
    time span of each (``train_span``: e.g. SKAB's first 400 rows);
 2. splits every recording by time into train / validation / calibration parts (in that
    order), and fits per-channel normalisation on the train part only;
@@ -11,7 +11,7 @@
 4. exports the best model to ONNX (``training.export.export_onnx``: onnxruntime must agree
    with torch within 1e-4 on real windows);
 5. runs the exported model through the runtime's own error code
-   (:func:`encdec_ros.anomaly.reconstruction_errors`) on the calibration windows, stores each
+   (:func:`encdec_ros.anomaly.scorer.reconstruction_errors`) on the calibration windows, stores each
    channel's normal error statistics and calibrates the threshold (:mod:`training.calibrate`);
 6. writes the model directory (``encdec_ros.modeldir.save_model_dir``) and a loss curve PNG.
 """
@@ -30,17 +30,25 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from encdec_ros.anomaly import ERROR_KINDS, LOG_EPS, SLOW_MIN_WINDOWS, ChannelStats, \
-    SlowContext, SlowStats, aggregate_errors, check_debounce, reconstruction_errors, \
-    window_features
-from encdec_ros.bag import Recording, read_bags
+from encdec_ros.anomaly.scorer import (
+    ERROR_KINDS,
+    LOG_EPS,
+    SLOW_MIN_WINDOWS,
+    ChannelStats,
+    SlowContext,
+    SlowStats,
+    aggregate_errors,
+    check_debounce,
+    reconstruction_errors,
+    window_features,
+)
 from encdec_ros.errors import ConfigError, ModelDirError
+from encdec_ros.io.bag import Recording, read_bags
+from encdec_ros.io.spec import SignalSpec
+from encdec_ros.io.window import window_ends, windows_at
 from encdec_ros.modeldir import check_output_dir
-from encdec_ros.spec import SignalSpec
-from encdec_ros.window import window_ends, windows_at
-
-from .calibrate import RULES, calibrate
-from .models import AEConfig, build_model, count_parameters
+from training.calibrate import RULES, calibrate
+from training.models import AEConfig, build_model, count_parameters
 
 log = logging.getLogger(__name__)
 
@@ -420,7 +428,7 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
     """
     import torch
 
-    from .export import export_onnx
+    from training.export import export_onnx
 
     opts = opts or TrainOptions()
     opts.check()

@@ -6,7 +6,7 @@
    resampling) and pairs it with a clean reference (:func:`load_pairs`): the robot's ground
    truth topic where there is one (the synthetic robot's ``/imu/clean``, same header
    stamps), else the recorded signal itself, with the ``--noise`` corruption
-   (:mod:`encdec_ros.noise`) added on top to make the input;
+   (:mod:`encdec_ros.denoise.noise`) added on top to make the input;
 2. splits each recording by time (the last ``val_fraction`` validates), fits per-channel
    normalisation on the training part, and fits the model's linear part (a causal FIR
    filter over the window) by ridge regression;
@@ -16,7 +16,7 @@
    the clean estimate, normalisation included;
 4. exports to ONNX (onnxruntime must agree with torch within 1e-4 on real windows);
 5. tunes the Butterworth, 1-Euro and Kalman baselines on the same validation data
-   (:func:`encdec_ros.denoise.tune_baselines`), and scores model and baselines there;
+   (:func:`encdec_ros.denoise.filters.tune_baselines`), and scores model and baselines there;
 6. writes the model directory (task 'denoise') and a loss-curve PNG.
 
 By default the model is not taught each training bag's constant offset between noisy and
@@ -39,11 +39,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from encdec_ros.denoise import BASELINES, make_baseline, one_topic_spec, tune_baselines
-from encdec_ros.denoise_eval import Pair, load_pairs
+from encdec_ros.denoise.evaluate import Pair, load_pairs
+from encdec_ros.denoise.filters import BASELINES, make_baseline, one_topic_spec, tune_baselines
+from encdec_ros.denoise.noise import NoiseSpec
 from encdec_ros.errors import BagError, ConfigError, ModelDirError
-from encdec_ros.noise import NoiseSpec
-from encdec_ros.spec import SignalSpec
+from encdec_ros.io.spec import SignalSpec
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +249,7 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
     import torch
 
     from encdec_ros.modeldir import ModelDir, check_output_dir, save_model_dir
-
-    from .export import export_onnx
+    from training.export import export_onnx
 
     t_start = time.perf_counter()
     opts = copy.deepcopy(options) if options is not None else DenoiseOptions()

@@ -28,7 +28,7 @@ Topics (header stamps are sample times; bag log times add a 0.1-1 ms transport d
   and motor current (A) as effort for ``motor_0`` .. ``motor_5``;
 - ``/wrench_cmd`` (geometry_msgs/WrenchStamped, 100 Hz, ``base_link``): commanded wrench;
 - ``/actuator_cmd`` (std_msgs/Float64MultiArray, 100 Hz): normalised motor commands;
-- :data:`encdec_ros.labels.LABEL_TOPIC`: active fault kinds at 10 Hz and at every change.
+- :data:`encdec_ros.io.labels.LABEL_TOPIC`: active fault kinds at 10 Hz and at every change.
 
 Faults (one at a time, 8-15 s each, >= 10 s apart, the first after >= 15 s; labels.csv
 ``detail`` names the channel or motor):
@@ -67,7 +67,7 @@ import numpy as np
 from scipy.signal import lfilter
 
 from encdec_ros.errors import ConfigError
-from encdec_ros.labels import LABEL_TOPIC, LABEL_TYPE, SIDECAR_NAME, Interval, write_labels_csv
+from encdec_ros.io.labels import LABEL_TOPIC, LABEL_TYPE, SIDECAR_NAME, Interval, write_labels_csv
 
 if TYPE_CHECKING:
     from rosbags.typesys.store import Typestore
@@ -979,7 +979,7 @@ def write_bag(result: SimResult, path: str | Path, *, storage: str = 'sqlite3') 
     times the stamps plus the transport delay (label messages, which carry no header, are
     logged at their exact times). Returns the bag directory.
     """
-    from encdec_ros.bagwrite import BagWriter
+    from encdec_ros.io.bagwrite import BagWriter
 
     path = Path(path)
     if storage not in STORAGES:

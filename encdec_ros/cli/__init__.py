@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Sequence
 
-from ..errors import EncdecError
+from encdec_ros.errors import EncdecError
 
 COMMAND_MODULES: tuple[str, ...] = ('sim', 'inspect', 'bag', 'play', 'demo', 'anomaly',
                                     'allocator', 'denoise')

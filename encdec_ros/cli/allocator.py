@@ -101,9 +101,9 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..allocation import Effectiveness
-    from ..errors import ConfigError
-    from ..modeldir import check_output_dir
+    from encdec_ros.allocation.allocators import Effectiveness
+    from encdec_ros.errors import ConfigError
+    from encdec_ros.modeldir import check_output_dir
 
     out = check_output_dir(args.out, what='model directory', empty=not args.force)
     try:
@@ -113,8 +113,12 @@ def _train(args: argparse.Namespace) -> int:
                           'write e.g. 128,128,128') from None
     eff = Effectiveness.load(args.effectiveness)
 
-    from training.allocator import (AllocatorTrainConfig, bag_wrenches, export_allocator,
-                                    train_allocator)
+    from training.allocator import (
+        AllocatorTrainConfig,
+        bag_wrenches,
+        export_allocator,
+        train_allocator,
+    )
 
     cfg = AllocatorTrainConfig(hidden=hidden, steps=args.steps, batch=args.batch, lr=args.lr,
                                samples=args.samples, bag_fraction=args.bag_fraction,
@@ -146,9 +150,9 @@ def _train(args: argparse.Namespace) -> int:
 def _identify(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..allocation import Effectiveness
-    from ..errors import ConfigError
-    from ..modeldir import check_output_file
+    from encdec_ros.allocation.allocators import Effectiveness
+    from encdec_ros.errors import ConfigError
+    from encdec_ros.modeldir import check_output_file
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -156,8 +160,7 @@ def _identify(args: argparse.Namespace) -> int:
     check_output_file(out, what='effectiveness file')
     template = Effectiveness.load(args.template)
 
-    from training.allocator import (IdentifyConfig, identify_effectiveness,
-                                    write_effectiveness_yaml)
+    from training.allocator import IdentifyConfig, identify_effectiveness, write_effectiveness_yaml
 
     cfg = IdentifyConfig(imu_topic=args.imu_topic, motors_topic=args.motors_topic,
                          actuator_topic=args.actuator_topic)
@@ -199,13 +202,24 @@ def _command(args: argparse.Namespace) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..allocation import (Effectiveness, ExactAllocator, LearnedAllocator,
-                              PseudoInverseAllocator, RedistributionAllocator,
-                              effectiveness_of_model)
-    from ..allocator_eval import (HELD_OUT_SEED, bag_wrenches, evaluate, format_table,
-                                  plot_errors, write_report)
-    from ..errors import ConfigError
-    from ..modeldir import check_output_file
+    from encdec_ros.allocation.allocators import (
+        Effectiveness,
+        ExactAllocator,
+        LearnedAllocator,
+        PseudoInverseAllocator,
+        RedistributionAllocator,
+        effectiveness_of_model,
+    )
+    from encdec_ros.allocation.evaluate import (
+        HELD_OUT_SEED,
+        bag_wrenches,
+        evaluate,
+        format_table,
+        plot_errors,
+        write_report,
+    )
+    from encdec_ros.errors import ConfigError
+    from encdec_ros.modeldir import check_output_file
 
     if not args.model and not args.effectiveness:
         raise ConfigError('pass --model DIR (a trained allocator) or --effectiveness YAML '

@@ -115,18 +115,17 @@ def register(groups: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..modeldir import check_output_dir
-    from ..spec import SignalSpec
+    from encdec_ros.io.spec import SignalSpec
+    from encdec_ros.modeldir import check_output_dir
 
     # before torch is imported, any bag read or any epoch: an --out that cannot be written
     # and a spec that is no spec fail at once (the trainer reads the spec again)
     check_output_dir(args.out, what='model directory', empty=not args.force)
     SignalSpec.load(args.spec)
 
+    from encdec_ros.anomaly.evaluate import parse_span
     from training.anomaly import TrainOptions, train_anomaly
     from training.models import AEConfig
-
-    from ..anomaly_eval import parse_span
 
     opts = TrainOptions(
         model=AEConfig(arch=args.arch, hidden=args.hidden, latent=args.latent,
@@ -169,8 +168,8 @@ def _rebuild_command(args: argparse.Namespace) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..anomaly_eval import evaluate_bag, parse_span, summary_lines, write_report
-    from ..modeldir import check_output_dir
+    from encdec_ros.anomaly.evaluate import evaluate_bag, parse_span, summary_lines, write_report
+    from encdec_ros.modeldir import check_output_dir
 
     bag = Path(args.bag)
     out = Path(args.out) if args.out else bag.with_name(f'{bag.name}_eval')

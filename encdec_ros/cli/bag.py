@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..errors import BagError
+from encdec_ros.errors import BagError
 
 
 def register(groups: dict) -> None:
@@ -40,8 +40,8 @@ def _split(text: str | None) -> list[str]:
 
 
 def _from_csv(args: argparse.Namespace) -> int:
-    from ..csvbag import csv_to_bag
-    from ..modeldir import check_output_dir
+    from encdec_ros.io.csvbag import csv_to_bag
+    from encdec_ros.modeldir import check_output_dir
 
     check_output_dir(args.out, what='bag directory', file_ok=args.overwrite,
                      error=BagError)

@@ -49,12 +49,12 @@ def register(groups: dict) -> None:
 def _demo(args: argparse.Namespace) -> int:
     import shutil
 
-    from ..errors import ConfigError
+    from encdec_ros.errors import ConfigError
 
     if args.duration < 165:
         raise ConfigError(f'--duration {args.duration:g} is too short for six faults; give at '
                           'least 165 s')
-    from ..modeldir import check_output_dir
+    from encdec_ros.modeldir import check_output_dir
 
     out = check_output_dir(args.out)   # before four minutes of flights and training
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f'    trained and exported in {time.perf_counter() - t0:.0f} s: {model}')
 
     # 3. offline evaluation
-    from ..anomaly_eval import evaluate_bag, summary_lines, write_report
+    from encdec_ros.anomaly.evaluate import evaluate_bag, summary_lines, write_report
 
     offline = evaluate_bag(model, faults_bag, device='cpu')
     report, png = write_report(offline, out / 'eval', model=str(model))
@@ -122,8 +122,8 @@ def _demo(args: argparse.Namespace) -> int:
     # 5. figures from the node's own flags
     import numpy as np
 
-    from ..anomaly_eval import anomaly_metrics, held_values
-    from ..labels import label_mask
+    from encdec_ros.anomaly.evaluate import anomaly_metrics, held_values
+    from encdec_ros.io.labels import label_mask
 
     ticks = np.array([d[0] for d in live['decisions']], dtype=np.int64)
     flags = np.array(live['flags'], dtype=bool)
@@ -170,9 +170,9 @@ def _run_node(model: Path, bag: Path, rate: float, expected: int) -> dict[str, A
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from std_msgs.msg import Bool, Float32
 
-    from ..nodes.anomaly_detector import AnomalyDetectorNode
-    from ..nodes.common import make_executor
-    from ..player import BagPlayer
+    from encdec_ros.io.player import BagPlayer
+    from encdec_ros.nodes.anomaly_detector import AnomalyDetectorNode
+    from encdec_ros.nodes.common import make_executor
 
     context = rclpy.Context()
     rclpy.init(context=context)

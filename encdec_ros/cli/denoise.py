@@ -106,18 +106,17 @@ def _command() -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..modeldir import check_output_dir
-    from ..spec import SignalSpec
+    from encdec_ros.io.spec import SignalSpec
+    from encdec_ros.modeldir import check_output_dir
 
     # before torch is imported, any bag read or any epoch: an --out that cannot be written
     # and a spec that is no spec fail at once (the trainer reads the spec again)
     check_output_dir(args.out, what='model directory', empty=not args.force)
     SignalSpec.load(args.spec)
 
+    from encdec_ros.denoise.evaluate import parse_span
+    from encdec_ros.denoise.noise import parse_noise
     from training.denoise import DenoiseOptions, train_denoiser
-
-    from ..denoise_eval import parse_span
-    from ..noise import parse_noise
 
     clean = None if args.clean_topic.lower() == 'none' else args.clean_topic
     options = DenoiseOptions(
@@ -175,9 +174,9 @@ def _eval(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from ..denoise_eval import evaluate_denoise, parse_span
-    from ..errors import ConfigError
-    from ..noise import parse_noise
+    from encdec_ros.denoise.evaluate import evaluate_denoise, parse_span
+    from encdec_ros.denoise.noise import parse_noise
+    from encdec_ros.errors import ConfigError
 
     methods = [m.strip() for m in args.methods.split(',') if m.strip()]
     bad = [m for m in methods if m not in METHOD_CHOICES]

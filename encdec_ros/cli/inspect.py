@@ -24,9 +24,9 @@ def register(groups: dict) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..bag import BagSource, bind_spec, read_streams
-    from ..errors import EncdecError
-    from ..spec import SignalSpec
+    from encdec_ros.errors import EncdecError
+    from encdec_ros.io.bag import BagSource, bind_spec, read_streams
+    from encdec_ros.io.spec import SignalSpec
 
     spec = SignalSpec.load(args.spec) if args.spec else None
     with BagSource(args.bag) as bag:
@@ -105,7 +105,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _rate(stamps_ns: np.ndarray) -> tuple[float, str]:
     """A topic's message rate from its sorted log times, and why it is unknown where it is."""
-    from ..align import repeats, stalled
+    from encdec_ros.io.align import repeats, stalled
 
     n = stamps_ns.size
     if n < 2:

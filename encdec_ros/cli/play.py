@@ -25,8 +25,8 @@ def register(groups: dict) -> None:
 def _play(args: argparse.Namespace) -> int:
     import rclpy
 
-    from ..errors import ConfigError
-    from ..player import BagPlayer
+    from encdec_ros.errors import ConfigError
+    from encdec_ros.io.player import BagPlayer
 
     remap = {}
     for item in args.remap:

@@ -37,8 +37,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate, write the bag and print a summary; returns the exit code."""
-    from ..errors import BagError
-    from ..modeldir import check_output_dir
+    from encdec_ros.errors import BagError
+    from encdec_ros.modeldir import check_output_dir
 
     if os.path.lexists(args.out):  # fail before spending time on the flight
         msg = f'output path {args.out} already exists; remove it or choose another --out'

@@ -7,9 +7,9 @@ Usage::
 
 The node subscribes to the topics of the model's signal spec, extracts the spec's fields,
 stamps each sample with its header stamp (or its receive time, as the spec says), aligns the
-topics onto the spec's clock (:class:`~encdec_ros.align.StreamingAligner`), keeps the last
-window (:class:`~encdec_ros.window.RingWindow`) and, at every tick index ``k`` with
-``k % stride == 0`` once the window is full, asks :class:`~encdec_ros.anomaly.AnomalyScorer`
+topics onto the spec's clock (:class:`~encdec_ros.io.align.StreamingAligner`), keeps the last
+window (:class:`~encdec_ros.io.window.RingWindow`) and, at every tick index ``k`` with
+``k % stride == 0`` once the window is full, asks :class:`~encdec_ros.anomaly.scorer.AnomalyScorer`
 for a decision: the same scorer ``encdec eval anomaly`` uses offline.
 
 Publishes, once per decision: ``~/anomaly`` (std_msgs/Bool, the debounced flag) and
@@ -27,19 +27,25 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rcl_interfaces.msg import SetParametersResult
 from std_msgs.msg import Bool, Float32
 
-from ..align import StreamingAligner
-from ..anomaly import AnomalyScorer, Debouncer, Decision, check_debounce
-from ..errors import ConfigError, EncdecError
-from ..fields import ShortMessageError, compile_path
-from ..player import message_class
-from ..window import RingWindow
-from .common import DiagnosticsReporter, Param, declare_parameters, qos_profile, run_node
+from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer, Decision, check_debounce
+from encdec_ros.errors import ConfigError, EncdecError
+from encdec_ros.io.align import StreamingAligner
+from encdec_ros.io.fields import ShortMessageError, compile_path
+from encdec_ros.io.player import message_class
+from encdec_ros.io.window import RingWindow
+from encdec_ros.nodes.common import (
+    DiagnosticsReporter,
+    Param,
+    declare_parameters,
+    qos_profile,
+    run_node,
+)
 
 DEVICES = ('auto', 'tensorrt', 'cuda', 'cpu')
 LATENCY_WINDOW = 4096   # recent samples kept per latency kind (a power of two)

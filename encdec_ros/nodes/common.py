@@ -29,7 +29,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from ..errors import ConfigError, EncdecError
+from encdec_ros.errors import ConfigError, EncdecError
 
 SPIN_TIMEOUT_S = 0.5
 """Longest wait inside one spin step; shutdown wakes the executor sooner."""

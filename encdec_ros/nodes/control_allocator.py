@@ -41,11 +41,24 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float32, Float64MultiArray, MultiArrayDimension
 
-from ..allocation import (Allocator, Effectiveness, ExactAllocator, RateLimiter,
-                          effectiveness_of_model, make_allocator, method_name)
-from ..errors import ConfigError, EncdecError
-from .common import DiagnosticsReporter, Param, declare_parameters, qos_profile, \
-    resolve_share_path, run_node
+from encdec_ros.allocation.allocators import (
+    Allocator,
+    Effectiveness,
+    ExactAllocator,
+    RateLimiter,
+    effectiveness_of_model,
+    make_allocator,
+    method_name,
+)
+from encdec_ros.errors import ConfigError, EncdecError
+from encdec_ros.nodes.common import (
+    DiagnosticsReporter,
+    Param,
+    declare_parameters,
+    qos_profile,
+    resolve_share_path,
+    run_node,
+)
 
 LATENCY_WINDOW = 1024
 
@@ -78,7 +91,7 @@ PARAMS = [
 
 
 class ControlAllocatorNode(Node):
-    """The control allocator node (a thin shell around :mod:`encdec_ros.allocation`)."""
+    """The control allocator node (a thin shell around :mod:`encdec_ros.allocation.allocators`)."""
 
     NODE_NAME = 'control_allocator'
 

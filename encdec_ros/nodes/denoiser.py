@@ -17,7 +17,8 @@ topic is taken relative to the node's namespace (``/imu`` in namespace ``drone1`
 ``/drone1/imu``); an explicit ``input_topic`` is used as given. A message
 whose arrays are shorter than the spec needs is passed on unchanged (counted, WARN).
 
-The work is done by :class:`encdec_ros.denoise.DenoiseCore`, the class ``encdec eval denoise``
+The work is done by :class:`encdec_ros.denoise.filters.DenoiseCore`, the class
+``encdec eval denoise``
 runs offline. ``method`` picks the learned model or a classical filter (butterworth,
 one_euro, kalman), whose parameters come from the model directory (tuned at training time)
 or sensible defaults, and can be overridden here. Diagnostics on ``/diagnostics``: method,
@@ -33,11 +34,17 @@ from typing import Any
 import numpy as np
 from rclpy.node import Node
 
-from ..denoise import METHODS, DenoiseCore, build_core
-from ..errors import ConfigError, EncdecError
-from ..player import message_class
-from .common import DiagnosticsReporter, Param, declare_parameters, qos_profile, \
-    resolve_share_path, run_node
+from encdec_ros.denoise.filters import METHODS, DenoiseCore, build_core
+from encdec_ros.errors import ConfigError, EncdecError
+from encdec_ros.io.player import message_class
+from encdec_ros.nodes.common import (
+    DiagnosticsReporter,
+    Param,
+    declare_parameters,
+    qos_profile,
+    resolve_share_path,
+    run_node,
+)
 
 LATENCY_WINDOW = 4096  # recent callbacks kept for the latency figures; a power of two
 

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import LabelError
+from encdec_ros.errors import LabelError
 
 LABEL_TOPIC = '/encdec/labels'
 LABEL_TYPE = 'std_msgs/msg/String'

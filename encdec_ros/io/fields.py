@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import SpecError
+from encdec_ros.errors import SpecError
 
 NUMERIC_TYPES = frozenset({
     'bool', 'byte', 'char', 'int8', 'uint8', 'int16', 'uint16', 'int32', 'uint32',

@@ -1,7 +1,7 @@
 """The anomaly scorer: one window of aligned samples in, a debounced decision out. No ROS.
 
 The live node (:mod:`encdec_ros.nodes.anomaly_detector`) and the offline evaluation
-(:mod:`encdec_ros.anomaly_eval`, ``encdec eval anomaly``) both call :class:`AnomalyScorer`,
+(:mod:`encdec_ros.anomaly.evaluate`, ``encdec eval anomaly``) both call :class:`AnomalyScorer`,
 so a bag played to the node gives the same flags as its evaluation.
 
 For each window ``x`` [W, C] (raw units, channels in the spec's order)::
@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ModelDirError
-from .modeldir import ModelDir
-from .spec import SignalSpec
+from encdec_ros.errors import ConfigError, ModelDirError
+from encdec_ros.io.spec import SignalSpec
+from encdec_ros.modeldir import ModelDir
 
 ERROR_KINDS = ('mse', 'channel_max', 'channel_max_flat')
 LOG_EPS = 1e-8
@@ -336,7 +336,7 @@ class AnomalyScorer:
         """
         windows = np.asarray(windows)
         if progress and len(windows) > batch:
-            from .progress import progress as bar
+            from encdec_ros.progress import progress as bar
             parts = []
             for lo in bar(range(0, len(windows), batch), total=-(-len(windows) // batch),
                           desc='scoring', unit='batch', enable=True):

@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from .errors import ConfigError, EncdecError, ModelDirError
+from encdec_ros.errors import ConfigError, EncdecError, ModelDirError
 
 AXES = ('fx', 'fy', 'fz', 'tx', 'ty', 'tz')
 """Wrench axes in geometry_msgs/Wrench order: force x, y, z, torque x, y, z (FLU body)."""
@@ -875,7 +875,7 @@ class LearnedAllocator(Allocator):
 
     def __init__(self, model_dir: Any, *, effectiveness: Effectiveness | None = None,
                  device: str = 'cpu', threads: int | None = None) -> None:
-        from .modeldir import ModelDir
+        from encdec_ros.modeldir import ModelDir
 
         model = model_dir if isinstance(model_dir, ModelDir) else ModelDir.load(
             model_dir, task='allocator')
@@ -965,7 +965,7 @@ def make_allocator(method: str, eff: Effectiveness | None = None, *,
 
 def effectiveness_of_model(model_dir: str | Path) -> Effectiveness:
     """The effectiveness configuration stored in an allocator model directory."""
-    from .modeldir import ModelDir
+    from encdec_ros.modeldir import ModelDir
 
     model = ModelDir.load(model_dir, task='allocator', check_onnx=False)
     return Effectiveness.from_dict(model.section('allocator.effectiveness'),

@@ -17,10 +17,15 @@ from typing import Sequence
 
 import numpy as np
 
-from .bagwrite import BagWriter
-from .errors import BagError
-from .labels import LABEL_TOPIC, LABEL_TYPE, SIDECAR_NAME, intervals_from_mask, \
-    write_labels_csv
+from encdec_ros.errors import BagError
+from encdec_ros.io.bagwrite import BagWriter
+from encdec_ros.io.labels import (
+    LABEL_TOPIC,
+    LABEL_TYPE,
+    SIDECAR_NAME,
+    intervals_from_mask,
+    write_labels_csv,
+)
 
 TIME_UNITS = {'s': 1_000_000_000, 'ms': 1_000_000, 'us': 1_000, 'ns': 1}
 _TIME_NAMES = ('datetime', 'timestamp', 'time', 'stamp', 't')
@@ -177,7 +182,7 @@ def csv_to_bag(csv_path: str | Path, out: str | Path, *, topic: str = '/csv/data
 
 
 def _write_spec(path: Path, topic: str, table: CsvTable, *, window: int, stride: int) -> None:
-    from .spec import SignalSpec
+    from encdec_ros.io.spec import SignalSpec
 
     if len(table.times_ns) > 1:
         period_s = float(np.median(np.diff(table.times_ns))) * 1e-9

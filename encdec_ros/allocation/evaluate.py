@@ -1,6 +1,7 @@
 """Score allocators against the exact optimum on held-out wrenches (``encdec eval allocator``).
 
-Every method is run through the same :class:`~encdec_ros.allocation.Allocator` classes the
+Every method is run through the same
+:class:`~encdec_ros.allocation.allocators.Allocator` classes the
 ``control_allocator`` node uses. Figures, per method:
 
 - excess wrench error over the exact optimum, ``e(u) - e(u_exact)`` with
@@ -30,8 +31,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .allocation import Allocator, Effectiveness, ExactAllocator, LearnedAllocator
-from .errors import BagError
+from encdec_ros.allocation.allocators import (
+    Allocator,
+    Effectiveness,
+    ExactAllocator,
+    LearnedAllocator,
+)
+from encdec_ros.errors import BagError
 
 WRENCH_TYPES = ('geometry_msgs/msg/WrenchStamped', 'geometry_msgs/msg/Wrench')
 HELD_OUT_SEED = 20_240_917
@@ -42,7 +48,7 @@ ATTAINABLE_TOL = 1e-3
 
 def bag_wrenches(path: str | Path, topic: str, eff: Effectiveness) -> np.ndarray:
     """The wrenches (N, k) a bag's WrenchStamped (or Wrench) topic commanded."""
-    from .bag import BagSource
+    from encdec_ros.io.bag import BagSource
 
     with BagSource(path) as bag:
         if topic not in bag.topics:

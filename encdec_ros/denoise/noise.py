@@ -40,7 +40,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from encdec_ros.errors import ConfigError
 
 NOISE_KINDS: tuple[str, ...] = ('gaussian', 'spikes', 'quant', 'bias_walk', 'drop')
 """Component kinds, in the order they are applied."""

@@ -19,13 +19,18 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .align import Stream, align, monotonic, repeats, stalled
-from .errors import BagError, SpecError
-from .fields import ShortMessageError, compile_path
-from .labels import LABEL_TOPIC, SIDECAR_NAME, Interval, intervals_from_label_messages, \
-    read_labels_csv
-from .progress import progress
-from .spec import SignalSpec, normalize_type
+from encdec_ros.errors import BagError, SpecError
+from encdec_ros.io.align import Stream, align, monotonic, repeats, stalled
+from encdec_ros.io.fields import ShortMessageError, compile_path
+from encdec_ros.io.labels import (
+    LABEL_TOPIC,
+    SIDECAR_NAME,
+    Interval,
+    intervals_from_label_messages,
+    read_labels_csv,
+)
+from encdec_ros.io.spec import SignalSpec, normalize_type
+from encdec_ros.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +355,7 @@ class Recording:
 
     def label_mask(self, kinds: Sequence[str] | None = None) -> np.ndarray:
         """True at ticks inside a labelled interval."""
-        from .labels import label_mask
+        from encdec_ros.io.labels import label_mask
         return label_mask(self.labels, self.times_ns, kinds=kinds)
 
 
@@ -555,12 +560,12 @@ def _mcap_complete(path: Path) -> bool:
 def _zstd_decompress(path: Path) -> Callable[[bytes], bytes]:
     """The zstd decompression of per-message compressed bags, from the module rosbags uses."""
     try:
-        import compression.zstd   # Python 3.14 and later
+        import compression.zstd  # Python 3.14 and later
         return compression.zstd.decompress
     except ImportError:
         pass
     try:
-        import backports.zstd   # what rosbags uses before Python 3.14
+        import backports.zstd  # what rosbags uses before Python 3.14
         return backports.zstd.decompress
     except ImportError:
         pass

@@ -22,7 +22,7 @@ non-finite input value is replaced by the channel's last finite value (counted i
 
 :class:`DenoiseCore` binds a denoiser to the spec's fields: it extracts the numbers from a
 message, denoises them and writes them back in place
-(:func:`~encdec_ros.fields.compile_setter`), leaving every other field as it was. The
+(:func:`~encdec_ros.io.fields.compile_setter`), leaving every other field as it was. The
 tuning functions pick the baselines' parameters on validation data (at training time).
 This module never imports torch; scipy is used to design the Butterworth filters.
 """
@@ -35,9 +35,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, ModelDirError, SpecError
-from .fields import ShortMessageError, compile_path, compile_setter
-from .spec import SignalSpec
+from encdec_ros.errors import ConfigError, ModelDirError, SpecError
+from encdec_ros.io.fields import ShortMessageError, compile_path, compile_setter
+from encdec_ros.io.spec import SignalSpec
 
 METHODS: tuple[str, ...] = ('model', 'butterworth', 'one_euro', 'kalman')
 BASELINES: tuple[str, ...] = ('butterworth', 'one_euro', 'kalman')
@@ -402,7 +402,7 @@ class ModelDenoiser(Denoiser):
 
     def __init__(self, model: Any, *, device: str = 'auto', threads: int | None = None,
                  warmup: bool = True) -> None:
-        from .modeldir import ModelDir
+        from encdec_ros.modeldir import ModelDir
 
         if not isinstance(model, ModelDir):
             model = ModelDir.load(model, task='denoise')
@@ -573,7 +573,7 @@ def resolve_standalone(spec: SignalSpec) -> SignalSpec:
     if topic is None or not topic.type:
         raise SpecError(f'{spec.source}: give the topic\'s type: (e.g. sensor_msgs/msg/Imu) so '
                         'the fields can be checked without a bag')
-    from .bag import standard_typestore
+    from encdec_ros.io.bag import standard_typestore
 
     store = standard_typestore()
     resolved = spec.bind({topic.name: topic.type}, store.fielddefs, where='the standard types')
@@ -596,7 +596,7 @@ def build_core(method: str = 'model', *, model_dir: str | Path | None = None,
         params: Overrides of the baseline's parameters (None values are ignored).
         warmup: Warm the engine up.
     """
-    from .modeldir import ModelDir
+    from encdec_ros.modeldir import ModelDir
 
     if method not in METHODS:
         raise ConfigError(f'method {method!r} is not one of {", ".join(METHODS)}')

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import BagError
+from encdec_ros.errors import BagError
 
 STORAGES = ('sqlite3', 'mcap')
 # rosbag2 metadata version 8 is read by Humble, Jazzy and Kilted alike.

@@ -2,7 +2,7 @@
 
 :func:`evaluate_bag` reads a bag with the model's own spec, cuts the windows the node would
 score (``window_ends`` / ``windows_at``: a window ends at every tick index ``k`` with
-``k % stride == 0``), runs them through :class:`~encdec_ros.anomaly.AnomalyScorer` (batched,
+``k % stride == 0``), runs them through :class:`~encdec_ros.anomaly.scorer.AnomalyScorer` (batched,
 then debounced in order, which equals the node's step-by-step path) and compares the flags
 with the labelled intervals.
 
@@ -34,11 +34,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .anomaly import AnomalyScorer
-from .bag import Recording, read_bag
-from .errors import BagError, ConfigError
-from .labels import Interval, intervals_from_mask, label_mask, read_labels_csv
-from .window import window_ends, windows_at
+from encdec_ros.anomaly.scorer import AnomalyScorer
+from encdec_ros.errors import BagError, ConfigError
+from encdec_ros.io.bag import Recording, read_bag
+from encdec_ros.io.labels import Interval, intervals_from_mask, label_mask, read_labels_csv
+from encdec_ros.io.window import window_ends, windows_at
 
 POINTS = ('ticks', 'messages')
 
@@ -85,7 +85,7 @@ class EvalResult:
 
 def score_recording(scorer: AnomalyScorer, rec: Recording, *, progress: bool | None = None
                     ) -> tuple[np.ndarray, Any]:
-    """Window ends [N] and the scorer's :class:`~encdec_ros.anomaly.BatchScores` for a
+    """Window ends [N] and the scorer's :class:`~encdec_ros.anomaly.scorer.BatchScores` for a
     recording, exactly the windows the live node scores."""
     spec = scorer.spec
     ends = window_ends(rec.times_ns, spec.period_ns, spec.window, spec.stride)

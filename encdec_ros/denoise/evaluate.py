@@ -4,7 +4,7 @@
 bag at its native rate, pairs it with a clean reference (:func:`load_pairs`: a ground-truth
 topic such as the synthetic robot's ``/imu/clean``, or the recorded signal itself with a
 noise spec added to make the input), runs the model and every classical baseline through
-the same :class:`~encdec_ros.denoise.DenoiseCore` the node runs, and reports per channel:
+the same :class:`~encdec_ros.denoise.filters.DenoiseCore` the node runs, and reports per channel:
 
 - RMSE against the clean signal (and the RMSE without the error's mean, which no causal
   filter can remove when it is a sensor's turn-on bias);
@@ -30,11 +30,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .bag import BagSource, bind_spec, read_streams
-from .denoise import BASELINES, METHODS, DenoiseCore, build_core, one_topic_spec
-from .errors import BagError, ConfigError, SpecError
-from .noise import NoiseSpec
-from .spec import SignalSpec
+from encdec_ros.denoise.filters import BASELINES, METHODS, DenoiseCore, build_core, one_topic_spec
+from encdec_ros.denoise.noise import NoiseSpec
+from encdec_ros.errors import BagError, ConfigError, SpecError
+from encdec_ros.io.bag import BagSource, bind_spec, read_streams
+from encdec_ros.io.spec import SignalSpec
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _pair(path: Any, stamps: np.ndarray, noisy: np.ndarray, clean: np.ndarray,
 
 def measured_rate(path: Any, topic: str, stamps: np.ndarray) -> float:
     """The topic's rate in Hz from the median stamp step (stamps that mostly repeat are
-    refused when the bag is read: :func:`encdec_ros.align.stalled`)."""
+    refused when the bag is read: :func:`encdec_ros.io.align.stalled`)."""
     if stamps.size < 3:
         raise BagError(f'{path}: {topic} has only {stamps.size} usable messages; record longer')
     return 1e9 / max(float(np.median(np.diff(stamps))), 1.0)
@@ -400,7 +400,7 @@ def evaluate_denoise(model_dir: str | Path, bag: str | Path, *, clean_topic: str
     Returns:
         The report (also written as ``denoise_report.json``).
     """
-    from .modeldir import ModelDir, check_output_dir
+    from encdec_ros.modeldir import ModelDir, check_output_dir
 
     if out_dir is not None:
         check_output_dir(out_dir, what='report directory')

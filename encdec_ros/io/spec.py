@@ -29,8 +29,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .errors import SpecError
-from .fields import FieldPath, check_path, parse_path
+from encdec_ros.errors import SpecError
+from encdec_ros.io.fields import FieldPath, check_path, parse_path
 
 STAMP_CHOICES = ('header', 'receive')
 _TOP_KEYS = ('rate_hz', 'window', 'stride', 'topics', 'name', 'description')
@@ -251,7 +251,7 @@ class SignalSpec:
         ``fielddefs`` is a rosbags typestore's definitions, and ``first_messages`` gives one
         message per topic to size ``[*]`` selectors on variable-length arrays.
         """
-        from .fields import sequence_sizes
+        from encdec_ros.io.fields import sequence_sizes
 
         topics = []
         for topic in self.topics:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .bag import BagSource
-from .errors import BagError, ConfigError
+from encdec_ros.errors import BagError, ConfigError
+from encdec_ros.io.bag import BagSource
 
 
 def message_class(msgtype: str) -> Any:

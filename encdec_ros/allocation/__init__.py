@@ -1,0 +1,1 @@
+"""Control allocation: effectiveness matrices, allocators and their evaluation."""

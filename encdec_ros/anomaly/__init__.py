@@ -1,0 +1,1 @@
+"""Anomaly detection: the scorer (shared by the node and the evaluation) and its evaluation."""

@@ -1,0 +1,1 @@
+"""Denoising: learned and classical streaming filters, corruption models, evaluation."""
