@@ -48,7 +48,8 @@ from encdec_ros.io.spec import SignalSpec
 from encdec_ros.io.window import window_ends, windows_at
 from encdec_ros.modeldir import check_output_dir
 from training.calibrate import RULES, calibrate
-from training.models import AEConfig, build_model, count_parameters
+from training.family import AEConfig
+from training.models import build_model, count_parameters
 
 log = logging.getLogger(__name__)
 
