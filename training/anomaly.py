@@ -6,10 +6,14 @@
    time span of each (``train_span``: e.g. SKAB's first 400 rows);
 2. splits every recording by time into train / validation / calibration parts (in that
    order), and fits per-channel normalisation on the train part only;
-3. trains an MLP, LSTM or GRU autoencoder (:mod:`training.models`) with Adam on the mean
-   squared reconstruction error, seeded, with early stopping on the validation loss;
-4. exports the best model to ONNX (``training.export.export_onnx``: onnxruntime must agree
-   with torch within 1e-4 on real windows);
+3. trains an autoencoder of the family (:mod:`training.models`: MLP, LSTM, GRU or conv,
+   plain, variational, sparse or contractive, optionally on corrupted inputs) with Adam on
+   its loss (:func:`training.models.training_loss`), seeded, with early stopping on the
+   validation reconstruction loss; or fits a classical baseline (PCA, robust z-score) with
+   numpy (:mod:`encdec_ros.anomaly.baselines`; no torch needed);
+4. exports the best model to ONNX with its code as a second output
+   (``training.export.export_onnx``: onnxruntime must agree with torch within 1e-4 on real
+   windows; the baselines are checked against numpy the same way);
 5. runs the exported model through the runtime's own error code
    (:func:`encdec_ros.anomaly.scorer.reconstruction_errors`) on the calibration windows, stores each
    channel's normal error statistics and calibrates the threshold (:mod:`training.calibrate`);
@@ -37,11 +41,13 @@ from encdec_ros.anomaly.scorer import (
     ChannelStats,
     SlowContext,
     SlowStats,
+    T2Stats,
     aggregate_errors,
     check_debounce,
-    reconstruction_errors,
     window_features,
+    window_statistics,
 )
+from encdec_ros.denoise.noise import NoiseSpec, parse_noise
 from encdec_ros.errors import ConfigError, ModelDirError
 from encdec_ros.io.bag import Recording, read_bags
 from encdec_ros.io.spec import SignalSpec
@@ -49,7 +55,6 @@ from encdec_ros.io.window import window_ends, windows_at
 from encdec_ros.modeldir import check_output_dir
 from training.calibrate import RULES, calibrate
 from training.family import AEConfig
-from training.models import build_model, count_parameters
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,9 @@ class TrainOptions:
         exclude_labelled: Leave out windows that overlap a labelled interval of the bag.
         time_limit_s: Stop training after this many seconds (keeps the best epoch).
         threads: torch CPU threads (None: torch's default).
+        noise: Denoising training: a corruption spec (:mod:`encdec_ros.denoise.noise`, e.g.
+            'relative,gaussian:0.1') applied afresh each epoch to the raw training windows;
+            the model reconstructs the clean window. None: plain training.
     """
 
     model: AEConfig = field(default_factory=AEConfig)
@@ -120,6 +128,7 @@ class TrainOptions:
     exclude_labelled: bool = True
     time_limit_s: float | None = None
     threads: int | None = None
+    noise: str | None = None
 
     def check(self) -> None:
         """Raise :class:`ConfigError` with one sentence for an invalid option."""
@@ -151,6 +160,14 @@ class TrainOptions:
         check_debounce(self.debounce_k, self.debounce_n, self.release)
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ConfigError(f'time limit must be positive seconds, got {self.time_limit_s!r}')
+        if self.noise is not None and self.model.classical:
+            raise ConfigError(f'--arch {self.model.arch} is fitted in closed form and takes no '
+                              'denoising corruption; drop --noise or use a network')
+        self.corruption()         # a bad noise spec fails here, in one sentence
+
+    def corruption(self) -> NoiseSpec | None:
+        """The denoising corruption (None: plain training)."""
+        return parse_noise(self.noise)
 
 
 @dataclass
@@ -312,13 +329,17 @@ def _stack(parts: list[np.ndarray], window: int, channels: int) -> np.ndarray:
 
 
 def _fit(model: Any, train: np.ndarray, val: np.ndarray, opts: TrainOptions,
-         say: Callable[[str], None], show_progress: bool | None
+         say: Callable[[str], None], show_progress: bool | None,
+         corrupt: Callable[[int], np.ndarray] | None = None
          ) -> tuple[list[tuple[float, float]], int, float]:
-    """Adam on MSE with early stopping; loads the best weights. Returns history, best epoch
-    (1-based) and seconds."""
+    """Adam on the model's training loss with early stopping on the validation
+    reconstruction loss; loads the best weights. ``corrupt(epoch)`` gives that epoch's
+    corrupted inputs for ``train`` (denoising). Returns history, best epoch (1-based) and
+    seconds."""
     import torch
 
     from encdec_ros.progress import progress
+    from training.models import training_loss, validation_loss
 
     gen = torch.Generator().manual_seed(opts.seed)
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -334,17 +355,19 @@ def _fit(model: Any, train: np.ndarray, val: np.ndarray, opts: TrainOptions,
     for epoch in range(1, opts.epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=gen)
+        xin = xt if corrupt is None else torch.from_numpy(corrupt(epoch))
         total = 0.0
         for lo in range(0, n, opts.batch_size):
-            batch = xt[perm[lo:lo + opts.batch_size]]
-            loss = torch.mean((model(batch) - batch) ** 2)
+            idx = perm[lo:lo + opts.batch_size]
+            batch = xt[idx]
+            loss = training_loss(model, xin[idx], batch, epoch=epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item() * len(batch)
             next(bar, None)
         train_loss = total / n
-        val_loss = _evaluate(model, xv, opts.batch_size * 4)
+        val_loss = _evaluate(model, xv, opts.batch_size * 4, validation_loss)
         history.append((train_loss, val_loss))
         better = val_loss < best * (1 - 1e-4)
         if better:
@@ -369,7 +392,7 @@ def _fit(model: Any, train: np.ndarray, val: np.ndarray, opts: TrainOptions,
     return history, best_epoch, time.perf_counter() - start
 
 
-def _evaluate(model: Any, x: Any, batch: int) -> float:
+def _evaluate(model: Any, x: Any, batch: int, loss: Callable[[Any, Any], Any]) -> float:
     import torch
 
     model.eval()
@@ -377,12 +400,28 @@ def _evaluate(model: Any, x: Any, batch: int) -> float:
     with torch.no_grad():
         for lo in range(0, len(x), batch):
             part = x[lo:lo + batch]
-            total += float(torch.mean((model(part) - part) ** 2)) * len(part)
+            total += float(loss(model, part)) * len(part)
     return total / max(len(x), 1)
 
 
+def _corrupter(noise: NoiseSpec, raw: np.ndarray, mean: np.ndarray, std: np.ndarray,
+               rate_hz: float, seed: int) -> Callable[[int], np.ndarray]:
+    """``corrupt(epoch)``: the raw training windows [N, W, C] with fresh corruption, each
+    window on its own (a relative spec scales by the training std), normalised."""
+    m32, s32 = mean.astype(np.float32), std.astype(np.float32)
+
+    def corrupt(epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([seed, epoch])
+        out = np.empty_like(raw)
+        for i, win in enumerate(raw):
+            out[i] = noise.apply(win, rate_hz=rate_hz, rng=rng, scale=std)
+        return ((out - m32) / s32).astype(np.float32)
+
+    return corrupt
+
+
 def _loss_png(path: Path, history: list[tuple[float, float]], best_epoch: int,
-              title: str) -> None:
+              title: str, ylabel: str = 'reconstruction MSE (normalised)') -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -393,9 +432,10 @@ def _loss_png(path: Path, history: list[tuple[float, float]], best_epoch: int,
     ax.plot(epochs, [h[1] for h in history], label='validation')
     if best_epoch:
         ax.axvline(best_epoch, color='grey', ls=':', lw=1, label=f'best (epoch {best_epoch})')
-    ax.set_yscale('log')
+    if all(v > 0 for h in history for v in h):
+        ax.set_yscale('log')
     ax.set_xlabel('epoch')
-    ax.set_ylabel('reconstruction MSE (normalised)')
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -413,7 +453,8 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
                   command: str = '', overwrite: bool = False,
                   say: Callable[[str], None] | None = None,
                   show_progress: bool | None = None) -> TrainResult:
-    """Train, calibrate and export an anomaly autoencoder; write the model directory ``out``.
+    """Train (or fit), calibrate and export an anomaly model; write the model directory
+    ``out``. The classical baselines (``opts.model.arch`` 'pca' or 'robust_z') need no torch.
 
     Args:
         bags: Bags of normal operation.
@@ -427,10 +468,6 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         say: Where progress lines go (default: the module logger).
         show_progress: Progress bar: None on a terminal, True always, False never.
     """
-    import torch
-
-    from training.export import export_onnx
-
     opts = opts or TrainOptions()
     opts.check()
     say = say or log.info
@@ -474,35 +511,42 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         f'{len(calib_x) if opts.calib_fraction > 0 else "= val"}'
         + (f' ({split.dropped} left out: labelled or NaN)' if split.dropped else ''))
 
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    torch.manual_seed(opts.seed)
-    np.random.seed(opts.seed % 2**32)
-    model = build_model(opts.model, W, C)
-    n_params = count_parameters(model)
-    say(f'model: {opts.model.arch} autoencoder, hidden {opts.model.hidden}, latent '
-        f'{opts.model.latent}, {n_params} parameters')
-    history, best_epoch, t_train = _fit(model, train_x, val_x, opts, say, show_progress)
-
     with tempfile.TemporaryDirectory(prefix='encdec_train_') as tmp:
         onnx_tmp = Path(tmp) / 'model.onnx'
-        parity = val_x[:64]
-        export = export_onnx(model, (torch.from_numpy(train_x[:2]),), onnx_tmp,
-                             input_names=['x'], output_names=['x_hat'],
-                             parity_inputs=(parity,))
+        if opts.model.classical:
+            fitted = _fit_classical(opts, train_x, val_x[:64], onnx_tmp, say)
+        else:
+            corrupt = None
+            noise = opts.corruption()
+            if noise is not None:
+                say(f'  denoising: inputs corrupted with {noise.text} (fresh each epoch), '
+                    'targets clean')
+                corrupt = _corrupter(noise, train_raw, mean, std, spec.rate_hz, opts.seed)
+            fitted = _train_network(opts, train_x, val_x, onnx_tmp, say, show_progress,
+                                    corrupt)
+        history, best_epoch, t_train = fitted.history, fitted.best_epoch, fitted.seconds
+        export, n_params = fitted.export, fitted.parameters
         from encdec_ros.engine import InferenceEngine
 
         engine = InferenceEngine(onnx_tmp, device='cpu', warmup=False)
         # the threshold and the normal statistics see every held-out window: the calibration
         # blocks and the validation blocks (which only chose the epoch), so that the tail is
         # estimated on as much of the recording as possible
-        val_err = reconstruction_errors(engine, val_x)
+        val_err, val_codes = window_statistics(engine, val_x)
         if opts.calib_fraction > 0:
-            calib_err = np.concatenate([reconstruction_errors(engine, calib_x), val_err])
+            calib_err, calib_codes = window_statistics(engine, calib_x)
+            calib_err = np.concatenate([calib_err, val_err])
+            if calib_codes is not None:
+                calib_codes = np.concatenate([calib_codes, val_codes])
             calib_parts = split.calib + split.val
         else:
-            calib_err, calib_parts = val_err, split.val
+            calib_err, calib_codes, calib_parts = val_err, val_codes, split.val
         stats = ChannelStats.fit(calib_err)
+        calib_t2 = val_t2 = None
+        if fitted.t2 is not None:
+            calib_t2 = fitted.t2.t2(calib_codes)
+            stats = stats.with_t2(fitted.t2.fitted(calib_t2))
+            val_t2 = stats.t2.t2(val_codes)
         slow_windows, slow_note = _slow_windows(opts, spec, calib_parts)
         if slow_note:
             say(f'  note: {slow_note}')
@@ -512,14 +556,14 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
             stats = stats.with_slow(SlowStats.fit(calib_slow, slow_windows))
             val_slow = _slow_runs(val_err, split.val, slow_windows) \
                 if opts.calib_fraction > 0 else calib_slow
-        agg, _ = aggregate_errors(calib_err, opts.error, stats, calib_slow)
+        agg, _ = aggregate_errors(calib_err, opts.error, stats, calib_slow, calib_t2)
         cal = calibrate(agg, rule=opts.threshold_rule, risk=opts.risk, quantile=opts.quantile,
                         init_quantile=opts.init_quantile)
         threshold = cal.threshold * opts.threshold_scale
         if not (math.isfinite(threshold) and threshold > 0):
             raise ConfigError(f'the calibrated threshold is {threshold!r}, not a positive '
                               f'number; use --error mse or the quantile rule')
-        val_agg, _ = aggregate_errors(val_err, opts.error, stats, val_slow)
+        val_agg, _ = aggregate_errors(val_err, opts.error, stats, val_slow, val_t2)
         calibration = {
             **cal.to_dict(), 'threshold': float(threshold),
             'calibrated_threshold': cal.threshold, 'scale': opts.threshold_scale,
@@ -558,9 +602,12 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
             'normalization': {'mean': mean, 'std': std},
             'architecture': {**opts.model.to_dict(), 'parameters': n_params,
                              'input': {'name': 'x', 'shape': ['batch', W, C]},
-                             'output': {'name': 'x_hat', 'shape': ['batch', W, C]}},
+                             'output': {'name': 'x_hat', 'shape': ['batch', W, C]},
+                             'outputs': fitted.outputs, **fitted.details},
             'score': {'error': opts.error, 'log_eps': LOG_EPS,
-                      'slow_context_s': slow_windows * spec.stride / spec.rate_hz},
+                      'likelihood': opts.model.variational,
+                      'slow_context_s': slow_windows * spec.stride / spec.rate_hz,
+                      **({'t2': stats.t2.to_dict()} if stats.t2 is not None else {})},
             'threshold': float(threshold),
             'calibration': calibration,
             'channel_errors': {
@@ -574,13 +621,95 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         }
         save_model_dir(out, onnx_file=onnx_tmp, task='anomaly', sections=sections,
                        overwrite=overwrite)
-    _loss_png(out / LOSS_PNG, history, best_epoch,
-              f'{opts.model.arch} autoencoder on {", ".join(Path(b).name for b in bags)}')
+    if history:
+        _loss_png(out / LOSS_PNG, history, best_epoch,
+                  f'{_describe(opts.model)} on {", ".join(Path(b).name for b in bags)}',
+                  ylabel='reconstruction NLL (normalised)' if opts.model.variational
+                  else 'reconstruction MSE (normalised)')
     say(f'threshold {threshold:.4g} ({cal.used} rule'
         + (f', fallback: {cal.details["fallback"]}' if 'fallback' in cal.details else '')
         + f'); validation windows above it: {calibration["exceed_validation"]:.2%}; '
         f'ONNX parity {export["max_abs_diff"]:.1e}')
-    return TrainResult(out, figures, calibration, history, model)
+    return TrainResult(out, figures, calibration, history, fitted.module)
+
+
+@dataclass
+class _Fitted:
+    """What fitting a network or a baseline left for calibration and model.yaml."""
+
+    history: list[tuple[float, float]]
+    best_epoch: int
+    seconds: float
+    export: dict[str, Any]
+    parameters: int
+    outputs: list[str]
+    module: Any = None
+    t2: T2Stats | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _describe(cfg: AEConfig) -> str:
+    if cfg.arch == 'pca':
+        return 'PCA (T^2 + Q)'
+    if cfg.arch == 'robust_z':
+        return 'robust z-score'
+    reg = {'none': '', 'vae': 'variational ', 'sparse': f'sparse ({cfg.sparsity}) ',
+           'contractive': 'contractive '}[cfg.reg]
+    return f'{reg}{cfg.arch} autoencoder'
+
+
+def _train_network(opts: TrainOptions, train_x: np.ndarray, val_x: np.ndarray,
+                   onnx_path: Path, say: Callable[[str], None], show_progress: bool | None,
+                   corrupt: Callable[[int], np.ndarray] | None) -> _Fitted:
+    """Build, train and export a torch autoencoder to ``onnx_path``."""
+    import torch
+
+    from training.export import export_onnx
+    from training.models import ExportModule, build_model, count_parameters
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    np.random.seed(opts.seed % 2**32)
+    cfg = opts.model
+    W, C = train_x.shape[1:]
+    try:
+        model = build_model(cfg, W, C)
+    except ValueError as err:
+        raise ConfigError(f'{err}; use a longer --window or fewer --layers') from None
+    n_params = count_parameters(model)
+    say(f'model: {_describe(cfg)}, hidden {cfg.hidden}, latent {cfg.latent}, layers '
+        f'{cfg.layers}, {n_params} parameters')
+    history, best_epoch, t_train = _fit(model, train_x, val_x, opts, say, show_progress,
+                                        corrupt)
+    names = list(model.output_names)
+    export = export_onnx(ExportModule(model), (torch.from_numpy(train_x[:2]),), onnx_path,
+                         input_names=['x'], output_names=names,
+                         parity_inputs=(val_x[:64],))
+    return _Fitted(history, best_epoch, t_train, export, n_params, names, module=model)
+
+
+def _fit_classical(opts: TrainOptions, train_x: np.ndarray, parity: np.ndarray,
+                   onnx_path: Path, say: Callable[[str], None]) -> _Fitted:
+    """Fit a numpy baseline and write its ONNX graph to ``onnx_path``."""
+    from encdec_ros.anomaly.baselines import fit_baseline
+
+    cfg = opts.model
+    start = time.perf_counter()
+    fit = fit_baseline(cfg.arch, train_x, latent=cfg.latent, parity=parity)
+    seconds = time.perf_counter() - start
+    onnx_path.write_bytes(fit.onnx)
+    details: dict[str, Any] = {}
+    if cfg.arch == 'pca':
+        details = {'components': fit.details['components'],
+                   'explained_variance': round(fit.details['explained_variance'], 6)}
+        say(f'model: PCA, {fit.details["components"]} components explain '
+            f'{fit.details["explained_variance"]:.1%} of the training windows\' variance')
+    else:
+        say(f'model: robust z-score (median / MAD of {len(train_x)} training windows)')
+    t2 = T2Stats(fit.t2_center, fit.t2_scale) if fit.t2_center is not None else None
+    return _Fitted([], 0, seconds, fit.export, fit.parameters, ['x_hat', 'code'], t2=t2,
+                   details=details)
 
 
 def _slow_windows(opts: TrainOptions, spec: SignalSpec, parts: list[np.ndarray]

@@ -16,7 +16,9 @@ Publishes, once per decision: ``~/anomaly`` (std_msgs/Bool, the debounced flag) 
 ``~/score`` (std_msgs/Float32, error / threshold; NaN for a window with non-finite inputs);
 and on ``/diagnostics`` a status that is OK, WARN (or ERROR, parameter ``flag_level``) while
 the flag is up, ERROR when windows cannot be scored, STALE when the inputs stop; its values
-hold the score, threshold, top channels, provider and latencies.
+hold the score, threshold, top channels, provider and latencies. With ``publish_latent``
+on, also ``~/latent`` (std_msgs/Float32MultiArray): the code of each decided window (the
+encoder mean for a VAE), from the same inference as the score; its layout names the size.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from std_msgs.msg import Bool, Float32
+from std_msgs.msg import Bool, Float32, Float32MultiArray, MultiArrayDimension, MultiArrayLayout
 
 from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer, Decision, check_debounce
 from encdec_ros.errors import ConfigError, EncdecError
@@ -84,6 +86,9 @@ PARAMS = (
           max=100),
     Param('flag_level', 'WARN', 'Diagnostic level while the anomaly flag is up: WARN or ERROR',
           constraints='one of WARN, ERROR'),
+    Param('publish_latent', False, 'Publish the code of each decided window (the encoder mean '
+          'for a VAE) on ~/latent as std_msgs/Float32MultiArray, from the same inference; the '
+          'model needs a code output', read_only=True),
 )
 
 
@@ -164,6 +169,16 @@ class AnomalyDetectorNode(Node):
         out_qos = QoSProfile(depth=p['output_depth'], reliability=ReliabilityPolicy.RELIABLE)
         self.pub_flag = self.create_publisher(Bool, '~/anomaly', out_qos)
         self.pub_score = self.create_publisher(Float32, '~/score', out_qos)
+        self.pub_latent = None
+        if p['publish_latent']:
+            size = self.scorer.code_size
+            if not size:
+                raise ConfigError(f'parameter publish_latent is true but model {p["model_dir"]} '
+                                  'has no code output (it was trained before models exported '
+                                  'their codes); re-train it, or set publish_latent to false')
+            self.pub_latent = self.create_publisher(Float32MultiArray, '~/latent', out_qos)
+            self._latent_layout = MultiArrayLayout(
+                dim=[MultiArrayDimension(label='latent', size=size, stride=size)])
         self._subs = []
         for index, topic in enumerate(spec.topics):
             cls = message_class(topic.type)
@@ -244,6 +259,9 @@ class AnomalyDetectorNode(Node):
         self._error = ''
         self.pub_flag.publish(Bool(data=decision.flag))
         self.pub_score.publish(Float32(data=float(decision.score)))
+        if self.pub_latent is not None and decision.code is not None:
+            self.pub_latent.publish(Float32MultiArray(layout=self._latent_layout,
+                                                      data=decision.code.tolist()))
         c = self.counts
         c['decisions'] += 1
         c['flagged'] += decision.flag
