@@ -21,7 +21,7 @@ import yaml
 
 from encdec_ros.anomaly.evaluate import evaluate_bag
 from encdec_ros.anomaly.scorer import AnomalyScorer, residual_statistics
-from encdec_ros.errors import ConfigError, ModelDirError
+from encdec_ros.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / 'config' / 'sim_spec.yaml'
