@@ -16,6 +16,8 @@ training loop calls only these two, whatever the model. Shapes are noted in comm
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -74,9 +76,41 @@ class FamilyAE(nn.Module):
             return y[..., :c], _bound(y[..., c:])
         return y, None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The deterministic reconstruction (B, W, C)."""
+    def forward(self, x: torch.Tensor, target: torch.Tensor | None = None, *,
+                epoch: int = 1) -> torch.Tensor:
+        """The deterministic reconstruction (B, W, C); with ``target``, the training loss of
+        reconstructing it from ``x`` instead (:func:`training_loss`), so that a wrapper such as
+        DistributedDataParallel sees the whole training computation as one forward pass."""
+        if target is not None:
+            return self._loss(x, target, epoch)
         return self.decode(self.encode(x)[0])[0]
+
+    def _loss(self, x: torch.Tensor, target: torch.Tensor, epoch: int) -> torch.Tensor:
+        cfg = self.cfg
+        if cfg.reg == 'vae':
+            mu, logvar = self.encode(x)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            mean, log_var = self.decode(z)
+            nll = gaussian_nll(mean, log_var, target).mean()
+            kl = -0.5 * torch.sum(1.0 + logvar - mu ** 2 - torch.exp(logvar), dim=1).mean()
+            return nll + kl_weight(cfg, epoch) * kl / (self.window * self.channels)
+        if cfg.reg == 'contractive':
+            code, norm2 = code_and_jacobian_norm2(self, x)
+        else:
+            code, _ = self.encode(x)
+        loss = torch.mean((self.decode(code)[0] - target) ** 2)
+        if cfg.reg == 'sparse':
+            if cfg.sparsity == 'l1':
+                term = code.abs().mean()
+            else:
+                rho = cfg.rho
+                mean = code.mean(dim=0).clamp(1e-6, 1 - 1e-6)
+                term = torch.sum(rho * torch.log(rho / mean)
+                                 + (1 - rho) * torch.log((1 - rho) / (1 - mean)))
+            loss = loss + cfg.sparsity_weight * term
+        elif cfg.reg == 'contractive':
+            loss = loss + cfg.contractive_weight * norm2.mean()
+        return loss
 
     def export_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What the ONNX graph returns, in :attr:`output_names` order."""
@@ -281,10 +315,12 @@ def kl_weight(cfg: AEConfig, epoch: int) -> float:
     return cfg.beta * min(1.0, (epoch - 1) / cfg.warmup)
 
 
-def training_loss(model: FamilyAE, x: torch.Tensor, target: torch.Tensor | None = None, *,
+def training_loss(model: Any, x: torch.Tensor, target: torch.Tensor | None = None, *,
                   epoch: int = 1) -> torch.Tensor:
-    """The training objective of ``model`` on a batch: reconstruct ``target`` (default
-    ``x``; the clean window when ``x`` is corrupted) plus the regulariser's term.
+    """The training objective on a batch: reconstruct ``target`` (default ``x``; the clean
+    window when ``x`` is corrupted) plus the regulariser's term. ``model`` is a
+    :class:`FamilyAE` or a wrapper around one (DistributedDataParallel): the loss is computed
+    in the model's forward pass.
 
     - none: mean squared error;
     - vae: Gaussian NLL per sample of a decoded draw z = mu + sigma * eps, plus the KL of
@@ -294,39 +330,24 @@ def training_loss(model: FamilyAE, x: torch.Tensor, target: torch.Tensor | None 
       the code units' mean sigmoid activations in the batch ('kl');
     - contractive: MSE + weight * ||d code / d x||_F^2 per window (:func:`jacobian_norm2`).
     """
-    cfg = model.cfg
-    target = x if target is None else target
-    if cfg.reg == 'vae':
-        mu, logvar = model.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        mean, log_var = model.decode(z)
-        nll = gaussian_nll(mean, log_var, target).mean()
-        kl = -0.5 * torch.sum(1.0 + logvar - mu ** 2 - torch.exp(logvar), dim=1).mean()
-        return nll + kl_weight(cfg, epoch) * kl / (model.window * model.channels)
-    code, _ = model.encode(x)
-    loss = torch.mean((model.decode(code)[0] - target) ** 2)
-    if cfg.reg == 'sparse':
-        if cfg.sparsity == 'l1':
-            penalty = code.abs().mean()
-        else:
-            rho = cfg.rho
-            mean = code.mean(dim=0).clamp(1e-6, 1 - 1e-6)
-            penalty = torch.sum(rho * torch.log(rho / mean)
-                                + (1 - rho) * torch.log((1 - rho) / (1 - mean)))
-        loss = loss + cfg.sparsity_weight * penalty
-    elif cfg.reg == 'contractive':
-        loss = loss + cfg.contractive_weight * jacobian_norm2(model, x).mean()
-    return loss
+    return model(x, x if target is None else target, epoch=epoch)
 
 
 def jacobian_norm2(model: FamilyAE, x: torch.Tensor, *, exact: bool | None = None
                    ) -> torch.Tensor:
-    """||d code / d x||_F^2 per window (B,).
+    """||d code / d x||_F^2 per window (B,); see :func:`code_and_jacobian_norm2`."""
+    return code_and_jacobian_norm2(model, x, exact=exact)[1]
 
-    Exact for the MLP (one vector-Jacobian product per code unit, Z backward passes); for the
-    recurrent and convolutional encoders, whose exact Jacobian costs as many passes through a
-    sequence, an unbiased estimate: for e ~ N(0, I), E ||J e||^2 = ||J||_F^2, and J e is
-    taken by a forward finite difference of step :data:`FD_STEP` (one extra forward pass).
+
+def code_and_jacobian_norm2(model: FamilyAE, x: torch.Tensor, *, exact: bool | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The code of ``x`` (B, Z) and ||d code / d x||_F^2 per window (B,), in one pass.
+
+    Exact for the MLP (default there): one vector-Jacobian product per code unit (Z backward
+    passes, kept in the graph). For the recurrent and convolutional encoders, whose exact
+    Jacobian costs as many passes through a sequence, an unbiased estimate: for e ~ N(0, I),
+    E ||J e||^2 = ||J||_F^2, with J e taken by a forward finite difference of step
+    :data:`FD_STEP`; x and x + h e go through the encoder as one batch.
     """
     exact = model.cfg.arch == 'mlp' if exact is None else exact
     if exact:
@@ -336,11 +357,11 @@ def jacobian_norm2(model: FamilyAE, x: torch.Tensor, *, exact: bool | None = Non
         for j in range(code.shape[1]):
             (g,) = torch.autograd.grad(code[:, j].sum(), xr, create_graph=True)
             total = total + (g ** 2).flatten(1).sum(dim=1)
-        return total
-    e = torch.randn_like(x)
-    code, _ = model.encode(x)
-    moved, _ = model.encode(x + FD_STEP * e)
-    return (((moved - code) / FD_STEP) ** 2).sum(dim=1)
+        return code, total
+    b = x.shape[0]
+    both, _ = model.encode(torch.cat([x, x + FD_STEP * torch.randn_like(x)]))
+    code = both[:b]
+    return code, (((both[b:] - code) / FD_STEP) ** 2).sum(dim=1)
 
 
 def validation_loss(model: FamilyAE, x: torch.Tensor) -> torch.Tensor:
@@ -354,5 +375,5 @@ def validation_loss(model: FamilyAE, x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ['ARCHS', 'AEConfig', 'ConvAE', 'ExportModule', 'FamilyAE', 'MlpAE', 'SeqAE',
-           'build_model', 'conv_lengths', 'count_parameters', 'gaussian_nll', 'jacobian_norm2',
-           'kl_weight', 'training_loss', 'validation_loss']
+           'build_model', 'code_and_jacobian_norm2', 'conv_lengths', 'count_parameters',
+           'gaussian_nll', 'jacobian_norm2', 'kl_weight', 'training_loss', 'validation_loss']
