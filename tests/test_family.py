@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import yaml
 from encdec_ros.anomaly.evaluate import evaluate_bag
 from encdec_ros.anomaly.scorer import AnomalyScorer, residual_statistics
 from encdec_ros.errors import ConfigError
+
+from test_anomaly import _spin_in_thread  # noqa: I001 - a test helper beside this file
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / 'config' / 'sim_spec.yaml'
@@ -372,14 +373,7 @@ def test_node_publishes_each_windows_code_over_dds(bags, baselines, rclpy_contex
     executor = make_executor(rclpy_context)
     executor.add_node(node)
     executor.add_node(client)
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.05)
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
+    stop, thread = _spin_in_thread(executor)
     offline = evaluate_bag(model, bags['faults'])
     try:
         play_qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
