@@ -49,8 +49,9 @@ def register(groups: dict) -> None:
     g.add_argument('--train-stride', type=int,
                    help="samples between training windows (default: the spec's stride)")
     g.add_argument('--train-span', metavar='START:END',
-                   help='use only this span of each bag, in seconds from its first sample '
-                        '(e.g. :400)')
+                   help='use only this span of each bag: seconds from its first sample '
+                        '(e.g. :400), or rows with a rows suffix (e.g. :400rows, the first 400 '
+                        "messages of the spec's first topic: a CSV's rows)")
     g.add_argument('--keep-labelled', action='store_true',
                    help='also train on windows that overlap labelled intervals of the bag')
     g.add_argument('--seed', type=int, default=0, help='random seed (0)')
@@ -101,7 +102,8 @@ def register(groups: dict) -> None:
                    help="what the point-wise figures count: aligned samples (ticks) or the "
                         "messages of the spec's first topic, e.g. CSV rows (messages)")
     e.add_argument('--eval-span', metavar='START:END',
-                   help='count only points in this span, seconds from the first sample')
+                   help='count only points in this span: seconds from the first sample, or '
+                        'rows with a rows suffix (e.g. 400rows: skips the first 400 rows)')
     e.add_argument('--grace', type=float, metavar='S',
                    help='seconds after a fault in which a flag still detects it and is no false '
                         'alarm (default: one window plus the release time)')
