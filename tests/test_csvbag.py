@@ -198,3 +198,46 @@ def test_bad_csv_gives_one_clear_sentence_and_writes_nothing(tmp_path, text, kwa
     with pytest.raises(BagError, match=message):
         csv_to_bag(src, tmp_path / 'out', **kwargs)
     assert not (tmp_path / 'out').exists()
+
+
+def test_csv_to_detector_with_no_options(tmp_path, capsys):
+    """`encdec bag from-csv FILE --out B`, `encdec train anomaly --bag B --out M` and `encdec
+    eval anomaly --model M --bag B` on a log with a time column and two label columns."""
+    pytest.importorskip('torch')
+    import json
+
+    from encdec_ros.cli import main
+
+    rng = np.random.default_rng(7)
+    n = 900
+    k = np.arange(n)
+    data = np.stack([np.sin(k / 20), np.cos(k / 33), 0.5 * np.sin(k / 7)], axis=1)
+    data += rng.normal(scale=0.05, size=data.shape)
+    fault = (k >= 600) & (k < 640)
+    attack = (k >= 750) & (k < 780)
+    data[fault, 0] += 3.0
+    data[attack, 2] = 0.0
+    start = np.datetime64('2024-05-01T08:00:00')
+    lines = ['timestamp,motor_a,motor_b,pump,fault_a,anomaly,changepoint']
+    for i in range(n):
+        stamp = str(start + np.timedelta64(int(i), 's')).replace('T', ' ')
+        lines.append(f'{stamp},{data[i, 0]:.5f},{data[i, 1]:.5f},{data[i, 2]:.5f},'
+                     f'{int(fault[i])},{"True" if attack[i] else "False"},'
+                     f'{int(i in (600, 640, 750, 780))}')
+    src = tmp_path / 'log.csv'
+    src.write_text('\n'.join(lines) + '\n')
+    bag, model, report = tmp_path / 'bag', tmp_path / 'model', tmp_path / 'report'
+    assert main(['bag', 'from-csv', str(src), '--out', str(bag)]) == 0
+    text = capsys.readouterr().out
+    assert "labels 'fault_a' + 'anomaly' by name and content" in text
+    assert main(['train', 'anomaly', '--bag', str(bag), '--out', str(model),
+                 '--arch', 'mlp', '--epochs', '3']) == 0          # (fewer epochs: a test)
+    assert f'spec: {bag / "spec.yaml"} (beside the bag' in capsys.readouterr().out
+    assert main(['eval', 'anomaly', '--model', str(model), '--bag', str(bag), '--out',
+                 str(report)]) == 0
+    text = capsys.readouterr().out
+    assert 'flagging every point would score F1' in text and 'time flagged:' in text
+    metrics = json.loads((report / 'report.json').read_text())['metrics']
+    assert [e['kind'] for e in metrics['events']] == ['fault_a', 'anomaly']
+    assert metrics['flag_everything']['f1'] == pytest.approx(2 * 70 / (2 * 70 + 830), abs=0.01)
+    assert {'normal_s', 'flagged_share', 'flagged_normal_share'} <= set(metrics['time'])
