@@ -206,7 +206,9 @@ def starter_spec(bag_path: str | Path, *, topics: Sequence[str] | None = None,
     kept = [s for s in surveys if s.kept and not s.note.startswith('left out')]
     skipped = [s for s in surveys if s not in kept]
     if not kept:
-        why = '; '.join(f'{s.name} {s.note}' for s in skipped[:4])
+        why = '; '.join(f'{s.name}: {s.note.removeprefix("left out: ")}' for s in skipped[:4])
+        why = (why + ('; ...' if len(skipped) > 4 else '')) if skipped else \
+            'it holds no messages'
         msg = (f'{bag_path} has no topic with a numeric field that changes ({why}); '
                'name topics with numeric fields with --topics, or write the spec by hand')
         raise SpecError(msg)
@@ -255,8 +257,9 @@ def _survey(bag: Any, topics: Sequence[str], *, show_progress: bool | None
         survey = surveys[topic] = TopicSurvey(topic, info.type, info.count, None)
         try:
             defs[topic] = bag.typestore(topic).fielddefs
-        except BagError as err:
-            survey.note = f'left out: {err}'
+        except BagError:
+            survey.note = (f'left out: {info.type} is not a standard type and the bag carries '
+                           'no definition of it')
     readable = [t for t in topics if t in defs]
     every = {t: max(1, math.ceil(bag.topics[t].count / SAMPLE_MESSAGES)) for t in readable}
     stamps: dict[str, list[int]] = {t: [] for t in readable}
