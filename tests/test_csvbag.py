@@ -241,3 +241,12 @@ def test_csv_to_detector_with_no_options(tmp_path, capsys):
     assert [e['kind'] for e in metrics['events']] == ['fault_a', 'anomaly']
     assert metrics['flag_everything']['f1'] == pytest.approx(2 * 70 / (2 * 70 + 830), abs=0.01)
     assert {'normal_s', 'flagged_share', 'flagged_normal_share'} <= set(metrics['time'])
+
+
+def test_a_pandas_time_index_without_a_name_is_the_time(tmp_path):
+    src = tmp_path / 'pandas.csv'          # df.to_csv() of a frame indexed by date-times
+    src.write_text(',current,label\n2024-01-01 00:00:00,1.0,0\n2024-01-01 00:00:01,2.0,1\n'
+                   '2024-01-01 00:00:02,3.0,0\n')
+    table = read_csv_table(src)
+    assert "time 'column 1' (date-times" in table.detected and 'left out' not in table.detected
+    assert table.columns == ['current'] and table.labels.tolist() == [False, True, False]

@@ -14,7 +14,8 @@ CSV files as tools and people write them are read without options (:func:`read_c
 - decimal commas (``1,5``) are recognised when the separator is not a comma (``--decimal``);
 - ``True``/``False`` and ``yes``/``no`` cells (any case) read as 1 and 0;
 - unnamed columns (an empty header cell, as a trailing separator leaves, or pandas'
-  ``Unnamed: 12``) and columns holding only text are left out, and said so;
+  ``Unnamed: 12``) and columns holding only text are left out, and said so (an unnamed
+  column of date-times, as pandas writes a time index, can still be the time column);
 - the time column is the first column named like a time (:data:`TIME_NAMES`, or a name
   with the word time/timestamp/datetime/stamp/date in it) whose cells are numbers or
   date-times that never step back much; else the first column of date-times;
@@ -157,11 +158,14 @@ def read_csv_table(path: str | Path, *, sep: str = 'auto', decimal: str = 'auto'
               'fix or remove it (or check --sep)'
         raise BagError(msg)
     cells = {h: [r[index[h]].strip() for r in body] for h in header}
+    # unnamed columns are no data, but pandas writes a time index as one (an empty name)
+    spare = {raw_header[i] or f'column {i + 1}': [r[i].strip() for r in body] for i in unnamed}
     labels_wanted = [label_col] if isinstance(label_col, str) else list(label_col or [])
     for name, what in [(time_col, '--time-col'), *((c, '--label-col') for c in labels_wanted),
                        *((c, '--columns') for c in (columns or ())),
                        *((c, '--exclude') for c in exclude)]:
-        if name is not None and name not in index:
+        if name is not None and name not in index and (what != '--time-col' or
+                                                       name not in spare):
             msg = f'{path} has no column {name!r} ({what}); its columns are: {", ".join(header)}'
             raise BagError(msg)
     if decimal == 'auto':
@@ -173,10 +177,11 @@ def read_csv_table(path: str | Path, *, sep: str = 'auto', decimal: str = 'auto'
     to_float = _number_parser(decimal)
 
     # the time column
-    time_col, times, time_kind = _find_time(path, header, cells, body_lines, time_col,
-                                            time_unit, to_float, drop_empty)
+    time_col, times, time_kind = _find_time(path, header, {**cells, **spare}, body_lines,
+                                            time_col, time_unit, to_float, drop_empty,
+                                            spare=list(spare))
     # label columns
-    left_out: dict[str, str] = {raw_header[i] or f'column {i + 1}': 'unnamed' for i in unnamed}
+    left_out = {name: 'unnamed' for name in spare if name != time_col}
     label_like = {h for h in header if h != time_col and h not in (columns or ())
                   and _named_like_label(h) and _label_like(cells[h], to_float)}
     changepoints = {h for h in header if _CHANGEPOINT.fullmatch(h.strip())}
@@ -380,9 +385,9 @@ def _unit_from_name(name: str) -> str | None:
 
 def _find_time(path: Path, header: list[str], cells: dict[str, list[str]], lines: list[int],
                time_col: str | None, time_unit: str | None, to_float: Callable[[str], float],
-               drop_empty: bool) -> tuple[str, np.ndarray, str]:
+               drop_empty: bool, *, spare: Sequence[str] = ()) -> tuple[str, np.ndarray, str]:
     """The time column, its times in ns (-1 where empty, with ``drop_empty``), and a phrase
-    saying how they were read."""
+    saying how they were read; ``spare`` (unnamed) columns are tried for date-times last."""
     if time_col is not None:
         times, kind = _parse_times(path, time_col, cells[time_col], lines, time_unit,
                                    to_float, drop_empty)
@@ -400,7 +405,7 @@ def _find_time(path: Path, header: list[str], cells: dict[str, list[str]], lines
         valid = times[times >= 0]
         if valid.size < 2 or np.mean(np.diff(valid) >= 0) >= 0.99:
             return name, times, kind
-    for name in header:                               # any column of date-times
+    for name in [*header, *spare]:                    # any column of date-times
         sample = [c for c in cells[name][:SNIFF_ROWS] if c]
         if sample and all(_maybe_float(c, to_float) is None and _datetime_ns(c) is not None
                           for c in sample):
