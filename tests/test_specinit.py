@@ -156,6 +156,7 @@ def test_train_with_topics_and_no_spec_stores_the_inferred_spec(robot_bag, tmp_p
     # the model evaluates on its bag (no labels: time flagged and false alarms only)
     assert main(['eval', 'anomaly', '--model', str(model), '--bag', str(robot_bag), '--out',
                  str(tmp_path / 'eval'), '--no-plot']) == 0
+    assert 'point-wise: no labelled point, so no precision' in capsys.readouterr().out
     report = json.loads((tmp_path / 'eval' / 'report.json').read_text())
     assert report['metrics']['time']['normal_s'] == pytest.approx(30, abs=1)
 

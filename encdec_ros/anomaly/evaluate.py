@@ -557,8 +557,13 @@ def summary_lines(result: EvalResult) -> list[str]:
         lines.append(f'gaps: {tm["gaps"]} stretch(es) without data, '
                      f'{duration_text(tm["gap_s"])} in all, left out (no points; '
                      f'{dec.get("in_gaps", 0)} decisions made in them not counted)')
-    lines.append(f'point-wise: precision {fmt(pw["precision"])}  recall {fmt(pw["recall"])}  '
-                 f'F1 {fmt(pw["f1"])}  FAR {fmt(pw["far"], True)}  MAR {fmt(pw["mar"], True)}')
+    if not pw['tp'] + pw['fn']:
+        lines.append(f'point-wise: no labelled point, so no precision, recall or F1; FAR '
+                     f'{fmt(pw["far"], True)}')
+    else:
+        lines.append(f'point-wise: precision {fmt(pw["precision"])}  recall '
+                     f'{fmt(pw["recall"])}  F1 {fmt(pw["f1"])}  FAR {fmt(pw["far"], True)}  MAR '
+                     f'{fmt(pw["mar"], True)}')
     if pw['tp'] + pw['fn']:
         lines.append(f'flagging every point would score F1 {fmt(m["flag_everything"]["f1"])} '
                      f'here ({pct(m["flag_everything"]["precision"])} of the points are '
