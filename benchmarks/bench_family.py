@@ -130,13 +130,6 @@ def auc(scores: Any, labels: Any) -> float | None:
     return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
-def flag_all_f1(confusion: dict[str, int]) -> float:
-    """F1 of flagging every point of the same data."""
-    pos = confusion['tp'] + confusion['fn']
-    neg = confusion['fp'] + confusion['tn']
-    return pos / (pos + neg / 2) if pos + neg else 0.0
-
-
 def pool(rows: list[dict[str, Any]]) -> dict[str, Any]:
     from encdec_ros.anomaly.evaluate import pooled
 
@@ -257,7 +250,7 @@ def skab_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     scores = np.concatenate([np.array(r['scores'], dtype=np.float64) for r in rows])
     labels = np.concatenate([np.array(r['labels'], dtype=bool) for r in rows])
     return {'f1': total['f1'], 'far': total['far'], 'mar': total['mar'],
-            'auc': auc(scores, labels), 'flag_all_f1': flag_all_f1(total),
+            'auc': auc(scores, labels), 'flag_all_f1': total['flag_everything_f1'],
             'files': len(rows)}
 
 
@@ -297,7 +290,9 @@ def sim_run(cfg: Config, work: Path, train_bags: list[Path], test_bags: list[Pat
                         for e in m['events']],
                     'pointwise': m['pointwise'], 'after_grace': m['pointwise_after_grace'],
                     'false_alarms': m['alarms']['false_alarms'],
-                    'hours': float(res.times_ns[-1] - res.times_ns[0]) * 1e-9 / 3600,
+                    'hours': m['alarms'].get('normal_hours',
+                                             float(res.times_ns[-1] - res.times_ns[0])
+                                             * 1e-9 / 3600),
                     'grace_s': m['grace_s']}
         flights.append(cached(work / 'sim_results' / cfg.tag / f'{bag.name}.json', make))
     return {'flights': flights, 'wall_s': wall, **model_figures(model),
