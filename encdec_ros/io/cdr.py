@@ -31,7 +31,7 @@ message's bytes and takes the decoded samples (stamps and values) per tick.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -539,6 +539,7 @@ class _Out:
     ints: np.ndarray       # [n, 2] int64 (header stamp seconds and nanoseconds)
     short: np.ndarray      # [n] bool
     bad: np.ndarray        # [n] bool: the batch path cannot read the message
+    views: dict[str, np.ndarray] = field(default_factory=dict)   # typed views, one order
 
 
 class _Frame:
@@ -565,28 +566,45 @@ class _Frame:
     def mark_short(self, mask: np.ndarray) -> None:
         self.out.short[mask if self.rows is None else self.rows[mask]] = True
 
+    def typed(self, dtype: str) -> np.ndarray:
+        """The buffer read as ``dtype`` at every byte offset (an overlapping, unaligned view:
+        one fancy index gathers numbers at any offsets)."""
+        views = self.out.views
+        key = self.order + dtype
+        view = views.get(key)
+        if view is None:
+            if dtype in ('b1', 'u1', 'i1'):
+                view = self.buf.view('i1' if dtype == 'i1' else 'u1')
+            else:
+                size = int(dtype[1:])
+                view = np.ndarray(shape=(self.buf.size - size + 1,),
+                                  dtype=np.dtype(self.order + dtype), buffer=self.buf,
+                                  strides=(1,))
+            views[key] = view
+        return view
+
     def read_u32(self, pos: Any) -> tuple[np.ndarray, np.ndarray]:
         """The uint32 at ``pos`` of every message, and which messages have it in range."""
         at = self.base + pos
         inside = pos + 4 <= self.psize
         if not inside.all():
             at = np.where(inside, at, 0)
-        raw = self.buf[at[:, None] + _ARANGE[4]]
-        return raw.view(self.order + 'u4')[:, 0].astype(np.int64), inside
-
-
-_ARANGE = {n: np.arange(n, dtype=np.int64) for n in (1, 2, 4, 8)}
+        return self.typed('u4')[at].astype(np.int64), inside
 
 
 class _Gather:
-    """Read numbers at fixed offsets from a register into output columns."""
+    """Read numbers at fixed offsets from a register into output columns; with a guard
+    ``(count register, element index per column)``, only where the sequence has the element
+    (elsewhere the message is short, see :class:`_Short`)."""
 
     def __init__(self, reg: int, offs: list[int], dtype: str, size: int, cols: list[int],
                  ints: bool, guard: tuple[int, int] | None) -> None:
-        self.reg, self.dtype, self.size, self.ints, self.guard = reg, dtype, size, ints, guard
+        self.reg, self.dtype, self.size, self.ints = reg, dtype, size, ints
         self.offs = np.asarray(offs, dtype=np.int64)
         self.cols = np.asarray(cols, dtype=np.int64)
-        self.key = (reg, dtype, ints, guard)
+        self.count = guard[0] if guard is not None else -1
+        self.ks = np.full(self.offs.size, guard[1] if guard is not None else 0, dtype=np.int64)
+        self.key = (reg, dtype, ints, self.count)
 
     @classmethod
     def make(cls, pos: _Pos, dtype: str, size: int, items: list[tuple[int, tuple[str, int]]],
@@ -602,33 +620,31 @@ class _Gather:
     def absorb(self, others: list['_Gather']) -> None:
         self.offs = np.concatenate([g.offs for g in others] + [self.offs])
         self.cols = np.concatenate([g.cols for g in others] + [self.cols])
+        self.ks = np.concatenate([g.ks for g in others] + [self.ks])
 
     def run(self, frame: _Frame) -> None:
         pos = frame.pos(self.reg, 0)
-        at = frame.base + pos
-        idx = at[:, None] + self.offs
-        inside = pos + int(self.offs.max()) + self.size <= frame.psize
-        if self.guard is not None:
-            present = frame.regs[self.guard[0]] > self.guard[1]
-            inside = inside | ~present        # absent elements are short, not bad
-            fence = ~(inside & present)
-        else:
-            fence = ~inside
-        if not inside.all():
-            frame.mark_bad(~inside)
-        if fence.any():
-            idx[fence] = 0
-        if self.size == 1:
-            raw = frame.buf[idx]
-        else:
-            raw = frame.buf[idx[:, :, None] + _ARANGE[self.size]]
+        idx = (frame.base + pos)[:, None] + self.offs
+        fits = pos + (int(self.offs.max()) + self.size) <= frame.psize
+        if self.count >= 0:
+            count = frame.regs[self.count]
+            if not (fits & (count > int(self.ks.max()))).all():   # some element is absent
+                present = count[:, None] > self.ks
+                fits = (np.asarray(pos)[..., None] + (self.offs + self.size)) <= \
+                    frame.psize[:, None]
+                bad = (present & ~fits).any(axis=1)
+                if bad.any():
+                    frame.mark_bad(bad)
+                idx[~(present & fits)] = 0
+        elif not fits.all():
+            frame.mark_bad(~fits)
+            idx[~fits] = 0
+        raw = frame.typed(self.dtype)[idx]
         if self.dtype == 'b1':
             vals = (raw != 0).astype(np.float64)
         else:
-            typed = raw.view(frame.order + self.dtype if self.size > 1 else self.dtype)
-            typed = typed.reshape(idx.shape)
             with np.errstate(invalid='ignore'):
-                vals = typed.astype(np.int64 if self.ints else np.float64)
+                vals = raw.astype(np.int64 if self.ints else np.float64)
         target = frame.out.ints if self.ints else frame.out.values
         if frame.rows is None:
             target[:, self.cols] = vals
@@ -767,6 +783,50 @@ class _End:
 
 # --------------------------------------------------------------------------- live
 
+_RCLPY_BASIC = {'boolean': 'bool', 'octet': 'octet', 'char': 'char', 'float': 'float32',
+                'double': 'float64', 'long double': 'float128', 'wchar': 'wchar'}
+
+
+def rclpy_fielddefs(cls: Any) -> dict[str, Any]:
+    """Definitions (rosbags' ``fielddefs`` form) of an rclpy message class and every type in
+    it, read from the class itself (``SLOT_TYPES``): the layout rclpy puts on the wire, also
+    for custom messages that no typestore knows."""
+    import importlib
+
+    out: dict[str, Any] = {}
+
+    def name_of(typ: Any) -> str:
+        return '/'.join([*typ.namespaces, typ.name])
+
+    def desc(typ: Any) -> tuple[int, Any]:
+        kind = type(typ).__name__
+        if kind == 'BasicType':
+            return _BASE, (_RCLPY_BASIC.get(typ.typename, typ.typename), 0)
+        if kind in ('UnboundedString', 'BoundedString'):
+            return _BASE, ('string', getattr(typ, 'maximum_size', 0))
+        if kind in ('UnboundedWString', 'BoundedWString'):
+            return _BASE, ('wstring', getattr(typ, 'maximum_size', 0))
+        if kind == 'NamespacedType':
+            walk(getattr(importlib.import_module('.'.join(typ.namespaces)), typ.name))
+            return _NAME, name_of(typ)
+        if kind == 'Array':
+            return _ARRAY, (desc(typ.value_type), typ.size)
+        return _SEQUENCE, (desc(typ.value_type), getattr(typ, 'maximum_size', 0))
+
+    def walk(klass: Any) -> str:
+        module = klass.__module__.split('.')
+        typename = f'{module[0]}/{module[1]}/{klass.__name__}'
+        if typename not in out:
+            out[typename] = ([], [])
+            names = list(klass.get_fields_and_field_types())
+            fields = [(n, desc(t)) for n, t in zip(names, klass.SLOT_TYPES)]
+            # an empty message still carries one byte on the wire (hidden by rclpy)
+            out[typename] = ([], fields or [(_EMPTY_FIELD, (_BASE, ('uint8', 0)))])
+        return typename
+
+    walk(cls)
+    return out
+
 
 @dataclass
 class Samples:
@@ -784,14 +844,19 @@ class RawDecoder:
     """Collect one topic's serialised messages and decode them in batches.
 
     What a node subscribed with ``raw=True`` needs: the callback only appends the bytes
-    (:meth:`append`, plus the receive time when the spec stamps by receive time), and the
-    node takes everything collected so far per tick (:meth:`take`), as arrays ready for the
-    aligner.
+    (:meth:`append`, with the receive time when the spec stamps by receive time), and the node
+    takes everything collected so far per tick (:meth:`take`), as arrays for the aligner::
+
+        decoder = RawDecoder.for_class(Imu, paths, header_stamp=True)
+        node.create_subscription(Imu, 'imu', decoder.append, qos, raw=True)
+        ...
+        samples = decoder.take()      # stamps_ns [k], values [k, c]
 
     Args:
         msgtype: The topic's message type.
         paths: The spec's field paths for the topic (sized).
-        fielddefs: Type definitions (``standard_typestore().fielddefs`` for standard types).
+        fielddefs: Type definitions (``standard_typestore().fielddefs``, or
+            :func:`rclpy_fielddefs` of the message class).
         header_stamp: Stamps come from ``header.stamp`` (else from the receive times given
             to :meth:`append`).
         deserialize: The per-message path (e.g. ``lambda b: deserialize_message(b, cls)``).
@@ -806,6 +871,17 @@ class RawDecoder:
         self.header_stamp = header_stamp
         self._raw: list[bytes] = []
         self._recv: list[int] = []
+
+    @classmethod
+    def for_class(cls, msg_class: Any, paths: Sequence[FieldPath], *, header_stamp: bool,
+                  where: str = '') -> 'RawDecoder':
+        """A decoder for an rclpy message class: its layout from the class, rclpy's own
+        deserialisation as the per-message path."""
+        from rclpy.serialization import deserialize_message
+
+        defs = rclpy_fielddefs(msg_class)
+        return cls(next(iter(defs)), paths, defs, header_stamp=header_stamp,
+                   deserialize=lambda data: deserialize_message(data, msg_class), where=where)
 
     def append(self, data: bytes, receive_ns: int = 0) -> None:
         """Keep one message's bytes (and its receive time when stamps come from it)."""
