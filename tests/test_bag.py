@@ -515,3 +515,61 @@ def test_batch_ingest_reads_a_directory_of_storage_files_file_by_file(tmp_path):
     streams = assert_batch_equals_per_message(parts, SignalSpec.from_dict(SPEC))
     imu = streams['/imu']        # the same seed twice: the second file steps back in time
     assert imu.stamps_ns.size + imu.dropped == 120 and imu.dropped == 59
+
+
+def _chunks_by_topic(chunks) -> dict:
+    """Per topic: (log times, message bytes) in the storage order the chunks define."""
+    out: dict = {}
+    for item in chunks:
+        topic, chunk = item[-2], item[-1]
+        logs, orders, datas = out.setdefault(topic, ([], [], []))
+        logs.extend(chunk.log_ns.tolist())
+        orders.extend(chunk.order.tolist())
+        datas.extend(chunk.batch.message(i) for i in range(len(chunk.batch)))
+    result = {}
+    for topic, (logs, orders, datas) in out.items():
+        sort = np.lexsort((np.array(orders), np.array(logs)))
+        result[topic] = ([logs[i] for i in sort], [datas[i] for i in sort])
+    return result
+
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_raw_chunks_give_what_the_per_message_reader_gives(tmp_path, storage):
+    """The fast storage paths (SQL rows, MCAP message indexes), the MCAP record walk used
+    when an index does not fit, and the generic per-message path agree message for message
+    with raw_messages."""
+    from encdec_ros.io.bag import _generic_chunks, _mcap_records, _walk_mcap
+
+    write_bag(tmp_path / 'bag', storage=storage, seconds=0.5)
+    with BagSource(tmp_path / 'bag') as bag:
+        topics = list(bag.topics)
+        want: dict = {}
+        for topic, log_ns, raw in bag.raw_messages(topics):
+            want.setdefault(topic, ([], []))
+            want[topic][0].append(log_ns)
+            want[topic][1].append(bytes(raw))
+        assert _chunks_by_topic(bag.raw_chunks(topics, max_messages=7)) == want
+        storage_obj = bag._storages[0][0]
+        generic = _generic_chunks(storage_obj, list(storage_obj.connections), None, 9)
+        assert _chunks_by_topic(generic) == want
+        if storage == 'mcap':
+            import struct
+
+            from rosbags.rosbag2.storage_mcap import decompress
+            for chunk in storage_obj.chunks:
+                bio = storage_obj.bio
+                bio.seek(chunk.chunk_start_offset + 9 + 24)
+                crc = struct.unpack('<I', bio.read(4))[0]
+                bio.seek(chunk.chunk_start_offset + 9 + 40 + len(chunk.compression))
+                data = decompress(bio.read(chunk.compressed_size), chunk.compression,
+                                  chunk.uncompressed_size, crc)
+                walked = _walk_mcap(data, set(chunk.message_index_offsets))
+                for cid, offset in chunk.message_index_offsets.items():
+                    bio.seek(offset)
+                    _, _, _, size = struct.unpack('<BQHI', bio.read(15))
+                    pairs = np.frombuffer(bio.read(size), '<u8').reshape(-1, 2).astype(np.int64)
+                    found = _mcap_records(np.frombuffer(data, np.uint8), pairs, cid)
+                    for a, b in zip(found, walked[cid]):
+                        np.testing.assert_array_equal(np.sort(a), np.sort(b))
+                    # an index that points beside the records is refused (then walked)
+                    assert _mcap_records(np.frombuffer(data, np.uint8), pairs + 1, cid) is None

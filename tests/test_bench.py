@@ -48,3 +48,17 @@ def test_tiny_ingest_comparison_is_identical_and_tabled(tmp_path):
     text = tables({'machine': {'cpus': 2, 'load_1min': 1.0, 'python': '3'}, 'ingest': [row],
                    'ingest_notes': ['a note']})
     assert 'Imu sqlite3' in text and 'yes' in text and 'note (ingest): a note' in text
+
+
+def test_the_bench_and_the_decoder_do_not_import_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ('import sys, encdec_ros.bench.ingest, encdec_ros.bench.inference, '
+            'encdec_ros.bench.live, encdec_ros.bench.worker, encdec_ros.cli.bench, '
+            'encdec_ros.io.cdr, encdec_ros.io.bag; print("torch" in sys.modules)')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=Path(__file__).parents[1],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == 'False'

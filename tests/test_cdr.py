@@ -14,7 +14,7 @@ from data_paths import shared
 
 from encdec_ros.errors import ConfigError, SpecError
 from encdec_ros.io.bag import standard_typestore
-from encdec_ros.io.cdr import MessageDecoder, RawBatch, RawDecoder
+from encdec_ros.io.cdr import MessageDecoder, RawDecoder
 from encdec_ros.io.fields import ShortMessageError, compile_path, parse_path
 from encdec_ros.io.spec import SignalSpec
 
@@ -144,6 +144,20 @@ def assert_same(decoded, rows, short, stamps=None):
         np.testing.assert_array_equal(decoded.header_ns, stamps)
 
 
+def decode_both(dec: MessageDecoder, raw: list[bytes]) -> list:
+    """The message list through both paths: one by one (struct) and as a numpy batch."""
+    from encdec_ros.io import cdr
+
+    outs = []
+    for small in (10**9, 0):
+        saved, cdr.SMALL_BATCH = cdr.SMALL_BATCH, small
+        try:
+            outs.append(dec.decode_messages(raw))
+        finally:
+            cdr.SMALL_BATCH = saved
+    return outs
+
+
 def stamp_of(msg) -> int:
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
@@ -173,9 +187,9 @@ def test_every_standard_type_decodes_in_batches_bit_for_bit():
         # no per-message path given: the batch decoder must read every message itself
         dec = MessageDecoder(msgtype, paths, STORE.fielddefs, header_stamp=has_header)
         assert not dec.fallback, (msgtype, dec.fallback)
-        out = dec.decode(RawBatch.from_messages(raw))
-        assert out.per_message == 0, (msgtype, out.error)
-        assert_same(out, rows, short, [stamp_of(m) for m in back] if has_header else None)
+        for out in decode_both(dec, raw):
+            assert out.per_message == 0, (msgtype, out.error)
+            assert_same(out, rows, short, [stamp_of(m) for m in back] if has_header else None)
         checked += 1
     assert checked > 100
 
@@ -191,10 +205,9 @@ def test_every_ros1_type_decodes_in_batches_bit_for_bit():
         msgs = [random_message(store, msgtype, rng) for _ in range(12)]
         raw = [bytes(store.serialize_ros1(m, msgtype)) for m in msgs]
         rows, short = per_message([store.deserialize_ros1(r, msgtype) for r in raw], paths)
-        out = MessageDecoder(msgtype, paths, store.fielddefs, ros1=True).decode(
-            RawBatch.from_messages(raw))
-        assert out.per_message == 0, (msgtype, out.error)
-        assert_same(out, rows, short)
+        for out in decode_both(MessageDecoder(msgtype, paths, store.fielddefs, ros1=True), raw):
+            assert out.per_message == 0, (msgtype, out.error)
+            assert_same(out, rows, short)
         checked += 1
     assert checked > 50
 
@@ -262,9 +275,9 @@ def test_rclpy_serialised_messages_decode_like_rclpy_objects(msgtype):
     rows, short = per_message(objs, paths)
     has_header = hasattr(objs[0], 'header')
     dec = MessageDecoder(msgtype, paths, STORE.fielddefs, header_stamp=has_header)
-    out = dec.decode(RawBatch.from_messages(raw))
-    assert out.per_message == 0, out.error
-    assert_same(out, rows, short, [stamp_of(m) for m in objs] if has_header else None)
+    for out in decode_both(dec, raw):
+        assert out.per_message == 0, out.error
+        assert_same(out, rows, short, [stamp_of(m) for m in objs] if has_header else None)
     if msgtype == 'sensor_msgs/msg/JointState':
         assert 0 < short.sum() < 30
 
@@ -316,16 +329,16 @@ def test_messages_that_do_not_match_the_definition_fail_as_rosbags_fails():
     raw[2] = raw[2] + bytes(8)                  # 8 bytes too many
     raw[3] = b'\x00\x03' + raw[3][2:]           # an unknown encapsulation
     raw[4] = raw[4] + bytes(3)                  # final padding is fine
-    out = imu_decoder().decode(RawBatch.from_messages(raw))
-    np.testing.assert_array_equal(out.failed, [False, True, True, True, False, False])
-    assert 'SerdeError' in out.error
-    assert np.isnan(out.values[1:4]).all()
-    for i in (0, 4, 5):
-        assert out.values[i, 0] == msgs[i].angular_velocity.z
+    for out in decode_both(imu_decoder(), raw):
+        np.testing.assert_array_equal(out.failed, [False, True, True, True, False, False])
+        assert 'SerdeError' in out.error
+        assert np.isnan(out.values[1:4]).all()
+        for i in (0, 4, 5):
+            assert out.values[i, 0] == msgs[i].angular_velocity.z
     # without a per-message path, they fail too (no garbage)
     bare = MessageDecoder('sensor_msgs/msg/Imu', IMU, STORE.fielddefs)
-    out = bare.decode(RawBatch.from_messages(raw))
-    np.testing.assert_array_equal(out.failed, [False, True, True, True, False, False])
+    for out in decode_both(bare, raw):
+        np.testing.assert_array_equal(out.failed, [False, True, True, True, False, False])
 
 
 def test_a_frame_id_that_changes_length_moves_the_fields_behind_it():
@@ -336,10 +349,10 @@ def test_a_frame_id_that_changes_length_moves_the_fields_behind_it():
         msg.header.frame_id = 'x' * (k % 11)
         msgs.append(msg)
     raw = [bytes(STORE.serialize_cdr(m, 'sensor_msgs/msg/Imu')) for m in msgs]
-    out = imu_decoder().decode(RawBatch.from_messages(raw))
-    assert out.per_message == 0
     rows, short = per_message(msgs, IMU)
-    assert_same(out, rows, short, [stamp_of(m) for m in msgs])
+    for out in decode_both(imu_decoder(), raw):
+        assert out.per_message == 0
+        assert_same(out, rows, short, [stamp_of(m) for m in msgs])
 
 
 def test_a_layout_it_cannot_lay_out_falls_back_per_field_and_says_so_once(caplog):
@@ -366,12 +379,12 @@ def test_a_layout_it_cannot_lay_out_falls_back_per_field_and_says_so_once(caplog
     said = [r.getMessage() for r in caplog.records if 'message by message' in r.getMessage()]
     assert said == ['test: my_msgs/msg/Odd field b is decoded message by message (the '
                     'definition of my_msgs/msg/Blob is unknown)']
-    out = dec.decode(RawBatch.from_messages(raw))
-    assert out.per_message == 10 and not out.failed.any()
-    np.testing.assert_array_equal(out.values, [[k, -k] for k in range(10)])
+    for out in decode_both(dec, raw):
+        assert out.per_message == 10 and not out.failed.any()
+        np.testing.assert_array_equal(out.values, [[k, -k] for k in range(10)])
     # without a per-message path the messages cannot be read: failed, with the reason
-    out = MessageDecoder('my_msgs/msg/Odd', paths, defs).decode(RawBatch.from_messages(raw))
-    assert out.failed.all() and 'no per-message decoder for b' in out.error
+    for out in decode_both(MessageDecoder('my_msgs/msg/Odd', paths, defs), raw):
+        assert out.failed.all() and 'no per-message decoder for b' in out.error
 
 
 def test_open_sizes_and_wrong_paths_are_refused():
@@ -405,10 +418,10 @@ def test_big_endian_and_mixed_batches():
     be = [bytes(STORE.serialize_cdr(m, 'sensor_msgs/msg/Imu', little_endian=False))
           for m in msgs]
     mixed = [le[k] if k % 2 else be[k] for k in range(6)]
-    out = imu_decoder().decode(RawBatch.from_messages(mixed))
-    assert out.per_message == 0
     rows, short = per_message(msgs, IMU)
-    assert_same(out, rows, short, [stamp_of(m) for m in msgs])
+    for out in decode_both(imu_decoder(), mixed):
+        assert out.per_message == 0
+        assert_same(out, rows, short, [stamp_of(m) for m in msgs])
 
 
 # ---------------------------------------------------------------------- real bags
@@ -435,9 +448,10 @@ def _bag_cases(path: Path, limit: int = 2000) -> set[str]:
             has_header = any(n == 'header' for n, _ in store.fielddefs[info.type][1])
             dec = MessageDecoder(info.type, paths, store.fielddefs, header_stamp=has_header,
                                  ros1=bag.kind == 'ros1')
-            out = dec.decode(RawBatch.from_messages(raw))
-            assert out.per_message == 0, (path, topic, out.error)
-            assert_same(out, rows, short, [stamp_of(m) for m in msgs] if has_header else None)
+            for out in decode_both(dec, raw):
+                assert out.per_message == 0, (path, topic, out.error)
+                assert_same(out, rows, short,
+                            [stamp_of(m) for m in msgs] if has_header else None)
             checked.add(info.type)
     return checked
 

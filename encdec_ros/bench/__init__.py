@@ -137,6 +137,11 @@ def tables(results: dict[str, Any]) -> str:
             [r['name'], str(r['messages']), _f(r['floor_msgs_per_s'], 0),
              _f(r['ours_msgs_per_s'], 0), _f(r['ratio'], 1), 'yes' if r['identical'] else 'NO']
             for r in rows]))
+        parts = ('open', 'bind', 'read', 'decode', 'order_align')
+        out.append('where read_bag\'s CPU goes, us per message:')
+        out.append(_table(['bag', *parts], [
+            [r['name'], *(_f(r['us_per_msg'][p], 2) for p in parts)]
+            for r in rows if 'us_per_msg' in r]))
     rows = results.get('inference')
     if rows:
         out.append('\n(d) inference per call (median), ONNX Runtime (1 thread, as the nodes) vs '

@@ -48,6 +48,9 @@ _PRIMS = {                                       # base type -> (numpy kind, siz
     'float32': ('f4', 4), 'float64': ('f8', 8),
 }
 _UNROLL = 64              # fixed arrays of variable-size elements up to this length are unrolled
+SMALL_BATCH = 24
+"""Up to this many messages are decoded one by one (``struct``), more as one numpy batch:
+the crossover of the two paths' costs per message (see docs/speed.md)."""
 _EMPTY_FIELD = 'structure_needs_at_least_one_member'   # rosbags' member of empty messages
 _STAMP_PATHS = ('header.stamp.sec', 'header.stamp.nanosec')
 _SAID: set[tuple[str, str, str]] = set()        # (message type, field, reason) already logged
@@ -207,24 +210,68 @@ class MessageDecoder:
 
     def decode(self, batch: RawBatch) -> Decoded:
         """Decode every message of ``batch``."""
+        if len(batch) <= SMALL_BATCH:
+            return self.decode_messages([batch.message(i) for i in range(len(batch))])
         n = len(batch)
-        values = np.empty((n, self.width), dtype=np.float64)
-        ints = np.zeros((n, 2), dtype=np.int64)
-        out = _Out(values, ints, np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
+        out = _Out(np.empty((n, self.width), dtype=np.float64), np.zeros((n, 2), dtype=np.int64),
+                   np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
         if n:
             self._run(batch, out)
+        return self._finish(out, batch.message)
+
+    def decode_messages(self, messages: Sequence[bytes | bytearray | memoryview]) -> Decoded:
+        """Decode a list of serialised messages (as a raw subscription collects them): a few
+        at a time one by one with ``struct`` (numpy's per-call cost would dominate), more in
+        one batch."""
+        n = len(messages)
+        if n > SMALL_BATCH:
+            return self.decode(RawBatch.from_messages(messages))
+        width = self.width
+        rows: list[list[float]] = []
+        stamps: list[list[int]] = []
+        short = np.zeros(n, dtype=bool)
+        bad = np.zeros(n, dtype=bool)
+        run_one = self._program.run_one
+        for i, data in enumerate(messages):
+            if self.ros1:
+                one = _One(data, 0, '<', width)
+            elif len(data) >= 4 and data[0] == 0 and data[1] <= 1:
+                one = _One(data, 4, '<' if data[1] else '>', width)
+            else:
+                one = None
+            if one is not None:
+                try:
+                    run_one(one, [])
+                except _Bad:
+                    one = None
+            if one is None:
+                bad[i] = True
+                rows.append([0.0] * width)
+                stamps.append([0, 0])
+                continue
+            rows.append(one.values)
+            stamps.append(one.ints)
+            short[i] = one.short
+        out = _Out(np.array(rows, dtype=np.float64).reshape(n, width),
+                   np.array(stamps, dtype=np.int64).reshape(n, 2), short, bad)
+        return self._finish(out, lambda i: bytes(messages[i]))
+
+    def _finish(self, out: '_Out', message: Callable[[int], bytes]) -> Decoded:
+        """The per-message path where needed, then the result."""
+        n = out.values.shape[0]
         failed = np.zeros(n, dtype=bool)
         error = ''
         per_message = np.flatnonzero(out.bad) if not (self.fallback or self._stamp_fallback) \
             else np.arange(n)
         if per_message.size:
-            error = self._per_message(batch, per_message, out, failed)
+            error = self._per_message(message, per_message, out, failed)
         header = None
         if self.header_stamp:
-            header = ints[:, 0] * 1_000_000_000 + ints[:, 1]
+            header = out.ints[:, 0] * 1_000_000_000 + out.ints[:, 1]
         if failed.any():
-            values[failed] = np.nan
-        return Decoded(values, header, out.short & ~failed, failed, error, int(per_message.size))
+            out.values[failed] = np.nan
+        return Decoded(out.values, header, out.short & ~failed, failed, error,
+                       int(per_message.size))
 
     # ------------------------------------------------------------------ internals
 
@@ -253,7 +300,7 @@ class MessageDecoder:
                 continue
             self._program.run(frame)
 
-    def _per_message(self, batch: RawBatch, rows: np.ndarray, out: '_Out',
+    def _per_message(self, message: Callable[[int], bytes], rows: np.ndarray, out: '_Out',
                      failed: np.ndarray) -> str:
         """Decode ``rows`` one message at a time: messages the batch path could not read
         (all fields) and, for the others, the fields it cannot lay out."""
@@ -267,7 +314,7 @@ class MessageDecoder:
         fallback = [k for k, p in enumerate(self.paths) if p.text in self.fallback]
         for i in rows.tolist():
             try:
-                msg = self._deserialize(batch.message(i))
+                msg = self._deserialize(message(i))
             except Exception as err:  # noqa: BLE001 - any failure means it cannot be decoded
                 failed[i] = True
                 error = error or f'{type(err).__name__}: {err}'
@@ -350,6 +397,16 @@ class _Program:
             frame.regs + [None] * (self.nregs - len(frame.regs))
         for ins in self.code:
             ins.run(frame)
+
+    def run_one(self, one: '_One', regs: list[Any]) -> list[Any]:
+        """Run on one message (the small-batch path); returns the registers."""
+        regs += [0] * (self.nregs - len(regs))
+        ops = self.__dict__.get('_ops')
+        if ops is None:
+            ops = self._ops = _scalar_ops(self.code)
+        for op in ops:
+            op(one, regs)
+        return regs
 
 
 class _Compiler:
@@ -526,7 +583,8 @@ class _Compiler:
             return sub
         bodies = {k: body(w) for k, w in elems.items()}
         reg = prog.reg()
-        prog.code.append(_Loop(count, const, pos.reg, pos.off, bodies, body([]), reg))
+        strings = self.cdr if int(desc[0]) == _BASE and desc[1][0] == 'string' else None
+        prog.code.append(_Loop(count, const, pos.reg, pos.off, bodies, body([]), reg, strings))
         return _Pos(reg, 0, 1)
 
 
@@ -592,6 +650,41 @@ class _Frame:
         return self.typed('u4')[at].astype(np.int64), inside
 
 
+class _Bad(Exception):
+    """The small-batch path cannot read this message (it takes the per-message path)."""
+
+
+class _One:
+    """One message being decoded on the small-batch path."""
+
+    __slots__ = ('data', 'base', 'psize', 'order', 'values', 'ints', 'short')
+
+    def __init__(self, data: bytes, base: int, order: str, width: int) -> None:
+        self.data, self.base, self.psize, self.order = data, base, len(data) - base, order
+        self.values = [0.0] * width
+        self.ints = [0, 0]
+        self.short = False
+
+
+def _at(regs: list[Any], reg: int, off: int) -> int:
+    return off if reg < 0 else regs[reg] + off
+
+
+_STRUCTS: dict[str, Any] = {}
+
+
+def _unpacker(fmt: str) -> Any:
+    found = _STRUCTS.get(fmt)
+    if found is None:
+        import struct
+        found = _STRUCTS[fmt] = struct.Struct(fmt).unpack_from
+    return found
+
+
+_STRUCT_CODES = {'b1': '?', 'i1': 'b', 'u1': 'B', 'i2': 'h', 'u2': 'H', 'i4': 'i', 'u4': 'I',
+                 'i8': 'q', 'u8': 'Q', 'f4': 'f', 'f8': 'd'}
+
+
 class _Gather:
     """Read numbers at fixed offsets from a register into output columns; with a guard
     ``(count register, element index per column)``, only where the sequence has the element
@@ -621,6 +714,7 @@ class _Gather:
         self.offs = np.concatenate([g.offs for g in others] + [self.offs])
         self.cols = np.concatenate([g.cols for g in others] + [self.cols])
         self.ks = np.concatenate([g.ks for g in others] + [self.ks])
+        self.__dict__.pop('_run_cache', None)
 
     def run(self, frame: _Frame) -> None:
         pos = frame.pos(self.reg, 0)
@@ -651,6 +745,57 @@ class _Gather:
         else:
             target[frame.rows[:, None], self.cols] = vals
 
+    def run_one(self, one: _One, regs: list[Any]) -> None:
+        pos = one.base + _at(regs, self.reg, 0)
+        limit = one.base + one.psize
+        count = regs[self.count] if self.count >= 0 else None
+        target = one.ints if self.ints else one.values
+        data = one.data
+        for unpack, off, end, cols, kmax, convert in self._runs(one.order):
+            if count is not None and count <= kmax:
+                self._some(one, regs, pos, count, target)    # some elements are absent
+                return
+            if pos + end > limit:
+                raise _Bad
+            values = unpack(data, pos + off)
+            if convert is None:
+                for col, value in zip(cols, values):
+                    target[col] = value
+            else:
+                for col, value in zip(cols, values):
+                    target[col] = convert(value)
+
+    def _some(self, one: _One, regs: list[Any], pos: int, count: int, target: list) -> None:
+        """Element by element, where a sequence lacks some of them (a short message)."""
+        unpack = _unpacker(one.order + _STRUCT_CODES[self.dtype])
+        convert = int if self.ints else float
+        for off, col, k in zip(self.offs.tolist(), self.cols.tolist(), self.ks.tolist()):
+            if k < count:
+                if pos + off + self.size > one.base + one.psize:
+                    raise _Bad
+                target[col] = convert(unpack(one.data, pos + off)[0])
+
+    def _runs(self, order: str) -> list[tuple[Any, int, int, list[int], int, Any]]:
+        """The gather as runs of adjacent numbers, one ``struct`` call per run:
+        (unpack, first offset, end offset, columns, largest element index, conversion)."""
+        cache = self.__dict__.setdefault('_run_cache', {})
+        runs = cache.get(order)
+        if runs is None:
+            code = _STRUCT_CODES[self.dtype]
+            # bool, ints and float32 need a conversion to the output's Python type
+            convert = None if code == 'd' and not self.ints else (int if self.ints else float)
+            items = sorted(zip(self.offs.tolist(), self.cols.tolist(), self.ks.tolist()))
+            groups: list[list[tuple[int, int, int]]] = []
+            for item in items:
+                if groups and item[0] == groups[-1][-1][0] + self.size:
+                    groups[-1].append(item)
+                else:
+                    groups.append([item])
+            runs = [(_unpacker(f'{order}{len(g)}{code}'), g[0][0], g[-1][0] + self.size,
+                     [c for _, c, _ in g], max(k for _, _, k in g), convert) for g in groups]
+            cache[order] = runs
+        return runs
+
 
 class _Align:
     def __init__(self, reg: int, off: int, a: int, out: int) -> None:
@@ -658,6 +803,9 @@ class _Align:
 
     def run(self, frame: _Frame) -> None:
         frame.regs[self.out] = (frame.pos(self.reg, self.off) + (self.a - 1)) & -self.a
+
+    def run_one(self, one: _One, regs: list[Any]) -> None:
+        regs[self.out] = (_at(regs, self.reg, self.off) + (self.a - 1)) & -self.a
 
 
 class _String:
@@ -680,6 +828,16 @@ class _String:
             end = np.where(good, end, pos + 4)
         frame.regs[self.out] = end
 
+    def run_one(self, one: _One, regs: list[Any]) -> None:
+        pos = _at(regs, self.reg, self.off)
+        if pos + 4 > one.psize:
+            raise _Bad
+        length = _unpacker(one.order + 'I')(one.data, one.base + pos)[0]
+        end = pos + 4 + length
+        if end > one.psize or (self.cdr and (length < 1 or one.data[one.base + end - 1])):
+            raise _Bad
+        regs[self.out] = end
+
 
 class _Count:
     """Read a sequence's element count (0 where it cannot be right)."""
@@ -696,6 +854,15 @@ class _Count:
             count = np.where(good, count, 0)
         frame.regs[self.out] = count
 
+    def run_one(self, one: _One, regs: list[Any]) -> None:
+        pos = _at(regs, self.reg, self.off)
+        if pos + 4 > one.psize:
+            raise _Bad
+        count = _unpacker(one.order + 'I')(one.data, one.base + pos)[0]
+        if count * self.minimum > one.psize - pos - 4:
+            raise _Bad
+        regs[self.out] = count
+
 
 class _Short:
     """Messages whose sequence holds element ``kmax`` or fewer are short."""
@@ -707,6 +874,10 @@ class _Short:
         short = frame.regs[self.count] <= self.kmax
         if short.any():
             frame.mark_short(short)
+
+    def run_one(self, one: _One, regs: list[Any]) -> None:
+        if regs[self.count] <= self.kmax:
+            one.short = True
 
 
 class _SeqEnd:
@@ -727,15 +898,26 @@ class _SeqEnd:
         frame.regs[self.out] = np.where(count > 0, data + (count - 1) * self.stride + self.size,
                                         pos)
 
+    def run_one(self, one: _One, regs: list[Any]) -> None:
+        pos = _at(regs, self.reg, self.off)
+        count = regs[self.count]
+        if count == 0:
+            regs[self.out] = pos
+        else:
+            data = (pos + (self.align - 1)) & -self.align
+            regs[self.out] = data + (count - 1) * self.stride + self.size
+
 
 class _Loop:
     """Walk the elements of a sequence (or long array) of strings or variable-size structs,
     element ``k`` for the messages that have it."""
 
     def __init__(self, count: int, const: int, reg: int, off: int,
-                 bodies: dict[int, _Program], default: _Program, out: int) -> None:
+                 bodies: dict[int, _Program], default: _Program, out: int,
+                 strings: bool | None = None) -> None:
         self.count, self.const, self.reg, self.off = count, const, reg, off
         self.bodies, self.default, self.out = bodies, default, out
+        self.strings = strings      # a loop over strings: skipped inline (cdr: True/False)
 
     def run(self, frame: _Frame) -> None:
         pos = frame.pos(self.reg, self.off)
@@ -764,6 +946,97 @@ class _Loop:
             cur[sel] = sub.pos(*body.result)
         frame.regs[self.out] = cur
 
+    def run_one(self, one: _One, regs: list[Any]) -> None:
+        cur = _at(regs, self.reg, self.off)
+        count = regs[self.count] if self.count >= 0 else self.const
+        if self.strings is not None and not self.bodies:      # skip strings, inline
+            regs[self.out] = _skip_strings(one, cur, count, cdr=self.strings)
+            return
+        for k in range(count):
+            body = self.bodies.get(k, self.default)
+            inner = body.run_one(one, [cur])
+            cur = _at(inner, *body.result)
+        regs[self.out] = cur
+
+
+def _scalar_ops(code: list[Any]) -> list[Callable[[_One, list[Any]], None]]:
+    """The small-batch path's steps: every instruction's ``run_one``, except that the
+    unguarded gathers from one register become one ``struct`` call (padding between the
+    numbers), at the place of the last of them."""
+    fused: dict[int, list[_Gather]] = {}
+    for ins in code:
+        if isinstance(ins, _Gather) and ins.count < 0:
+            fused.setdefault(ins.reg, []).append(ins)
+    last = {id(group[-1]): group for group in fused.values()}
+    ops: list[Callable[[_One, list[Any]], None]] = []
+    for ins in code:
+        if isinstance(ins, _Gather) and ins.count < 0:
+            if id(ins) in last:
+                ops.append(_fused_gather(last[id(ins)]))
+        else:
+            ops.append(ins.run_one)
+    return ops
+
+
+def _fused_gather(gathers: list[_Gather]) -> Callable[[_One, list[Any]], None]:
+    """One struct call per byte order reads every number the gathers want from a register."""
+    items = sorted((int(off), g.size, _STRUCT_CODES[g.dtype], g.ints, int(col))
+                   for g in gathers for off, col in zip(g.offs.tolist(), g.cols.tolist()))
+    parts: list[list[tuple[int, int, str, bool, int]]] = [[]]
+    for item in items:                    # a number overlapping the one before: a new part
+        if parts[-1] and item[0] < parts[-1][-1][0] + parts[-1][-1][1]:
+            parts.append([])
+        parts[-1].append(item)
+    reg = gathers[0].reg
+    plans = {}
+    for order in '<>':
+        steps = []
+        for part in parts:
+            fmt, cur = order, part[0][0]
+            for off, size, code, _, _ in part:
+                fmt += (f'{off - cur}x' if off > cur else '') + code
+                cur = off + size
+            targets = [(ints, col, None if code == 'd' or (ints and code != '?') else
+                        (int if ints else float)) for _, _, code, ints, col in part]
+            cols = [col for _, _, _, _, col in part]
+            plain = all(not t[0] and t[2] is None for t in targets) and \
+                cols == list(range(cols[0], cols[0] + len(cols)))
+            steps.append((_unpacker(fmt), part[0][0], cur, targets,
+                          slice(cols[0], cols[0] + len(cols)) if plain else None))
+        plans[order] = steps
+
+    def gather(one: _One, regs: list[Any]) -> None:
+        pos = one.base + (regs[reg] if reg >= 0 else 0)
+        limit = one.base + one.psize
+        for unpack, start, end, targets, block in plans[one.order]:
+            if pos + end > limit:
+                raise _Bad
+            values = unpack(one.data, pos + start)
+            if block is not None:
+                one.values[block] = values
+                continue
+            for (ints, col, convert), value in zip(targets, values):
+                (one.ints if ints else one.values)[col] = \
+                    value if convert is None else convert(value)
+    return gather
+
+
+def _skip_strings(one: _One, pos: int, count: int, *, cdr: bool) -> int:
+    """The position after ``count`` strings starting at ``pos`` (CDR: each 4-aligned)."""
+    unpack = _unpacker(one.order + 'I')
+    data, base, psize = one.data, one.base, one.psize
+    for _ in range(count):
+        if cdr:
+            pos = (pos + 3) & -4
+        if pos + 4 > psize:
+            raise _Bad
+        length = unpack(data, base + pos)[0]
+        end = pos + 4 + length
+        if end > psize or (cdr and (length < 1 or data[base + end - 1])):
+            raise _Bad
+        pos = end
+    return pos
+
 
 class _End:
     """Check that the walk ends where the message does. A CDR sample may carry up to 7
@@ -779,6 +1052,11 @@ class _End:
         good = (spare >= 0) & (spare <= 7) if self.cdr else spare == 0
         if not np.all(good):
             frame.mark_bad(~good)
+
+    def run_one(self, one: _One, regs: list[Any]) -> None:
+        spare = one.psize - _at(regs, self.reg, self.off)
+        if not (0 <= spare <= 7 if self.cdr else spare == 0):
+            raise _Bad
 
 
 # --------------------------------------------------------------------------- live
@@ -898,7 +1176,7 @@ class RawDecoder:
         self._raw, self._recv = [], []
         if not raw:
             return Samples(np.zeros(0, np.int64), np.zeros((0, self.decoder.width)))
-        dec = self.decoder.decode(RawBatch.from_messages(raw))
+        dec = self.decoder.decode_messages(raw)
         stamps = dec.header_ns if self.header_stamp else np.asarray(recv, dtype=np.int64)
         ok = dec.ok
         return Samples(stamps[ok], dec.values[ok], int(dec.short.sum()),
