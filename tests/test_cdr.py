@@ -359,7 +359,7 @@ def test_a_layout_it_cannot_lay_out_falls_back_per_field_and_says_so_once(caplog
     """A nested type without a definition: the fields before it are decoded in batches, the
     ones after it message by message (here by rosbags, which knows the type), and the log
     names them once."""
-    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
     store = get_typestore(Stores.ROS2_KILTED)
     store.register(get_types_from_msg('float64 a\nmy_msgs/Blob blob\nfloat64 b\n',

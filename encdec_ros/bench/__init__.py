@@ -76,7 +76,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
     """Run the chosen sections; return everything measured as plain data."""
     results: dict[str, Any] = {'machine': machine(), 'options': {
         'sections': list(options.sections), 'rounds': options.rounds,
-        'seconds': options.seconds, 'sub_rate': options.sub_rate, 'latency_seconds': options.latency_seconds,
+        'seconds': options.seconds, 'sub_rate': options.sub_rate,
+        'latency_seconds': options.latency_seconds,
         'rates': list(options.rates), 'messages': options.messages,
         'batches': list(options.batches)}}
     for section in options.sections:
@@ -138,10 +139,11 @@ def tables(results: dict[str, Any]) -> str:
              _f(r['ours_msgs_per_s'], 0), _f(r['ratio'], 1), 'yes' if r['identical'] else 'NO']
             for r in rows]))
         parts = ('open', 'bind', 'read', 'decode', 'order_align')
-        out.append('where read_bag\'s CPU goes, us per message:')
-        out.append(_table(['bag', *parts], [
-            [r['name'], *(_f(r['us_per_msg'][p], 2) for p in parts)]
-            for r in rows if 'us_per_msg' in r]))
+        split = [r for r in rows if 'us_per_msg' in r]
+        if split:
+            out.append('where read_bag\'s CPU goes, us per message:')
+            out.append(_table(['bag', *parts], [
+                [r['name'], *(_f(r['us_per_msg'][p], 2) for p in parts)] for r in split]))
     rows = results.get('inference')
     if rows:
         out.append('\n(d) inference per call (median), ONNX Runtime (1 thread, as the nodes) vs '
@@ -173,7 +175,7 @@ def _f(value: Any, digits: int = 1) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
     lines = ['  '.join(h.ljust(w) if i == 0 else h.rjust(w)
                        for i, (h, w) in enumerate(zip(header, widths)))]
     for row in rows:

@@ -6,15 +6,18 @@ walks the message layout and records where each wanted number lies: at a fixed o
 everything before it has a fixed size, else relative to a per-message position that is
 computed from the bytes (after a string such as ``header.frame_id``, after a sequence such as
 JointState's ``name``). Decoding then runs that short program on a whole batch of messages
-with numpy: one gather per group of fields, not one Python object per message.
+with numpy: one gather per group of fields, not one Python object per message. A few messages
+(a node's tick) are decoded one by one with ``struct`` by the same program, where numpy's
+per-call cost would dominate; both give the same bits.
 
 Layout rules (what rosbags and ROS 2's Fast-CDR write):
 
 - CDR (XCDR1, as ROS 2 uses): a 4-byte encapsulation header (``00 01`` little endian,
-  ``00 00`` big endian), then the payload, padded at the end to at most 7 spare bytes; every primitive is aligned to its size (8 at most)
-  relative to the payload start; strings are a uint32 length that counts a terminating NUL,
-  then the bytes; sequences are a uint32 count, then the elements, aligned to the element only
-  when there is at least one; fixed arrays have no count.
+  ``00 00`` big endian), then the payload, padded at the end by at most 7 bytes; every
+  primitive is aligned to its size (8 at most) relative to the payload start; strings are a
+  uint32 length that counts a terminating NUL, then the bytes; sequences are a uint32 count,
+  then the elements, aligned to the element only when there is at least one; fixed arrays
+  have no count.
 - ROS 1: no header, no alignment, little endian, strings without the NUL.
 
 The whole message is walked, so a message whose size does not match its definition is caught
