@@ -154,6 +154,17 @@ def _diagnostics_inputs(node: Any) -> Callable[[], int]:
     return lambda: int(reporter._inputs)
 
 
+def _after_publish(node: Any, suffix: str, note: Callable[[Any], None]) -> None:
+    """Call ``note(msg)`` right after the node publishes on its topic ending in ``suffix``."""
+    pub = next(p for p in node.publishers if p.topic_name.endswith(suffix))
+    original = pub.publish
+
+    def publish(msg: Any) -> None:
+        original(msg)
+        note(msg)
+    pub.publish = publish
+
+
 def make_subscriber(role: str, cfg: dict[str, Any]) -> tuple[list[Any], Callable[[], int],
                                                               dict[str, Any]]:
     """The nodes of a subscriber role, a counter of handled messages, and a dict the node
@@ -184,13 +195,7 @@ def make_subscriber(role: str, cfg: dict[str, Any]) -> tuple[list[Any], Callable
         if cfg.get('latency'):
             times: list[int] = []
             extra['decision_ns'] = times
-            pub = next(p for p in node.publishers if p.topic_name.endswith('/score'))
-            original = pub.publish
-
-            def timed(msg: Any) -> None:
-                original(msg)
-                times.append(time.time_ns())
-            pub.publish = timed
+            _after_publish(node, '/score', lambda _msg: times.append(time.time_ns()))
     elif role == 'denoiser':
         from encdec_ros.nodes.denoiser import DenoiserNode
         node = DenoiserNode(
@@ -199,14 +204,9 @@ def make_subscriber(role: str, cfg: dict[str, Any]) -> tuple[list[Any], Callable
         if cfg.get('latency'):
             lat: list[int] = []
             extra['latency_ns'] = lat
-            pub = next(p for p in node.publishers if p.topic_name.endswith('/denoised'))
-            original = pub.publish
-
-            def timed(msg: Any) -> None:
-                original(msg)
-                st = msg.header.stamp
-                lat.append(time.time_ns() - (st.sec * 1_000_000_000 + st.nanosec))
-            pub.publish = timed
+            _after_publish(node, '/denoised', lambda msg: lat.append(
+                time.time_ns() - msg.header.stamp.sec * 1_000_000_000 -
+                msg.header.stamp.nanosec))
     elif role == 'control_allocator':
         from encdec_ros.nodes.control_allocator import ControlAllocatorNode
         node = ControlAllocatorNode(
