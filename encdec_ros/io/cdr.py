@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from encdec_ros.errors import SpecError
 from encdec_ros.io.fields import FieldPath, ShortMessageError, check_path, compile_path, parse_path
 
 log = logging.getLogger(__name__)
@@ -80,16 +81,6 @@ class RawBatch:
         if sizes.size > 1:
             np.cumsum(sizes[:-1], out=starts[1:])
         return cls(_padded(b''.join(messages)), starts, sizes)
-
-    @classmethod
-    def concat(cls, batches: Sequence['RawBatch']) -> 'RawBatch':
-        """One batch holding the messages of several, in order."""
-        if len(batches) == 1:
-            return batches[0]
-        shift = np.cumsum([0] + [b.buf.size for b in batches[:-1]])
-        return cls(np.concatenate([b.buf for b in batches]),
-                   np.concatenate([b.starts + s for b, s in zip(batches, shift)]),
-                   np.concatenate([b.sizes for b in batches]))
 
     def __len__(self) -> int:
         return int(self.sizes.size)
@@ -150,8 +141,6 @@ class MessageDecoder:
     def __init__(self, msgtype: str, paths: Sequence[FieldPath], fielddefs: Mapping[str, Any],
                  *, header_stamp: bool = False, ros1: bool = False,
                  deserialize: Callable[[bytes], Any] | None = None, where: str = '') -> None:
-        from encdec_ros.errors import SpecError
-
         self.msgtype = msgtype
         self.ros1 = ros1
         self.header_stamp = header_stamp
