@@ -8,6 +8,22 @@ import time
 from pathlib import Path
 
 ARCH_CHOICES = ('mlp', 'lstm', 'gru')          # as training.models.ARCHS, without torch
+BAG_HELP = ('{what}: a rosbag2 directory, .db3/.mcap or ROS 1 .bag, a folder searched for '
+            'bags, a quoted glob pattern or a .txt list of bags (repeatable)')
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The options of how many bags reach training (training.data), shared by commands."""
+    g = parser.add_argument_group('many bags (training.data; they do not change the model)')
+    g.add_argument('--cache', metavar='DIR',
+                   help='folder of the cached aligned shards, one per bag and spec (default: '
+                        '.encdec_shards beside --out)')
+    g.add_argument('--shuffle-shards', type=int, default=8, metavar='N',
+                   help='bags whose windows are shuffled together each epoch, and held in '
+                        'memory at a time by all processes together (8)')
+    g.add_argument('--workers', type=int, metavar='N',
+                   help='DataLoader workers reading bags in parallel, per process (default: '
+                        'as many as its CPUs when reading several bags; 0: none)')
 ERROR_CHOICES = ('mse', 'channel_max', 'channel_max_flat')
 
 
@@ -19,9 +35,11 @@ def register(groups: dict) -> None:
                     'on held-out normal data and write a model directory (model.onnx, '
                     'model.yaml, loss.png) for `encdec eval anomaly` and the anomaly_detector '
                     'node. Example: encdec train anomaly --bag out/normal --spec '
-                    'config/sim_spec.yaml --arch lstm --out models/my_robot')
+                    'config/sim_spec.yaml --arch lstm --out models/my_robot. Under torchrun '
+                    '(torchrun --nproc_per_node=N -m encdec_ros train anomaly ...) N processes '
+                    'train one model together (docs/fleet.md).')
     t.add_argument('--bag', action='append', required=True, metavar='BAG',
-                   help='bag of normal operation (repeatable)')
+                   help=BAG_HELP.format(what='bag of normal operation'))
     t.add_argument('--spec', required=True, help='signal spec YAML (topics, fields, rate, window)')
     t.add_argument('--arch', choices=ARCH_CHOICES, default='lstm',
                    help='autoencoder (default: %(default)s)')
@@ -57,6 +75,7 @@ def register(groups: dict) -> None:
     g.add_argument('--time-limit', type=float, metavar='S',
                    help='stop training after S seconds (keeps the best epoch so far)')
     g.add_argument('--threads', type=int, help='torch CPU threads (default: torch decides)')
+    add_data_options(t)
     g = t.add_argument_group('scoring and threshold')
     g.add_argument('--error', choices=ERROR_CHOICES, default='channel_max_flat',
                    help='aggregate of per-channel errors: mse (mean over channels), '
@@ -118,10 +137,16 @@ def _train(args: argparse.Namespace) -> int:
     from encdec_ros.io.spec import SignalSpec
     from encdec_ros.modeldir import check_output_dir
 
-    # before torch is imported, any bag read or any epoch: an --out that cannot be written
-    # and a spec that is no spec fail at once (the trainer reads the spec again)
-    check_output_dir(args.out, what='model directory', empty=not args.force)
+    from encdec_ros.cli import process_rank
+    from encdec_ros.io.bagset import expand_bags
+
+    # before torch is imported, any bag read or any epoch: an --out that cannot be written,
+    # a spec that is no spec and bags that are not there fail at once (the trainer reads the
+    # spec again); under torchrun only rank 0 writes --out
+    if process_rank()[0] == 0:
+        check_output_dir(args.out, what='model directory', empty=not args.force)
     SignalSpec.load(args.spec)
+    bags = expand_bags(args.bag)
 
     from encdec_ros.anomaly.evaluate import parse_span
     from training.anomaly import TrainOptions, train_anomaly
@@ -138,13 +163,15 @@ def _train(args: argparse.Namespace) -> int:
         threshold_scale=args.threshold_scale, slow_s=args.slow, debounce_k=args.debounce_k,
         debounce_n=args.debounce_n, release=args.release,
         train_span=parse_span(args.train_span), exclude_labelled=not args.keep_labelled,
-        time_limit_s=args.time_limit, threads=args.threads)
+        time_limit_s=args.time_limit, threads=args.threads,
+        shuffle_shards=args.shuffle_shards, workers=args.workers, cache_dir=args.cache)
     start = time.perf_counter()
-    result = train_anomaly(args.bag, args.spec, args.out, opts, window=args.window,
+    result = train_anomaly(bags, args.spec, args.out, opts, window=args.window,
                            stride=args.stride, command=_rebuild_command(args),
                            overwrite=args.force, say=print)
-    print(f'wrote {result.path} (model.onnx, model.yaml, loss.png) in '
-          f'{time.perf_counter() - start:.1f} s')
+    if process_rank()[0] == 0:
+        print(f'wrote {result.path} (model.onnx, model.yaml, loss.png) in '
+              f'{time.perf_counter() - start:.1f} s')
     return 0
 
 
