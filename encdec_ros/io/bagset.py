@@ -80,8 +80,8 @@ def expand_bags(args: Sequence[str | Path] | str | Path, *, option: str = '--bag
                 seen.add(key)
                 out.append(path)
     if not out:
-        raise BagError(f'no bag given; pass at least one bag, directory, pattern or list file '
-                       f'with {option}')
+        raise BagError('no bag given; pass at least one bag, folder, pattern or list file'
+                       + (f' with {option}' if option.startswith('--') else ''))
     # a storage file given beside the rosbag2 directory that holds it would be read twice
     dirs = {os.path.normpath(os.path.abspath(p)) for p in out if p.is_dir()}
     return [p for p in out if not (p.is_file() and p.suffix in STORAGE_SUFFIXES and
@@ -104,15 +104,14 @@ def _expand_one(text: str, *, option: str, base: Path | None, depth: int) -> lis
         found = _walk(path)
         if not found:
             raise BagError(f'directory {path} holds no rosbag2 directory and no .db3, .mcap or '
-                           f'.bag file (searched recursively); pass a folder of bags with '
-                           f'{option}')
+                           '.bag file (searched recursively); pass a bag or a folder of bags')
         return found
     if path.exists() or not GLOB_CHARS.search(str(path)):
         return [path]           # a bag, or a path the reader will say is missing
     matches = sorted(glob.glob(str(path), recursive=True))
     if not matches:
-        raise BagError(f'the pattern {text} given with {option} matches nothing; check the '
-                       'path, and quote the pattern so that the shell passes it unexpanded')
+        raise BagError(f'the {_named(option)}pattern {text} matches nothing; check the path, '
+                       'and quote the pattern so that the shell passes it unexpanded')
     out: list[Path] = []
     for match in matches:
         m = Path(match)
@@ -121,9 +120,9 @@ def _expand_one(text: str, *, option: str, base: Path | None, depth: int) -> lis
         elif m.suffix in BAG_SUFFIXES:
             out.append(m)
     if not out:
-        raise BagError(f'the pattern {text} given with {option} matches {len(matches)} '
-                       'path(s) but no bag (rosbag2 directory, .db3, .mcap or .bag); make '
-                       'it match the bags themselves')
+        raise BagError(f'the {_named(option)}pattern {text} matches {len(matches)} path(s) '
+                       'but no bag (rosbag2 directory, .db3, .mcap or .bag); make it match '
+                       'the bags themselves')
     return out
 
 
@@ -151,11 +150,12 @@ def _read_list(path: Path, *, option: str, depth: int) -> list[Path]:
     try:
         lines = path.read_text(encoding='utf-8').splitlines()
     except FileNotFoundError:
-        raise BagError(f'list file {path} given with {option} does not exist') from None
+        msg = f'{_named(option)}list file {path} does not exist; check the path'
+        raise BagError(msg) from None
     except (OSError, UnicodeDecodeError) as err:
         why = getattr(err, 'strerror', None) or 'not a text file'
-        raise BagError(f'list file {path} given with {option} cannot be read ({why}); pass a '
-                       'text file with one bag per line') from None
+        raise BagError(f'{_named(option)}list file {path} cannot be read ({why}); pass a text '
+                       'file with one bag per line') from None
     out: list[Path] = []
     for number, line in enumerate(lines, 1):
         entry = re.sub(r'(^|\s)#.*$', '', line).strip()
@@ -196,3 +196,7 @@ def bag_identity(path: str | Path) -> list[tuple[str, int, int]]:
     if not out:
         raise BagError(f'bag {path} holds no file; point at a bag with its storage files')
     return out
+
+
+def _named(option: str) -> str:
+    return f'{option} ' if option.startswith('--') else ''
