@@ -7,6 +7,8 @@ import shlex
 import sys
 from typing import Any, Sequence
 
+from encdec_ros.cli.anomaly import BAG_HELP
+
 METHOD_CHOICES = ('model', 'butterworth', 'one_euro', 'kalman')
 NOISE_HELP = ('corruption: a string such as gaussian:0.05,spikes:0.01:2.0,quant:0.01,'
               'bias_walk:1e-4,drop:0.02 (prefix relative, to scale by each channel\'s std) or '
@@ -25,7 +27,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     'validation data, exports ONNX (parity-checked) and writes a model '
                     'directory.')
     t.add_argument('--bag', action='append', required=True, metavar='BAG',
-                   help='training bag (repeat for several)')
+                   help=BAG_HELP.format(what='training bag'))
     t.add_argument('--spec', required=True,
                    help='signal spec YAML with ONE topic; rate_hz is its own rate, window N')
     t.add_argument('--out', required=True, help='model directory to write')
@@ -106,13 +108,18 @@ def _command() -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from encdec_ros.cli import process_rank
+    from encdec_ros.io.bagset import expand_bags
     from encdec_ros.io.spec import SignalSpec
     from encdec_ros.modeldir import check_output_dir
 
-    # before torch is imported, any bag read or any epoch: an --out that cannot be written
-    # and a spec that is no spec fail at once (the trainer reads the spec again)
-    check_output_dir(args.out, what='model directory', empty=not args.force)
+    # before torch is imported, any bag read or any epoch: an --out that cannot be written,
+    # a spec that is no spec and bags that are not there fail at once (the trainer reads the
+    # spec again); under torchrun only rank 0 writes --out
+    if process_rank()[0] == 0:
+        check_output_dir(args.out, what='model directory', empty=not args.force)
     SignalSpec.load(args.spec)
+    bags = expand_bags(args.bag)
 
     from encdec_ros.denoise.evaluate import parse_span
     from encdec_ros.denoise.noise import parse_noise
@@ -128,8 +135,10 @@ def _train(args: argparse.Namespace) -> int:
         learn_offset=args.learn_offset, absolute_input=args.absolute_input,
         train_span=parse_span(args.train_span),
         seed=args.seed, threads=args.threads, time_limit_s=args.time_limit)
-    result = train_denoiser(args.bag, args.spec, args.out, options=options, force=args.force,
+    result = train_denoiser(bags, args.spec, args.out, options=options, force=args.force,
                             command=_command())
+    if process_rank()[0] != 0:
+        return 0
     fig = result.figures
     tr = fig['training']
     print(f'wrote {result.path} ({args.arch}, window {fig["window"]}): '
