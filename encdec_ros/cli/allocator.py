@@ -93,8 +93,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                    'allocator_eval_NAME.json)')
     e.add_argument('--plot', metavar='PNG', help='plot path (default: the report\'s, .png)')
     e.add_argument('--no-timing', action='store_true', help='skip latency and throughput')
-    e.add_argument('--bag', metavar='BAG', help='score the wrenches this bag commanded instead '
-                   'of the held-out set (at most --samples of them, evenly spaced)')
+    e.add_argument('--bag', action='append', metavar='BAG',
+                   help='score the wrenches this bag commanded instead of the held-out set (at '
+                        'most --samples of them, evenly spaced); or those of several (repeat, '
+                        'a folder, a quoted glob pattern or a .txt list)')
     e.add_argument('--wrench-topic', default='/wrench_cmd', metavar='TOPIC',
                    help='WrenchStamped topic in --bag (default: %(default)s)')
     e.set_defaults(func=_eval)
@@ -264,13 +266,16 @@ def _eval(args: argparse.Namespace) -> int:
     if args.bag:
         import numpy as np
 
-        wrenches = bag_wrenches(args.bag, args.wrench_topic, eff)
+        from encdec_ros.io.bagset import expand_bags
+
+        bags = expand_bags(args.bag)
+        wrenches = np.concatenate([bag_wrenches(b, args.wrench_topic, eff) for b in bags])
         if len(wrenches) > args.samples:
             wrenches = wrenches[np.linspace(0, len(wrenches) - 1, args.samples).astype(int)]
     report, curves = evaluate(eff, allocators, samples=args.samples, seed=seed,
                               timing=not args.no_timing, wrenches=wrenches)
     if args.bag:
-        report['samples']['source'] = f'{args.bag} {args.wrench_topic}'
+        report['samples']['source'] = f'{" ".join(args.bag)} {args.wrench_topic}'
     if 'learned' in allocators and 'exact' in report['methods'] and not args.no_timing:
         learned = report['methods']['learned']['latency_b1']['median_us']
         exact = report['methods']['exact']['latency_b1']['median_us']

@@ -111,7 +111,9 @@ def register(groups: dict) -> None:
                     'F1 (pooled as in SKAB), false and missed alarm rates, detection delay per '
                     'labelled fault. Writes report.json and report.png.')
     e.add_argument('--model', required=True, help='model directory')
-    e.add_argument('--bag', required=True, help='bag to replay')
+    e.add_argument('--bag', action='append', required=True,
+                   help='bag to replay; or several (repeat, a folder, a quoted glob pattern or '
+                        'a .txt list): one report each under --out and the pooled figures')
     e.add_argument('--labels', help="labels CSV (default: the bag's labels.csv or label topic)")
     e.add_argument('--out', help='report directory (default: <bag>_eval beside the bag)')
     e.add_argument('--device', default='cpu', choices=('auto', 'tensorrt', 'cuda', 'cpu'),
@@ -196,21 +198,85 @@ def _rebuild_command(args: argparse.Namespace) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     from encdec_ros.anomaly.evaluate import evaluate_bag, parse_span, summary_lines, write_report
+    from encdec_ros.io.bagset import expand_bags
     from encdec_ros.modeldir import check_output_dir
 
-    bag = Path(args.bag)
+    bags = expand_bags(args.bag)
+    if len(bags) > 1:
+        return _eval_set(args, bags)
+    bag = Path(bags[0])
     out = Path(args.out) if args.out else bag.with_name(f'{bag.name}_eval')
     check_output_dir(out, what='report directory')  # before the replay, not after it
     start = time.perf_counter()
-    result = evaluate_bag(args.model, args.bag, labels_csv=args.labels, device=args.device,
+    result = evaluate_bag(args.model, bag, labels_csv=args.labels, device=args.device,
                           points=args.points, eval_span=parse_span(args.eval_span),
                           grace_s=args.grace, debounce_k=args.debounce_k,
                           debounce_n=args.debounce_n, release=args.release,
                           threshold_scale=args.threshold_scale)
     json_path, png = write_report(result, out, model=args.model, plot=not args.no_plot)
-    print(f'model {args.model} on {args.bag} ({result.scorer["provider"]}):')
+    print(f'model {args.model} on {bag} ({result.scorer["provider"]}):')
     for line in summary_lines(result):
         print(f'  {line}')
     print(f'report: {json_path}' + (f'  plot: {png}' if png else '')
           + f'  ({time.perf_counter() - start:.1f} s)')
+    return 0
+
+
+def _eval_set(args: argparse.Namespace, bags: list[Path]) -> int:
+    """Evaluate on several bags: a report per bag under --out, pooled figures printed and in
+    summary.json."""
+    import json
+
+    from encdec_ros.anomaly.evaluate import evaluate_bag, parse_span, pooled, write_report
+    from encdec_ros.errors import ConfigError
+    from encdec_ros.io.bagset import unique_names
+    from encdec_ros.modeldir import check_output_dir
+
+    if args.labels:
+        raise ConfigError('--labels names one labels CSV, which fits one bag; with several '
+                          'bags each uses its own labels.csv or label topic')
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / \
+        f'{Path(args.model).name}_eval'
+    check_output_dir(out, what='report directory')
+    names = unique_names(bags)
+    start = time.perf_counter()
+    rows, results = [], []
+    print(f'model {args.model} on {len(bags)} bags; reports in {out}')
+    for bag, name in zip(bags, names):
+        result = evaluate_bag(args.model, bag, device=args.device, points=args.points,
+                              eval_span=parse_span(args.eval_span), grace_s=args.grace,
+                              debounce_k=args.debounce_k, debounce_n=args.debounce_n,
+                              release=args.release, threshold_scale=args.threshold_scale)
+        write_report(result, out / name, model=args.model, plot=not args.no_plot)
+        m = result.metrics
+        events = m['events']
+        times = result.times_ns
+        row = {'bag': str(bag), 'report': str(out / name), 'pointwise': m['pointwise'],
+               'events': len(events), 'detected': sum(e['detected'] for e in events),
+               'false_alarms': m['alarms']['false_alarms'],
+               'hours': (int(times[-1]) - int(times[0])) * 1e-9 / 3600 if times.size else 0.0}
+        rows.append(row)
+        results.append(result)
+        f1 = m['pointwise']['f1']
+        print(f'  {name:<28} F1 {"n/a" if f1 is None else f"{f1:.3f}"}  faults '
+              f'{row["detected"]}/{row["events"]} detected  false alarms '
+              f'{row["false_alarms"]}')
+    pool = pooled(results)
+    hours = sum(r['hours'] for r in rows)
+    false_alarms = sum(r['false_alarms'] for r in rows)
+    summary = {'model': str(args.model), 'bags': rows, 'pooled': pool,
+               'events': sum(r['events'] for r in rows),
+               'detected': sum(r['detected'] for r in rows),
+               'false_alarms': false_alarms,
+               'false_alarms_per_hour': false_alarms / hours if hours else None}
+    (out / 'summary.json').write_text(json.dumps(summary, indent=1, default=float))
+
+    def fmt(v: float | None, pct: bool = False) -> str:
+        return 'n/a' if v is None else (f'{100 * v:.2f} %' if pct else f'{v:.3f}')
+
+    print(f'pooled over {len(bags)} bags ({hours:.2f} h): precision {fmt(pool["precision"])}  '
+          f'recall {fmt(pool["recall"])}  F1 {fmt(pool["f1"])}  FAR {fmt(pool["far"], True)}; '
+          f'faults {summary["detected"]}/{summary["events"]} detected; {false_alarms} false '
+          'alarm(s)' + (f' ({summary["false_alarms_per_hour"]:.1f} per hour)' if hours else ''))
+    print(f'summary: {out / "summary.json"}  ({time.perf_counter() - start:.1f} s)')
     return 0

@@ -198,5 +198,13 @@ def bag_identity(path: str | Path) -> list[tuple[str, int, int]]:
     return out
 
 
+def unique_names(bags: Sequence[str | Path]) -> list[str]:
+    """A short name per bag (for report folders): its own name, prefixed with its position
+    where two bags share a name."""
+    names = [Path(b).stem if Path(b).is_file() else Path(b).name for b in bags]
+    repeated = {n for n in names if names.count(n) > 1}
+    return [f'{i:03d}_{n}' if n in repeated else n for i, n in enumerate(names)]
+
+
 def _named(option: str) -> str:
     return f'{option} ' if option.startswith('--') else ''
