@@ -482,18 +482,15 @@ class ShardedWindows:
 
     def _prepared(self, indices: Sequence[int]) -> Iterator[PreparedBag]:
         """Prepared bags of ``indices`` in order, from memory or read (kept in an LRU)."""
-        missing = [g for g in indices if g not in self._lru]
-        fresh = self._read(missing, heavy=False)
+        held = {g: self._lru[g] for g in indices if g in self._lru}
+        fresh = self._read([g for g in indices if g not in held], heavy=False)
         for g in indices:
-            if g in self._lru:
-                self._lru.move_to_end(g)
-                yield self._lru[g]
-                continue
-            item = next(fresh)
+            item = held[g] if g in held else next(fresh)
             if isinstance(item, BagSummary):       # an error while reading it again
                 assert item.error is not None
                 raise item.error
             self._lru[g] = item
+            self._lru.move_to_end(g)
             while len(self._lru) > self._capacity:
                 self._lru.popitem(last=False)
             yield item

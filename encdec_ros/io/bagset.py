@@ -9,7 +9,8 @@ Every ``--bag`` of ``encdec train``, ``encdec eval`` and ``encdec inspect`` goes
   is one bag (its own storage files are not counted again), and every other ``.db3``,
   ``.mcap`` or ``.bag`` file is one bag;
 - a glob pattern (``flights/*/``, ``'logs/**/*.mcap'``; quote it so that the shell leaves
-  ``**`` alone) is expanded, each match as above; a pattern that matches nothing is an error;
+  ``**`` alone) is expanded, each match as above (a storage file of a rosbag2 directory
+  stands for its directory, once); a pattern that matches nothing is an error;
 - a text file ending in ``.txt`` or ``.list`` (or any file named with a leading ``@``, as in
   ``@bags``) lists bags, directories or patterns, one per line; ``#`` starts a comment,
   relative paths are taken from the list file's folder.
@@ -117,6 +118,8 @@ def _expand_one(text: str, *, option: str, base: Path | None, depth: int) -> lis
         m = Path(match)
         if m.is_dir():
             out.extend([m] if is_rosbag2_dir(m) else _walk(m))
+        elif m.suffix in STORAGE_SUFFIXES and is_rosbag2_dir(m.parent):
+            out.append(m.parent)        # a storage file of a bag: the bag, once
         elif m.suffix in BAG_SUFFIXES:
             out.append(m)
     if not out:
@@ -201,7 +204,7 @@ def bag_identity(path: str | Path) -> list[tuple[str, int, int]]:
 def unique_names(bags: Sequence[str | Path]) -> list[str]:
     """A short name per bag (for report folders): its own name, prefixed with its position
     where two bags share a name."""
-    names = [Path(b).stem if Path(b).is_file() else Path(b).name for b in bags]
+    names = [Path(b).stem if Path(b).suffix in BAG_SUFFIXES else Path(b).name for b in bags]
     repeated = {n for n in names if names.count(n) > 1}
     return [f'{i:03d}_{n}' if n in repeated else n for i, n in enumerate(names)]
 
