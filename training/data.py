@@ -73,6 +73,9 @@ CACHE_DIRNAME = '.encdec_shards'
 SHUFFLE_SHARDS = 8
 """Bags whose training windows are shuffled together (and held in memory, all ranks)."""
 SPLITS = ('train', 'val', 'calib')
+PREFETCH_BYTES = 32 << 20
+"""Shards at least this large on average are loaded by DataLoader workers while training
+(smaller ones load faster than workers start)."""
 
 
 # --------------------------------------------------------------------------- statistics
@@ -403,8 +406,8 @@ class ShardedWindows:
         dist: The process group (``training.distributed.Dist``).
         seed: Seed of the order in which bags are grouped each epoch.
         shuffle_shards: Bags per group (rounded up to a multiple of the number of ranks).
-        workers: DataLoader workers (None: as many as this rank's CPUs when reading several
-            bags, none when everything fits in one group after the first read).
+        workers: DataLoader workers (None: as many as this rank's CPUs when reading bags into
+            shards; while training, two when shards are large (PREFETCH_BYTES), else none).
     """
 
     def __init__(self, bags: Sequence[str | Path], spec: SignalSpec, cache: ShardCache,
@@ -443,10 +446,11 @@ class ShardedWindows:
         if not indices:
             return iter(())
         workers = self.workers
-        if workers is None:
-            workers = min(self._cpus(), len(indices)) if heavy and len(indices) > 1 else \
-                (min(2, self._cpus()) if len(self.bags) > self.group and len(indices) > 1
-                 else 0)
+        if workers is None and heavy:       # reading bags: as many at once as CPUs
+            workers = min(self._cpus(), len(indices)) if len(indices) > 1 else 0
+        elif workers is None:               # loading shards: worth workers when they are big
+            big = self._shard_bytes() >= PREFETCH_BYTES
+            workers = min(2, self._cpus()) if big and len(indices) > 1 else 0
         if workers == 0:
             return (self.loader[g] for g in indices)
         from torch.utils.data import DataLoader
@@ -454,6 +458,11 @@ class ShardedWindows:
         return iter(DataLoader(self.loader, batch_size=None, sampler=list(indices),
                                num_workers=workers, collate_fn=_identity, prefetch_factor=1,
                                multiprocessing_context='fork' if os.name == 'posix' else None))
+
+    def _shard_bytes(self) -> float:
+        """Mean size of a prepared shard in bytes (after :meth:`summarise`)."""
+        rows = [sum(s.rows.values()) for s in self.summaries]
+        return 4.0 * self.channels * (sum(rows) / len(rows)) if rows else 0.0
 
     def summarise(self) -> list[BagSummary]:
         """Read (or find cached) this rank's shards, plan every bag; every rank gets all the
