@@ -191,7 +191,7 @@ def _windows_in_memory(bags, spec, opts):
     out = {'train': [], 'val': [], 'calib': []}
     for bag in bags:
         rec = read_bag(bag, spec)
-        for name, lo, hi in _blocks_of(str(bag), rec.times_ns, span=None, window=spec.window,
+        for name, lo, hi in _blocks_of(rec, span=None, window=spec.window,
                                        val_fraction=opts['val'], calib_fraction=opts['calib']):
             stride = opts['train_stride'] if name == 'train' else spec.stride
             ends = window_ends(rec.times_ns[lo:hi], spec.period_ns, spec.window, stride)

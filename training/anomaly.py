@@ -52,6 +52,7 @@ from encdec_ros.anomaly.scorer import (
 from encdec_ros.errors import ConfigError, EncdecError, ModelDirError
 from encdec_ros.io.bag import BagSource, bind_spec
 from encdec_ros.io.bagset import expand_bags
+from encdec_ros.io.span import Span, resolve_span, span_text, span_yaml
 from encdec_ros.io.spec import SignalSpec
 from encdec_ros.modeldir import check_output_dir
 from training.calibrate import RULES, calibrate
@@ -97,7 +98,8 @@ class TrainOptions:
         debounce_k: Windows above the threshold (of debounce_n) that raise the flag.
         debounce_n: Windows the debouncer remembers.
         release: Hysteresis: the flag falls when debounce_n scores stay below this level.
-        train_span: (start, end) seconds from each recording's first sample; None = all.
+        train_span: (start, end) seconds from each recording's first sample, or rows
+            (:class:`encdec_ros.io.span.Rows`: messages of the spec's first topic); None = all.
         exclude_labelled: Leave out windows that overlap a labelled interval of the bag.
         time_limit_s: Stop training after this many seconds (keeps the best epoch).
         threads: torch CPU threads (None: torch's default).
@@ -128,7 +130,7 @@ class TrainOptions:
     debounce_k: int = 3
     debounce_n: int = 5
     release: float = 0.8
-    train_span: tuple[float | None, float | None] | None = None
+    train_span: Span | None = None
     exclude_labelled: bool = True
     time_limit_s: float | None = None
     threads: int | None = None
@@ -250,15 +252,16 @@ def split_blocks(n: int, window: int, val_fraction: float, calib_fraction: float
     return out
 
 
-def _blocks_of(source: str, times_ns: np.ndarray, *,
-               span: tuple[float | None, float | None] | None, window: int,
-               val_fraction: float, calib_fraction: float) -> list[tuple[str, int, int]]:
-    """A recording's (split, first row, end row) blocks inside ``span``, in time order."""
-    a, b = span_rows(times_ns, span)
+def _blocks_of(shard: Any, *, span: Span | None, window: int, val_fraction: float,
+               calib_fraction: float) -> list[tuple[str, int, int]]:
+    """A recording's (split, first row, end row) blocks inside ``span``, in time order
+    (``shard``: a :class:`training.data.Shard` or a :class:`~encdec_ros.io.bag.Recording`)."""
+    rec = shard.recording() if hasattr(shard, 'recording') else shard
+    a, b = span_rows(rec.times_ns, resolve_span(span, rec))
     n = b - a
     if n < 3 * window:
-        where = f' inside the span {span}' if span else ''
-        raise ConfigError(f'{source} has {n} aligned samples{where}, fewer than three '
+        where = f' inside the span {span_text(span)}' if span else ''
+        raise ConfigError(f'{rec.source} has {n} aligned samples{where}, fewer than three '
                           f'windows ({3 * window}); give a longer bag or span, or a smaller '
                           'window')
     return [(name, a + lo, a + hi)
@@ -609,7 +612,7 @@ def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str
         figures = {
             'command': command,
             'bags': [str(b) for b in bags],
-            'train_span_s': list(opts.train_span) if opts.train_span else None,
+            'train_span_s': span_yaml(opts.train_span),
             'rows': rows,
             'windows': {'train': n_train, 'val': n_val, 'calib': n_calib,
                         'left_out': dropped},
@@ -701,6 +704,5 @@ def _slow_runs(channel_errors: np.ndarray, lengths: list[int], windows: int
 def _options_dict(opts: TrainOptions) -> dict[str, Any]:
     data = asdict(opts)
     data['model'] = opts.model.to_dict()
-    if data['train_span'] is not None:
-        data['train_span'] = list(data['train_span'])
+    data['train_span'] = span_yaml(opts.train_span)
     return data

@@ -59,7 +59,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from encdec_ros.errors import ConfigError, EncdecError
-from encdec_ros.io.bag import read_bag
+from encdec_ros.io.align import Stream
+from encdec_ros.io.bag import Recording, read_bag
 from encdec_ros.io.bagset import bag_identity
 from encdec_ros.io.labels import Interval, label_mask
 from encdec_ros.io.spec import SignalSpec
@@ -169,14 +170,23 @@ class Shard:
     """One bag's aligned signals, as cached."""
 
     source: str
+    spec: SignalSpec                # resolved
     times_ns: np.ndarray            # [T] int64
     data: np.ndarray                # [T, C] float32
+    first_stamps_ns: np.ndarray     # stamps of the spec's first topic (spans in rows)
     labels: list[Interval]
     warnings: list[str]
 
     def label_mask(self) -> np.ndarray:
         """True at ticks inside a labelled interval."""
         return label_mask(self.labels, self.times_ns)
+
+    def recording(self) -> Recording:
+        """As a :class:`~encdec_ros.io.bag.Recording` (of the raw streams only the first
+        topic's stamps, which spans in rows count)."""
+        first = Stream(self.first_stamps_ns, np.zeros((self.first_stamps_ns.size, 0)))
+        return Recording(self.source, self.spec, self.times_ns, self.data,
+                         {self.spec.topic_names[0]: first}, self.labels, self.warnings)
 
 
 def spec_key(spec: SignalSpec) -> dict[str, Any]:
@@ -223,9 +233,11 @@ class ShardCache:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f'{path.stem}.tmp-{os.getpid()}')
         try:
+            first = rec.streams[self.spec.topic_names[0]].stamps_ns
             with open(tmp, 'wb') as f:
                 np.savez(f, times_ns=rec.times_ns.astype(np.int64),
                          data=np.asarray(rec.data, dtype=np.float32),
+                         first_stamps_ns=np.asarray(first, dtype=np.int64),
                          meta=np.frombuffer(json.dumps(meta).encode('utf-8'), dtype=np.uint8))
             os.replace(tmp, path)
         except OSError as err:
@@ -243,6 +255,7 @@ class ShardCache:
             with np.load(path) as npz:
                 times = np.array(npz['times_ns'])
                 data = np.array(npz['data'])
+                first = np.array(npz['first_stamps_ns'])
                 meta = json.loads(bytes(npz['meta']).decode('utf-8'))
         except (OSError, ValueError, KeyError) as err:
             # a damaged file (a disk that filled up): build it again once
@@ -254,7 +267,8 @@ class ShardCache:
             for text in meta['warnings']:
                 log.warning('%s', text)
         labels = [Interval(int(a), int(b), str(k), str(d)) for a, b, k, d in meta['labels']]
-        return Shard(str(bag), times, data, labels, list(meta['warnings'])), built
+        return Shard(str(bag), self.spec, times, data, first, labels,
+                     list(meta['warnings'])), built
 
 
 def _raise_cache(path: Path) -> Any:
@@ -274,15 +288,15 @@ class WindowPlan:
         period_ns: The spec's sample period.
         strides: Samples between windows per split ('train', 'val', 'calib').
         exclude_labelled: Leave out windows that touch a labelled interval.
-        blocks: ``blocks(source, times_ns)`` -> [(split, first row, end row)] in time order
-            (a module-level function or ``functools.partial``, so workers can receive it).
+        blocks: ``blocks(shard)`` -> [(split, first row, end row)] in time order (a
+            module-level function or ``functools.partial``, so workers can receive it).
     """
 
     window: int
     period_ns: int
     strides: dict[str, int]
     exclude_labelled: bool
-    blocks: Callable[[str, np.ndarray], list[tuple[str, int, int]]]
+    blocks: Callable[[Shard], list[tuple[str, int, int]]]
 
 
 @dataclass
@@ -338,7 +352,7 @@ def plan_shard(shard: Shard, plan: WindowPlan) -> tuple[list[tuple[str, np.ndarr
     rows = {s: 0 for s in SPLITS}
     dropped = 0
     train_rows = []
-    for name, lo, hi in plan.blocks(shard.source, shard.times_ns):
+    for name, lo, hi in plan.blocks(shard):
         rows[name] += hi - lo
         ends = np.zeros(0, np.int64)
         if hi - lo >= w:
