@@ -88,6 +88,8 @@ def main() -> int:
                    help='also run the memory figures with the code of this git ref')
     p.add_argument('--speed-flights', type=int, default=10)
     p.add_argument('--speed-epochs', type=int, default=3)
+    p.add_argument('--speed-batches', default='64,512',
+                   help='global batch sizes of the speed runs (64: the default)')
     p.add_argument('--skip-memory', action='store_true')
     p.add_argument('--skip-speed', action='store_true')
     args = p.parse_args()
@@ -140,15 +142,20 @@ def main() -> int:
                  '--seed', '0', '--cache', str(cache)]
         train(bags, work / 'model_warm', extra=speed[:2] + ['--epochs', '1', '--cache',
                                                             str(cache)])  # builds the shards
-        for label, procs, extra, env in (
-                ('1 process, torch default threads', 1, [], {}),
-                ('1 process, 1 thread', 1, ['--threads', '1'], {}),
-                ('2 processes (torchrun, gloo), 1 thread each', 2, [],
-                 {'OMP_NUM_THREADS': '1'})):
-            res = train(bags, work / 'model_speed', extra=speed + extra, procs=procs, env=env)
+        runs = [(batch, label, procs, extra, env)
+                for batch in (int(b) for b in args.speed_batches.split(','))
+                for label, procs, extra, env in (
+                    ('1 process, torch default threads', 1, [], {}),
+                    ('1 process, 1 thread', 1, ['--threads', '1'], {}),
+                    ('2 processes (torchrun, gloo), 1 thread each', 2, [],
+                     {'OMP_NUM_THREADS': '1'}))]
+        for batch, label, procs, extra, env in runs:
+            res = train(bags, work / 'model_speed', procs=procs, env=env,
+                        extra=speed + extra + ['--batch-size', str(batch)])
             t = res['training']
             rate = t['windows']['train'] * t['epochs_run'] / t['seconds']['train']
-            results['speed'].append({'run': label, 'processes': procs,
+            label = f'batch {batch}, {label}'
+            results['speed'].append({'run': label, 'processes': procs, 'batch': batch,
                                      'windows_per_s': round(rate, 1),
                                      'train_seconds': t['seconds']['train'],
                                      'wall_seconds': round(res['seconds'], 1),
@@ -161,10 +168,9 @@ def main() -> int:
 
     results['machine']['load_after'] = os.getloadavg()
     results['multi_machine'] = [
-        'torchrun --nnodes 2 --node-rank 0 --nproc_per_node 4 --rdzv-backend c10d '
+        'on each machine: torchrun --nnodes 2 --nproc_per_node 4 --rdzv-backend c10d '
         '--rdzv-endpoint HOST0:29400 --rdzv-id fleet1 -m encdec_ros train anomaly '
-        '--bag /shared/fleet --spec spec.yaml --cache /shared/shards --out /shared/models/m',
-        '(the same on the second machine with --node-rank 1)']
+        '--bag /shared/fleet --spec spec.yaml --cache /shared/shards --out /shared/models/m']
     (work / 'results.json').write_text(json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items() if k != 'multi_machine'}, indent=1))
     print(f'wrote {work / "results.json"}')
