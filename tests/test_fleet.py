@@ -322,3 +322,33 @@ def test_torchrun_two_processes_train_the_model_of_one(fleet, tmp_path):
     other = common[:-2] + ['--seed', '4', '--threads', '1', '--out', str(tmp_path / 'other')]
     assert main(other) == 0
     assert np.abs(_scores(tmp_path / 'other', probe) - one).max() > 100 * TOLERANCE * scale
+
+
+def test_eval_over_a_set_of_bags_pools_the_figures(fleet, tmp_path, capsys):
+    import json
+
+    from encdec_ros.cli import main
+
+    model = tmp_path / 'model'
+    assert main(['train', 'anomaly', '--bag', str(fleet['root']), '--spec', str(SPEC),
+                 '--cache', str(tmp_path / 'cache'), *TINY, '--out', str(model)]) == 0
+    out = tmp_path / 'eval'
+    assert main(['eval', 'anomaly', '--model', str(model), '--bag', str(fleet['root']),
+                 '--no-plot', '--out', str(out)]) == 0
+    text = capsys.readouterr().out
+    assert 'pooled over 3 bags' in text
+    summary = json.loads((out / 'summary.json').read_text())
+    assert [Path(b['bag']).name for b in summary['bags']] == sorted(b.name for b in
+                                                                     fleet['bags'])
+    assert all((out / b.name / 'report.json').is_file() for b in fleet['bags'])
+    decisions = sum(json.loads((out / b.name / 'report.json').read_text())['metrics']
+                    ['pointwise']['tn'] for b in fleet['bags'])
+    assert summary['pooled']['tn'] == decisions
+    # the allocator's evaluation scores the wrenches of every bag of the set
+    report = tmp_path / 'alloc.json'
+    assert main(['eval', 'allocator', '--effectiveness', str(ROOT / 'config' / 'sim_hexa.yaml'),
+                 '--methods', 'pseudo_inverse', '--no-timing', '--samples', '100000',
+                 '--bag', str(fleet['root'] / 'bags.txt'), '--report', str(report)]) == 0
+    samples = json.loads(report.read_text())['samples']
+    assert samples['total'] == 3 * 1200                  # 12 s of /wrench_cmd at 100 Hz each
+    assert samples['source'].startswith(str(fleet['root'] / 'bags.txt'))
