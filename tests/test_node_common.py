@@ -322,7 +322,7 @@ def test_diagnostics_ok_then_stale_over_dds(rclpy_context):
         assert _spin_until(executor, lambda: any(s.level == DiagnosticStatus.OK
                                                  for s in received), 10.0)
         ok = next(s for s in received if s.level == DiagnosticStatus.OK)
-        assert ok.name == 'diag_source: anomaly' and ok.hardware_id == '/imu'
+        assert ok.name == '/diag_source: anomaly' and ok.hardware_id == '/imu'
         values = {kv.key: kv.value for kv in ok.values}
         assert values['score'] == '0.2' and values['flag'] == 'False'
         assert int(values['inputs']) > 0

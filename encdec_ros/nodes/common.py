@@ -298,6 +298,16 @@ def _rcl_message(err: BaseException) -> str:
             '--ros-args, -p name:=value and --params-file options')
 
 
+# --------------------------------------------------------------------------- names
+
+
+def relative_topic(name: str) -> str:
+    """A spec's topic as a node subscribes to it: relative (``/imu`` -> ``imu``), so that the
+    node's namespace and ``-r`` remaps apply (``/imu`` in namespace ``robot1`` is
+    ``/robot1/imu``; ``-r imu:=/imu`` takes it back to the absolute topic)."""
+    return name.lstrip('/')
+
+
 # --------------------------------------------------------------------------- parameters
 
 
@@ -491,7 +501,8 @@ class DiagnosticsReporter:
 
     Args:
         node: The node that owns the publisher and the timer.
-        name: Status name; published as ``'<node name>: <name>'``.
+        name: Status name; published as ``'<fully qualified node name>: <name>'``
+            (``/robot1/anomaly_detector: anomaly``), so nodes in two namespaces differ.
         hardware_id: What the status is about (e.g. the input topic or the robot part).
         period_s: Publishing period in seconds.
         stale_after_s: Seconds without input after which the status is STALE.
@@ -504,7 +515,7 @@ class DiagnosticsReporter:
             raise ConfigError(f'diagnostics period ({period_s}) and stale time '
                               f'({stale_after_s}) must be positive seconds')
         self._node = node
-        self.name = f'{node.get_name()}: {name}'
+        self.name = f'{node.get_fully_qualified_name()}: {name}'
         self.hardware_id = hardware_id
         self.stale_after_s = stale_after_s
         self._level = 0

@@ -42,6 +42,7 @@ from encdec_ros.nodes.common import (
     Param,
     declare_parameters,
     qos_profile,
+    relative_topic,
     resolve_share_path,
     run_node,
 )
@@ -123,8 +124,7 @@ class DenoiserNode(Node):
             spec=resolve_share_path(values['spec_file']) or None, device=values['device'],
             threads=values['threads'], params=overrides(values, method))
         topic = self.core.topic
-        # The spec's topic relative, so that the node's namespace applies (/imu -> imu).
-        given = values['input_topic'] or topic.name.lstrip('/')
+        given = values['input_topic'] or relative_topic(topic.name)
         output = values['output_topic'] or f'{given}/denoised'
         msg_cls = message_class(topic.type)
         self._pub = self.create_publisher(
