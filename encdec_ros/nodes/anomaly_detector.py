@@ -36,6 +36,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32
 
 from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer, Decision, check_debounce
+from encdec_ros.engine import DEVICES
 from encdec_ros.errors import ConfigError, EncdecError
 from encdec_ros.io.align import StreamingAligner
 from encdec_ros.io.fields import ShortMessageError, compile_path
@@ -45,21 +46,20 @@ from encdec_ros.nodes.common import (
     DiagnosticsReporter,
     Param,
     declare_parameters,
+    device_param,
     qos_profile,
     relative_topic,
     resolve_share_path,
     run_node,
 )
 
-DEVICES = ('auto', 'tensorrt', 'cuda', 'cpu')
 LATENCY_WINDOW = 4096   # recent samples kept per latency kind (a power of two)
 
 PARAMS = (
     Param('model_dir', '', 'Model directory written by `encdec train anomaly` (model.onnx and '
           'model.yaml); a relative path that does not exist is also looked up in the '
           'installed share directory', read_only=True),
-    Param('device', 'auto', 'Inference device: auto (TensorRT > CUDA > CPU), tensorrt, cuda or '
-          'cpu', read_only=True, constraints='one of auto, tensorrt, cuda, cpu'),
+    device_param('auto'),
     Param('threads', 1, 'ONNX Runtime intra-op threads on the CPU (0: one per core)',
           read_only=True, min=0, max=64),
     Param('stride', 0, 'Ticks between decisions; a decision is taken at tick index k when '
@@ -182,6 +182,7 @@ class AnomalyDetectorNode(Node):
         self.diagnostics = DiagnosticsReporter(
             self, 'anomaly', ', '.join(self.topic_names), p['diagnostics_period'],
             stale_after_s=p['stale_after'])
+        self.diagnostics.report_engine(self.scorer.engine)
         self.diagnostics.update('OK', 'waiting for a full window', self._values())
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(

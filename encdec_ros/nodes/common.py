@@ -356,6 +356,15 @@ class Param:
     type: str | None = None
 
 
+def device_param(default: str) -> Param:
+    """The ``device`` parameter every node takes (the same names as the engine's)."""
+    return Param('device', default, 'Inference device: auto (TensorRT > CUDA > CPU, probed '
+                 'quietly); tensorrt or cuda (that provider, else the next one down with a WARN '
+                 'in the log and /diagnostics); tensorrt_strict or cuda_strict (that provider or '
+                 'the node stops); cpu', read_only=True,
+                 constraints='one of auto, tensorrt, cuda, cpu, tensorrt_strict, cuda_strict')
+
+
 _TYPES = {
     'bool': ParameterType.PARAMETER_BOOL,
     'int': ParameterType.PARAMETER_INTEGER,
@@ -521,6 +530,7 @@ class DiagnosticsReporter:
         self._level = 0
         self._message = 'running'
         self._values: dict[str, Any] = {}
+        self._standing: dict[str, tuple[int, str]] = {}
         self._inputs = 0
         self._last_input: float | None = None
         self._rate_mark = (time.monotonic(), 0)
@@ -541,6 +551,19 @@ class DiagnosticsReporter:
         if values is not None:
             self._values = dict(values)
 
+    def set_standing(self, key: str, level: Any, text: str) -> None:
+        """A condition that holds until cleared (a device fallback): every status is then at
+        least ``level`` and its message ends with ``text``; an empty ``text`` clears ``key``."""
+        if text:
+            self._standing[key] = (_level(level), text)
+        else:
+            self._standing.pop(key, None)
+
+    def report_engine(self, engine: Any) -> None:
+        """Standing WARN naming the provider in use when ``engine`` (an InferenceEngine, or
+        None) does not run on the device asked for."""
+        self.set_standing('device', 'WARN', getattr(engine, 'fallback', '') or '')
+
     @property
     def level(self) -> int:
         """The level the next publication will carry (0 OK … 3 STALE)."""
@@ -549,11 +572,15 @@ class DiagnosticsReporter:
     def _current(self) -> tuple[int, str]:
         now = time.monotonic()
         if self._last_input is None:
-            return 3, 'waiting for the first input'
-        idle = now - self._last_input
-        if idle > self.stale_after_s:
-            return 3, f'no input for {idle:.1f} s'
-        return self._level, self._message
+            level, message = 3, 'waiting for the first input'
+        elif now - self._last_input > self.stale_after_s:
+            level, message = 3, f'no input for {now - self._last_input:.1f} s'
+        else:
+            level, message = self._level, self._message
+        for extra, text in self._standing.values():
+            level = max(level, extra)
+            message = f'{message}; {text}'
+        return level, message
 
     def status(self) -> DiagnosticStatus:
         """Build the DiagnosticStatus that would be published now."""

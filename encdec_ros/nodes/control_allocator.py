@@ -50,11 +50,12 @@ from encdec_ros.allocation.allocators import (
     make_allocator,
     method_name,
 )
-from encdec_ros.errors import ConfigError, EncdecError
+from encdec_ros.errors import ConfigError, EncdecError, EngineError
 from encdec_ros.nodes.common import (
     DiagnosticsReporter,
     Param,
     declare_parameters,
+    device_param,
     qos_profile,
     resolve_share_path,
     run_node,
@@ -69,8 +70,7 @@ PARAMS = [
           read_only=True),
     Param('method', 'auto', 'learned, exact, pseudo_inverse, redistribution or auto (learned '
           'when model_dir is set, else exact).', read_only=True),
-    Param('device', 'cpu', 'Inference device for the learned allocator (cpu, cuda, '
-          'tensorrt, auto).', read_only=True),
+    device_param('cpu'),
     Param('exact_solver', 'active_set', 'Solver of the exact method: active_set or bvls.',
           read_only=True),
     Param('timeout_s', 0.5, 'Seconds without a wanted wrench before the safe output is '
@@ -133,6 +133,7 @@ class ControlAllocatorNode(Node):
         self.diag = DiagnosticsReporter(self, 'control allocation', eff.name,
                                         period_s=float(p['diagnostics_period_s']),
                                         stale_after_s=max(3.0, 4 * self.timeout_s))
+        self.diag.report_engine(getattr(self.core, 'engine', None))
 
         # state
         self._layout = [MultiArrayDimension(label='actuators', size=eff.n_actuators,
@@ -183,6 +184,10 @@ class ControlAllocatorNode(Node):
             try:
                 return make_allocator('learned', self.eff, model_dir=resolve_share_path(model_dir),
                                       device=device)
+            except EngineError as err:
+                if device.endswith('_strict'):   # asked to fail rather than fall back
+                    raise
+                return self._fall_back(str(err), solver)
             except EncdecError as err:
                 return self._fall_back(str(err), solver)
         return make_allocator(method, self.eff, solver=solver, warm_start=True)
