@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -500,6 +501,35 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+class RecentCount:
+    """Events counted over the last ``window_s`` seconds (one-second buckets) and in total,
+    so that a WARN about them clears once they stop."""
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self.total = 0
+        self._buckets: deque[list[int]] = deque()
+
+    def add(self, count: int = 1) -> None:
+        """Count ``count`` events now."""
+        second = int(time.monotonic())
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += count
+        else:
+            self._buckets.append([second, count])
+        self.total += count
+        self._prune(second)
+
+    def recent(self) -> int:
+        """Events in the last ``window_s`` seconds."""
+        self._prune(int(time.monotonic()))
+        return sum(count for _, count in self._buckets)
+
+    def _prune(self, second: int) -> None:
+        while self._buckets and self._buckets[0][0] <= second - self.window_s:
+            self._buckets.popleft()
+
+
 class DiagnosticsReporter:
     """Publish one DiagnosticStatus on ``/diagnostics`` from a steady-clock timer.
 
@@ -514,13 +544,14 @@ class DiagnosticsReporter:
             (``/robot1/anomaly_detector: anomaly``), so nodes in two namespaces differ.
         hardware_id: What the status is about (e.g. the input topic or the robot part).
         period_s: Publishing period in seconds.
-        stale_after_s: Seconds without input after which the status is STALE.
+        stale_after_s: Seconds without input after which the status is STALE; None: the
+            node reports the absence of input itself (the allocator's watchdog does).
         topic: Where to publish.
     """
 
     def __init__(self, node: Node, name: str, hardware_id: str, period_s: float = 1.0, *,
-                 stale_after_s: float = 3.0, topic: str = '/diagnostics') -> None:
-        if not period_s > 0 or not stale_after_s > 0:
+                 stale_after_s: float | None = 3.0, topic: str = '/diagnostics') -> None:
+        if not period_s > 0 or not (stale_after_s is None or stale_after_s > 0):
             raise ConfigError(f'diagnostics period ({period_s}) and stale time '
                               f'({stale_after_s}) must be positive seconds')
         self._node = node
@@ -571,7 +602,9 @@ class DiagnosticsReporter:
 
     def _current(self) -> tuple[int, str]:
         now = time.monotonic()
-        if self._last_input is None:
+        if self.stale_after_s is None:
+            level, message = self._level, self._message
+        elif self._last_input is None:
             level, message = 3, 'waiting for the first input'
         elif now - self._last_input > self.stale_after_s:
             level, message = 3, f'no input for {now - self._last_input:.1f} s'
