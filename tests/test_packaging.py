@@ -84,6 +84,7 @@ def test_the_makefile_install_puts_the_commands_in_the_venv_bin(tmp_path):
     prefix = tmp_path / 'prefix'
     proc = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q',
                            '--disable-pip-version-check', '--no-deps', '--no-build-isolation',
+                           '--ignore-installed',     # leave the .venv's own install alone
                            '--no-index', '-e', str(ROOT), '--prefix', str(prefix)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
