@@ -123,8 +123,9 @@ class ShutdownRequest:
 
 
 class _RclpyLogBridge(logging.Handler):
-    """Python log records of ``encdec_ros.*`` (the engine's device fallback, ...) go to the
-    node's rclpy logger: the console, the log file and /rosout, like the node's own lines."""
+    """Python log records of ``encdec_ros.*`` (the engine's device fallback, ...) go to rclpy's
+    logger of the node (the console and the ROS log file, like the node's own lines): by the
+    node's name while it is being built, by its logger (namespace included) afterwards."""
 
     def __init__(self, name: str) -> None:
         super().__init__(logging.INFO)
@@ -184,7 +185,8 @@ def _run(node_cls: Callable[[], Node], args: list[str] | None, name: str,
     executor: Any = None
     try:
         node = node_cls()
-        name = bridge.node_name = node.get_name()
+        name = node.get_name()
+        bridge.node_name = node.get_logger().name
         executor = make_executor()
         executor.add_node(node)
         stop.interruptible = False
