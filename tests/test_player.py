@@ -19,9 +19,34 @@ def small_bag(tmp_path_factory):
     return write_bag(simulate(SimConfig(duration_s=2.0, seed=3)), path)
 
 
+def _play_and_receive(context, node, bag, got: dict[str, list], want: dict[str, int],
+                      **player_options):
+    """Spin ``node`` (its subscriptions fill ``got``) while a BagPlayer on it plays ``bag``;
+    wait until each topic of ``want`` received that many messages; return the play's stats."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    stop = threading.Event()
+    spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05)
+                                               for _ in iter(stop.is_set, True)])
+    spinner.start()
+    try:
+        with BagPlayer(node, bag, **player_options) as player:
+            assert player.wait_for_subscribers(1, timeout_s=10)
+            stats = player.play()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(len(got[t]) < n for t, n in want.items()):
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        spinner.join()
+        node.destroy_node()
+    return stats
+
+
 def test_player_publishes_the_stored_bytes_in_order(rclpy_context, small_bag):
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Imu, JointState
 
@@ -32,25 +57,9 @@ def test_player_publishes_the_stored_bytes_in_order(rclpy_context, small_bag):
     node.create_subscription(Imu, '/t/imu', lambda m: got['/t/imu'].append(m), qos, raw=True)
     node.create_subscription(JointState, '/motors', lambda m: got['/motors'].append(m), qos,
                              raw=True)
-    executor = SingleThreadedExecutor(context=rclpy_context)
-    executor.add_node(node)
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05)
-                                               for _ in iter(stop.is_set, True)])
-    spinner.start()
-    try:
-        with BagPlayer(node, small_bag, topics=['/imu', '/motors'], rate=4.0,
-                       remap={'/imu': '/t/imu'}, qos=qos) as player:
-            assert player.wait_for_subscribers(1, timeout_s=10)
-            stats = player.play()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (len(got['/t/imu']) < 400 or
-                                               len(got['/motors']) < 200):
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        spinner.join()
-        node.destroy_node()
+    stats = _play_and_receive(rclpy_context, node, small_bag, got,
+                              {'/t/imu': 400, '/motors': 200}, topics=['/imu', '/motors'],
+                              rate=4.0, remap={'/imu': '/t/imu'}, qos=qos)
     assert stats.per_topic == {'/imu': 400, '/motors': 200}
     assert 2.5 < stats.speedup < 4.5        # paced at four times real time
     with BagSource(small_bag) as bag:
@@ -128,7 +137,6 @@ def _ros1_bag(path):
 
 def test_player_converts_a_ros1_bag_to_ros2_messages(rclpy_context, tmp_path):
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Imu, JointState
 
@@ -140,24 +148,8 @@ def test_player_converts_a_ros1_bag_to_ros2_messages(rclpy_context, tmp_path):
     got: dict[str, list] = {'/imu': [], '/joints': []}
     node.create_subscription(Imu, '/imu', got['/imu'].append, qos)
     node.create_subscription(JointState, '/joints', got['/joints'].append, qos)
-    executor = SingleThreadedExecutor(context=rclpy_context)
-    executor.add_node(node)
-    stop = threading.Event()
-    spinner = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.05)
-                                               for _ in iter(stop.is_set, True)])
-    spinner.start()
-    try:
-        with BagPlayer(node, path, rate=0, qos=qos) as player:
-            assert player.wait_for_subscribers(1, timeout_s=10)
-            stats = player.play()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (len(got['/imu']) < 50 or
-                                               len(got['/joints']) < 10):
-            time.sleep(0.05)
-    finally:
-        stop.set()
-        spinner.join()
-        node.destroy_node()
+    stats = _play_and_receive(rclpy_context, node, path, got, {'/imu': 50, '/joints': 10},
+                              rate=0, qos=qos)
     assert stats.per_topic == {'/imu': 50, '/joints': 10}
     imu = [(m.header.stamp.sec, m.header.stamp.nanosec, m.angular_velocity.x,
             m.linear_acceleration.z) for m in got['/imu']]
