@@ -64,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, 'func', None):
         parser.print_help()
         return 2
+    already = len(_saved_model_dirs())
     try:
         return int(args.func(args) or 0)
     except EncdecError as err:
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'encdec: error{where}: {err}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print('encdec: interrupted', file=sys.stderr)
+        print(f'encdec: {_interrupted(args, _saved_model_dirs()[already:])}', file=sys.stderr)
         return 130
     except BrokenPipeError:              # `encdec inspect BAG | head`: the reader has left
         try:
@@ -90,6 +91,24 @@ def process_rank() -> tuple[int, int]:
         return int(os.environ.get('RANK', '0')), int(os.environ.get('WORLD_SIZE', '1'))
     except ValueError:
         return 0, 1
+
+
+def _saved_model_dirs() -> list:
+    """Model directories saved so far (none while modeldir, and numpy, are not imported)."""
+    module = sys.modules.get('encdec_ros.modeldir')
+    return module.saved_model_dirs() if module is not None else []
+
+
+def _interrupted(args: argparse.Namespace, saved: Sequence[os.PathLike]) -> str:
+    """What a Ctrl-C left behind, in one sentence: a model directory is written whole or not
+    at all, so either it was saved (and loads) or nothing of it was written."""
+    if saved:
+        return (f'interrupted after the model directory {saved[-1]} was saved: model.onnx and '
+                'model.yaml are complete and load; what came after them (loss.png, the '
+                'summary) may be missing')
+    if args.command == 'train':
+        return 'interrupted before the model was saved; no model directory was written'
+    return 'interrupted'
 
 
 if __name__ == '__main__':
