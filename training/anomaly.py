@@ -134,7 +134,7 @@ class TrainOptions:
     exclude_labelled: bool = True
     time_limit_s: float | None = None
     threads: int | None = None
-    # data loading (training.data); they do not change the model
+    # data loading (training.data); only shuffle_shards can change the model (> N bags)
     shuffle_shards: int = SHUFFLE_SHARDS
     workers: int | None = None
     cache_dir: str | None = None

@@ -18,16 +18,18 @@ BAG_HELP = ('{what}: a rosbag2 directory, .db3/.mcap or ROS 1 .bag, a folder sea
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     """The options of how many bags reach training (training.data), shared by commands."""
-    g = parser.add_argument_group('many bags (training.data; they do not change the model)')
+    g = parser.add_argument_group('many bags (training.data)')
     g.add_argument('--cache', metavar='DIR',
                    help='folder of the cached aligned shards, one per bag and spec (default: '
-                        '.encdec_shards beside --out)')
+                        '.encdec_shards beside --out); does not change the model')
     g.add_argument('--shuffle-shards', type=int, default=8, metavar='N',
                    help='bags whose windows are shuffled together each epoch, and held in '
-                        'memory at a time by all processes together (8)')
+                        'memory at a time by all processes together; with at most N bags the '
+                        'batches are those of an in-memory run (8)')
     g.add_argument('--workers', type=int, metavar='N',
                    help='DataLoader workers reading bags in parallel, per process (default: '
-                        'as many as its CPUs when reading several bags; 0: none)')
+                        'as many as its CPUs when reading several bags; 0: none); does not '
+                        'change the model')
 ERROR_CHOICES = ('mse', 'channel_max', 'channel_max_flat')
 
 
