@@ -68,7 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EncdecError as err:
-        print(f'encdec: error: {err}', file=sys.stderr)
+        rank, world = process_rank()
+        if rank and getattr(err, 'all_ranks', False):
+            return 2                     # under torchrun: rank 0 says it once for all
+        where = f' (process {rank} of {world})' if world > 1 else ''
+        print(f'encdec: error{where}: {err}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'encdec: {_interrupted(args, _saved_model_dirs()[already:])}', file=sys.stderr)
@@ -79,6 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return 0
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun, (0, 1) otherwise."""
+    try:
+        return int(os.environ.get('RANK', '0')), int(os.environ.get('WORLD_SIZE', '1'))
+    except ValueError:
+        return 0, 1
 
 
 def _saved_model_dirs() -> list:
