@@ -379,7 +379,8 @@ def test_node_publishes_each_windows_code_over_dds(bags, baselines, rclpy_contex
         play_qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
                               history=HistoryPolicy.KEEP_ALL)
         with BagPlayer(client, bags['faults'], topics=node.spec.topic_names, rate=8.0,
-                       qos=play_qos) as player:
+                       qos=play_qos, remap={t: f'/f{t}' for t in node.spec.topic_names}
+                       ) as player:
             assert player.wait_for_subscribers(1, timeout_s=10)
             player.play()
         # on a loaded machine the node lags behind the player: wait while it still decides

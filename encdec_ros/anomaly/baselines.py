@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -75,7 +75,8 @@ class BaselineFit:
 
 def fit_baseline(arch: str, windows: np.ndarray, *, latent: int = 8,
                  parity: np.ndarray | None = None, atol: float = 1e-4) -> BaselineFit:
-    """Fit ``arch`` on normalised training windows [N, W, C] and build its ONNX graph.
+    """Fit ``arch`` on normalised training windows [N, W, C] held in memory (see
+    :func:`baseline_fitter` for windows that arrive in pieces) and build its ONNX graph.
 
     Args:
         arch: 'pca' or 'robust_z'.
@@ -85,67 +86,95 @@ def fit_baseline(arch: str, windows: np.ndarray, *, latent: int = 8,
             windows), at their batch size, at batch 1 and at batch 3.
         atol: Largest allowed absolute difference.
     """
-    t0 = time.perf_counter()
-    x = np.asarray(windows, dtype=np.float64)
-    if x.ndim != 3 or len(x) < 2:
-        raise ConfigError(f'fitting {arch} needs at least 2 windows [N, W, C], got shape '
-                          f'{list(x.shape)}; give longer bags or a smaller window')
-    _, w, c = x.shape
+    x = np.asarray(windows)
+    if x.ndim != 3:
+        raise ConfigError(f'fitting {arch} needs windows [N, W, C], got shape {list(x.shape)}')
+    fitter = baseline_fitter(arch, x.shape[1], x.shape[2], latent=latent)
+    fitter.add(x)
+    return fitter.finish(x[:64] if parity is None else parity, atol=atol)
+
+
+def baseline_fitter(arch: str, window: int, channels: int, *, latent: int = 8
+                    ) -> 'PcaFitter | RobustZFitter':
+    """An empty fitter for ``arch``: ``add`` normalised training windows in pieces,
+    ``merge`` the fitters of other processes, then ``finish``."""
     if arch == 'pca':
-        fit, reference = _fit_pca(x, latent)
-    elif arch == 'robust_z':
-        fit, reference = _fit_robust_z(x)
-    else:
-        raise ConfigError(f'baseline {arch!r} is not one of {", ".join(BASELINES)}')
-    check = np.asarray(parity if parity is not None else windows[:64], dtype=np.float32)
-    diff, sizes = _parity(fit.onnx, check, reference, atol)
-    fit.export = {'exporter': 'numpy (onnx.helper)', 'opset': OPSET, 'max_abs_diff': diff,
-                  'atol': atol, 'batch_sizes': sizes, 'file_bytes': len(fit.onnx),
-                  'sha256': hashlib.sha256(fit.onnx).hexdigest(),
-                  'seconds': round(time.perf_counter() - t0, 3), 'versions': _versions()}
-    return fit
+        return PcaFitter(window, channels, latent)
+    if arch == 'robust_z':
+        return RobustZFitter(window, channels)
+    raise ConfigError(f'baseline {arch!r} is not one of {", ".join(BASELINES)}')
 
 
 # --------------------------------------------------------------------------- PCA
 
 
-def _fit_pca(x: np.ndarray, latent: int) -> tuple[BaselineFit, Any]:
-    n, w, c = x.shape
-    d = w * c
-    flat = x.reshape(n, d)
-    mu = flat.mean(axis=0)
-    centred = flat - mu
-    k = int(min(latent, d, n - 1))
-    if k < 1:
-        raise ConfigError(f'PCA needs at least 2 training windows, got {n}')
-    if d <= n:
-        cov = centred.T @ centred / (n - 1)
-        vals, vecs = np.linalg.eigh(cov)
+MAX_PCA_INPUTS = 4096
+"""Largest flattened window (W*C) PCA accepts: its covariance holds (W*C)^2 numbers."""
+
+
+class PcaFitter:
+    """Sums of the flattened windows and of their outer products (exact, in any order)."""
+
+    def __init__(self, window: int, channels: int, latent: int) -> None:
+        d = window * channels
+        if d > MAX_PCA_INPUTS:
+            raise ConfigError(f'PCA over windows of {window} samples x {channels} channels '
+                              f'needs a covariance of {d} x {d} numbers; give a window of at '
+                              f'most {MAX_PCA_INPUTS} values (--window), or use a network')
+        self.window, self.channels, self.latent = window, channels, latent
+        self.n = 0
+        self.total = np.zeros(d)
+        self.outer = np.zeros((d, d))
+
+    def add(self, windows: np.ndarray) -> None:
+        """Add normalised windows [n, W, C]."""
+        flat = np.asarray(windows, dtype=np.float64).reshape(len(windows), -1)
+        self.n += len(flat)
+        self.total += flat.sum(axis=0)
+        self.outer += flat.T @ flat
+
+    def merge(self, others: Sequence['PcaFitter']) -> 'PcaFitter':
+        """Add the sums of other fitters (other processes' windows)."""
+        for other in others:
+            if other is not self:
+                self.n += other.n
+                self.total += other.total
+                self.outer += other.outer
+        return self
+
+    def finish(self, parity: np.ndarray, *, atol: float = 1e-4) -> BaselineFit:
+        """The leading components, the graph, and its parity with numpy on ``parity``."""
+        t0 = time.perf_counter()
+        n, w, c = self.n, self.window, self.channels
+        if n < 2:
+            raise ConfigError(f'PCA needs at least 2 training windows, got {n}; give longer '
+                              'bags or a smaller window')
+        d = w * c
+        mu = self.total / n
+        cov = (self.outer - n * np.outer(mu, mu)) / (n - 1)
+        vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
         order = np.argsort(vals)[::-1]
         vals, vecs = vals[order], vecs[:, order]
-    else:       # fewer windows than dimensions: the SVD of the data is cheaper
-        _, sing, vt = np.linalg.svd(centred, full_matrices=False)
-        vals, vecs = sing ** 2 / (n - 1), vt.T
-    total = float(np.sum(np.clip(vals, 0, None)))
-    comps = vecs[:, :k]
-    # a deterministic sign per component: its largest loading positive
-    sign = np.sign(comps[np.argmax(np.abs(comps), axis=0), np.arange(k)])
-    comps = comps * np.where(sign == 0, 1.0, sign)
-    lam = np.maximum(vals[:k], MIN_SCALE ** 2)
-    p32, mu32 = comps.astype(np.float32), mu.astype(np.float32)
-    onnx_bytes = _pca_graph(p32, mu32, w, c)
+        k = int(min(self.latent, d, n - 1))
+        total = float(np.sum(np.clip(vals, 0, None)))
+        comps = vecs[:, :k]
+        # a deterministic sign per component: its largest loading positive
+        sign = np.sign(comps[np.argmax(np.abs(comps), axis=0), np.arange(k)])
+        comps = comps * np.where(sign == 0, 1.0, sign)
+        lam = np.maximum(vals[:k], MIN_SCALE ** 2)
+        p32, mu32 = comps.astype(np.float32), mu.astype(np.float32)
 
-    def reference(batch: np.ndarray) -> list[np.ndarray]:
-        v = batch.reshape(len(batch), d).astype(np.float64)
-        code = (v - mu32) @ p32.astype(np.float64)
-        return [(code @ p32.T.astype(np.float64) + mu32).reshape(batch.shape), code]
+        def reference(batch: np.ndarray) -> list[np.ndarray]:
+            v = batch.reshape(len(batch), d).astype(np.float64)
+            code = (v - mu32) @ p32.astype(np.float64)
+            return [(code @ p32.T.astype(np.float64) + mu32).reshape(batch.shape), code]
 
-    explained = float(np.sum(vals[:k]) / total) if total > 0 else 1.0
-    fit = BaselineFit('pca', onnx_bytes, int(p32.size + mu32.size), {},
-                      {'components': k, 'explained_variance': explained,
-                       'eigenvalues': lam.tolist()},
-                      np.zeros(k), np.sqrt(lam))
-    return fit, reference
+        explained = float(np.sum(np.clip(vals[:k], 0, None)) / total) if total > 0 else 1.0
+        fit = BaselineFit('pca', _pca_graph(p32, mu32, w, c), int(p32.size + mu32.size), {},
+                          {'components': k, 'explained_variance': explained,
+                           'eigenvalues': lam.tolist()},
+                          np.zeros(k), np.sqrt(lam))
+        return _finish(fit, parity, reference, atol, t0)
 
 
 def _pca_graph(p: np.ndarray, mu: np.ndarray, w: int, c: int) -> bytes:
@@ -170,26 +199,64 @@ def _pca_graph(p: np.ndarray, mu: np.ndarray, w: int, c: int) -> bytes:
 # --------------------------------------------------------------------------- robust z
 
 
-def _fit_robust_z(x: np.ndarray) -> tuple[BaselineFit, Any]:
-    n, w, c = x.shape
-    rows = x.reshape(n * w, c)
-    med = np.median(rows, axis=0)
-    scale = MAD_SCALE * np.median(np.abs(rows - med), axis=0)
-    # a channel that holds one value most of the time has MAD 0: use its std there
-    std = rows.std(axis=0)
-    scale = np.where(scale > MIN_SCALE, scale, np.maximum(std, MIN_SCALE))
-    med32 = med.astype(np.float32)
-    inv32 = (1.0 / scale).astype(np.float32)
-    onnx_bytes = _robust_z_graph(med32, inv32, w, c)
+MAX_ROWS = 1 << 20
+"""Most training samples the robust z-score keeps for its medians (evenly thinned beyond)."""
 
-    def reference(batch: np.ndarray) -> list[np.ndarray]:
-        xb = batch.astype(np.float64)
-        z = (xb - med32) * inv32
-        return [xb - z, z.mean(axis=1)]
 
-    fit = BaselineFit('robust_z', onnx_bytes, int(2 * c), {},
-                      {'median': med.tolist(), 'scale': scale.tolist()})
-    return fit, reference
+class RobustZFitter:
+    """The training samples (thinned evenly to at most :data:`MAX_ROWS`) for the medians."""
+
+    def __init__(self, window: int, channels: int) -> None:
+        self.window, self.channels = window, channels
+        self.parts: list[np.ndarray] = []
+        self.kept = 0
+        self.every = 1          # keep one sample in ``every``
+        self._seen = 0
+
+    def add(self, windows: np.ndarray) -> None:
+        """Add normalised windows [n, W, C] (their samples)."""
+        rows = np.asarray(windows, dtype=np.float32).reshape(-1, self.channels)
+        idx = np.arange(self._seen, self._seen + len(rows))
+        self._seen += len(rows)
+        rows = rows[idx % self.every == 0]
+        self.parts.append(rows)
+        self.kept += len(rows)
+        while self.kept > MAX_ROWS:
+            self.parts = [np.concatenate(self.parts)[::2]]
+            self.kept = len(self.parts[0])
+            self.every *= 2
+
+    def merge(self, others: Sequence['RobustZFitter']) -> 'RobustZFitter':
+        """Add the samples of other fitters (other processes' windows)."""
+        for other in others:
+            if other is not self:
+                self.parts += other.parts
+                self.kept += other.kept
+        return self
+
+    def finish(self, parity: np.ndarray, *, atol: float = 1e-4) -> BaselineFit:
+        """Medians and scales, the graph, and its parity with numpy on ``parity``."""
+        t0 = time.perf_counter()
+        w, c = self.window, self.channels
+        if not self.kept:
+            raise ConfigError('the robust z-score needs training windows; give longer bags')
+        rows = np.concatenate(self.parts).astype(np.float64)
+        med = np.median(rows, axis=0)
+        scale = MAD_SCALE * np.median(np.abs(rows - med), axis=0)
+        # a channel that holds one value most of the time has MAD 0: use its std there
+        std = rows.std(axis=0)
+        scale = np.where(scale > MIN_SCALE, scale, np.maximum(std, MIN_SCALE))
+        med32 = med.astype(np.float32)
+        inv32 = (1.0 / scale).astype(np.float32)
+
+        def reference(batch: np.ndarray) -> list[np.ndarray]:
+            xb = batch.astype(np.float64)
+            z = (xb - med32) * inv32
+            return [xb - z, z.mean(axis=1)]
+
+        fit = BaselineFit('robust_z', _robust_z_graph(med32, inv32, w, c), int(2 * c), {},
+                          {'median': med.tolist(), 'scale': scale.tolist()})
+        return _finish(fit, parity, reference, atol, t0)
 
 
 def _robust_z_graph(med: np.ndarray, inv: np.ndarray, w: int, c: int) -> bytes:
@@ -206,6 +273,20 @@ def _robust_z_graph(med: np.ndarray, inv: np.ndarray, w: int, c: int) -> bytes:
 
 
 # --------------------------------------------------------------------------- shared
+
+
+def _finish(fit: BaselineFit, check: np.ndarray, reference: Any, atol: float,
+            t0: float) -> BaselineFit:
+    """Check the graph against numpy on ``check`` and record the export figures."""
+    check = np.asarray(check, dtype=np.float32)
+    if not len(check):
+        raise ConfigError('no windows to check the fitted baseline on; give longer bags')
+    diff, sizes = _parity(fit.onnx, check, reference, atol)
+    fit.export = {'exporter': 'numpy (onnx.helper)', 'opset': OPSET, 'max_abs_diff': diff,
+                  'atol': atol, 'batch_sizes': sizes, 'file_bytes': len(fit.onnx),
+                  'sha256': hashlib.sha256(fit.onnx).hexdigest(),
+                  'seconds': round(time.perf_counter() - t0, 3), 'versions': _versions()}
+    return fit
 
 
 def _model(nodes: list, inits: list, w: int, c: int, outputs: list, name: str) -> bytes:
