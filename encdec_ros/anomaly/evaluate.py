@@ -338,8 +338,8 @@ def summary_lines(result: EvalResult) -> list[str]:
     if dec['invalid']:
         lines.append(f'NOT SCORED: {dec["invalid"]} of {dec["windows"]} windows '
                      f'({100 * dec["invalid"] / dec["windows"]:.1f} %) held NaN or infinite '
-                     'values; they count as not flagged here (the node reports them as ERROR '
-                     'on /diagnostics)')
+                     'values; they are flagged, as the node flags them (a dead sensor is a '
+                     'fault; ERROR on /diagnostics)')
     lines.append(f'point-wise: precision {fmt(pw["precision"])}  recall {fmt(pw["recall"])}  '
                  f'F1 {fmt(pw["f1"])}  FAR {fmt(pw["far"], True)}  MAR {fmt(pw["mar"], True)}')
     if 'pointwise_after_grace' in m and m['events']:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from encdec_ros.errors import BagError, SpecError
-from encdec_ros.io.align import Stream, align, monotonic, repeats, stalled
+from encdec_ros.io.align import Stream, align, clean, repeats, stalled
 from encdec_ros.io.fields import ShortMessageError, compile_path
 from encdec_ros.io.labels import (
     LABEL_TOPIC,
@@ -419,17 +419,34 @@ def read_streams(bag: BagSource, spec: SignalSpec, *, show_progress: bool | None
             warnings.append(f'{topic}: skipped {short[topic]} messages with fewer array '
                             'elements than the spec asks for')
         values = np.asarray(rows[topic], dtype=np.float64).reshape(-1, width)
-        stream = monotonic(np.asarray(stamps[topic], dtype=np.int64), values)
-        if stalled(stream.stamps_ns):
-            raise BagError(stalled_message(bag.path, topic, stream.stamps_ns, use_header))
-        if stream.dropped:
-            warnings.append(f'{topic}: dropped {stream.dropped} messages stamped earlier than '
-                            f'one before them ({"header" if use_header else "receive"} time)')
+        raw = np.asarray(stamps[topic], dtype=np.int64)
+        if stalled(raw):
+            raise BagError(stalled_message(bag.path, topic, raw, use_header))
+        stream = clean(raw, values, spec.period_ns, max_hold_ns=spec.topic(topic).max_hold_ns)
+        warnings.extend(time_warnings(topic, stream, use_header))
         bad = int((~np.isfinite(stream.values)).any(axis=1).sum())
         if bad:
             warnings.append(f'{topic}: {bad} messages hold NaN or infinite values')
         streams[topic] = stream
     return streams, list(bag.warnings) + warnings
+
+
+def time_warnings(topic: str, stream: Stream, use_header: bool) -> list[str]:
+    """What the time model (:mod:`encdec_ros.io.align`) made of a topic's stamps, in words."""
+    kind = 'header' if use_header else 'receive'
+    out = []
+    if stream.dropped:
+        out.append(f'{topic}: dropped {stream.dropped} messages whose {kind} stamps jump away '
+                   'from the ones around them (the next stamp went on from the old ones)')
+    if stream.gaps:
+        jumps = f', {stream.jumps_forward} of them jumps of the clock' \
+            if stream.jumps_forward else ''
+        out.append(f'{topic}: {stream.gaps} gaps longer than the topic holds a sample{jumps}; '
+                   'no tick (and no window) spans them')
+    if stream.jumps_back:
+        out.append(f'{topic}: its {kind} stamps jump back in time {stream.jumps_back} times; '
+                   'the aligned signal starts again after each')
+    return out
 
 
 def stalled_message(path: str | Path, topic: str, stamps_ns: np.ndarray, use_header: bool
