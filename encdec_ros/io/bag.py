@@ -388,6 +388,7 @@ def read_streams(bag: BagSource, spec: SignalSpec, *, show_progress: bool | None
     stamps: dict[str, list[int]] = {t: [] for t in extractors}
     rows: dict[str, list[list[float]]] = {t: [] for t in extractors}
     short: dict[str, int] = {t: 0 for t in extractors}
+    unstamped: dict[str, int] = {t: 0 for t in extractors}
     total = sum(bag.topics[t].count for t in extractors)
     for topic, log_ns, msg in progress(bag.messages(list(extractors)), total=total,
                                        desc=f'reading {bag.path.name}', unit='msg',
@@ -402,7 +403,11 @@ def read_streams(bag: BagSource, spec: SignalSpec, *, show_progress: bool | None
             continue
         if use_header:
             st = msg.header.stamp
-            stamps[topic].append(st.sec * 1_000_000_000 + st.nanosec)
+            stamp = st.sec * 1_000_000_000 + st.nanosec
+            if stamp == 0:          # never filled in: cannot be timed (the node skips them too)
+                unstamped[topic] += 1
+                continue
+            stamps[topic].append(stamp)
         else:
             stamps[topic].append(log_ns)
         rows[topic].append(row)
@@ -420,6 +425,13 @@ def read_streams(bag: BagSource, spec: SignalSpec, *, show_progress: bool | None
                             'elements than the spec asks for')
         values = np.asarray(rows[topic], dtype=np.float64).reshape(-1, width)
         raw = np.asarray(stamps[topic], dtype=np.int64)
+        if unstamped[topic] and unstamped[topic] >= raw.size:
+            raise BagError(stalled_message(bag.path, topic,
+                                           np.zeros(unstamped[topic] + raw.size, np.int64),
+                                           use_header))
+        if unstamped[topic]:
+            warnings.append(f'{topic}: skipped {unstamped[topic]} messages whose header stamp '
+                            'is zero (never filled in)')
         if stalled(raw):
             raise BagError(stalled_message(bag.path, topic, raw, use_header))
         stream = clean(raw, values, spec.period_ns, max_hold_ns=spec.topic(topic).max_hold_ns)
