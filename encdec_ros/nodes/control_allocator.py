@@ -51,8 +51,11 @@ from encdec_ros.allocation.allocators import (
     method_name,
 )
 from encdec_ros.errors import ConfigError, EncdecError
+from encdec_ros.io.align import TopicClock
 from encdec_ros.nodes.common import (
+    LEVELS,
     DiagnosticsReporter,
+    InputMonitor,
     Param,
     declare_parameters,
     qos_profile,
@@ -61,6 +64,7 @@ from encdec_ros.nodes.common import (
 )
 
 LATENCY_WINDOW = 1024
+AXES = ('force.x', 'force.y', 'force.z', 'torque.x', 'torque.y', 'torque.z')
 
 PARAMS = [
     Param('effectiveness', '', 'Effectiveness YAML (B, limits, weights); empty: the one stored '
@@ -128,8 +132,12 @@ class ControlAllocatorNode(Node):
         if p['publish_error']:
             self.pub_werr = self.create_publisher(WrenchStamped, '~/wrench_error', qos_out)
             self.pub_err = self.create_publisher(Float32, '~/error', qos_out)
+        self.monitor = InputMonitor(
+            self, [(self.resolve_topic_name('wrench_cmd'), 'geometry_msgs/msg/WrenchStamped')],
+            silent_after_s=None)               # silence is the watchdog's
+        self._stamps = TopicClock(10_000_000)   # counts jumps in the wrench stamps
         self.sub = self.create_subscription(WrenchStamped, 'wrench_cmd', self._on_wrench,
-                                            qos_in)
+                                            qos_in, event_callbacks=self.monitor.event_callbacks(0))
         self.diag = DiagnosticsReporter(self, 'control allocation', eff.name,
                                         period_s=float(p['diagnostics_period_s']),
                                         stale_after_s=max(3.0, 4 * self.timeout_s))
@@ -200,8 +208,15 @@ class ControlAllocatorNode(Node):
         f, t = msg.wrench.force, msg.wrench.torque
         full = np.array((f.x, f.y, f.z, t.x, t.y, t.z))
         self.diag.mark_input()
+        self.monitor.arrived(0)
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if stamp:
+            self.monitor.stamp(0, stamp)
+            self._stamps.offer(stamp)
         if not np.isfinite(full).all():
             self.rejected += 1
+            self.monitor.nonfinite(0, [f'wrench.{a}' for a, ok in zip(AXES, np.isfinite(full))
+                                       if not ok])
             return
         frame = msg.header.frame_id
         if frame and frame != self.eff.frame_id and not self.frame_mismatch:
@@ -298,6 +313,12 @@ class ControlAllocatorNode(Node):
         }
         if self.fallback_reason:
             values['fallback'] = self.fallback_reason
+        monitor, clock = self.monitor, self._stamps
+        monitor.set(0, 'used', self.commands)
+        monitor.set(0, 'jumps back', clock.jumps_back)
+        monitor.set(0, 'jumps forward', clock.jumps_forward)
+        level, inputs, input_values = monitor.report()
+        values.update(input_values)
         problems = []
         if self.fallback_reason:
             problems.append(self.fallback_reason)
@@ -309,8 +330,8 @@ class ControlAllocatorNode(Node):
         if self.frame_mismatch:
             problems.append(f'wrenches arrive in frame {self.frame_mismatch!r}, expected '
                             f'{self.eff.frame_id!r}')
-        if problems:
-            self.diag.update('WARN', '; '.join(problems), values)
+        if problems or inputs:
+            self.diag.update(max(level, LEVELS['WARN']), '; '.join(inputs + problems), values)
         else:
             self.diag.update('OK', f'{self.core.method}: last error '
                              f'{self._last_error:.2%} of the largest wrench', values)
