@@ -518,9 +518,9 @@ class InputMonitor:
         level, problems, values = 0, [], {}
         for item in self.inputs:
             c = item.counts
-            for key, value in c.items():
-                if value > item.seen[key]:
-                    item.changed[key] = now
+            grew = {key for key, value in c.items() if value > item.seen[key]}
+            for key in grew:
+                item.changed[key] = now
             item.seen = dict(c)
             if item.mark is not None and now - item.mark[0] >= 0.5:
                 item.rate = (c['received'] - item.mark[1]) / (now - item.mark[0])
@@ -529,7 +529,7 @@ class InputMonitor:
                 item.mark = (now, c['received'])
             idle = now - (item.last_arrival if item.last_arrival is not None else self._start)
             recent = {k for k, t in item.changed.items() if now - t <= RECENT_S}
-            for lvl, text in self._problems(item, idle, others, recent):
+            for lvl, text in self._problems(item, idle, others, recent, grew):
                 level = max(level, lvl)
                 problems.append(text)
             name = item.name
@@ -543,8 +543,8 @@ class InputMonitor:
             values[f'{name}: publishers of another type'] = len(item.wrong)
         return level, problems, values
 
-    def _problems(self, item: _Input, idle: float, others: float, recent: set[str]
-                  ) -> list[tuple[int, str]]:
+    def _problems(self, item: _Input, idle: float, others: float, recent: set[str],
+                  grew: set[str]) -> list[tuple[int, str]]:
         name, c = item.name, item.counts
         out: list[tuple[int, str]] = []
         if item.wrong:
@@ -574,11 +574,10 @@ class InputMonitor:
                            'unset), so its messages cannot be timed; make the driver stamp '
                            f'them, or use stamp: receive under {name} in the spec'))
         if 'short' in recent:
-            only = 'used' not in recent
+            only = 'short' in grew and 'used' not in grew      # since the last report
             out.append((2 if only else 1,
                         f'{name}: {c["short"]} messages with fewer array elements than the '
-                        'spec needs were not used' + ('; none was usable lately' if only
-                                                      else '')))
+                        'spec needs were not used' + ('; none is usable now' if only else '')))
         if 'dropped (stamps)' in recent:
             out.append((1, f'{name}: {c["dropped (stamps)"]} messages dropped whose stamps '
                            'jump away from the ones around them'))
