@@ -24,14 +24,17 @@ import yaml
 from encdec_ros.anomaly.evaluate import (
     anomaly_metrics,
     confusion,
+    data_gaps,
     evaluate_bag,
+    held_values,
+    in_gaps,
     parse_span,
     pooled,
 )
 from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer
 from encdec_ros.errors import ConfigError, ModelDirError, SpecError
 from encdec_ros.io.bag import read_bag
-from encdec_ros.io.labels import Interval
+from encdec_ros.io.labels import Interval, label_mask
 from encdec_ros.modeldir import save_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,6 +301,62 @@ def test_metrics_follow_skab_definitions():
     assert m['alarms']['false_alarms'] == 1
 
 
+def test_false_alarm_accounting_agrees_with_far_when_the_flag_never_falls():
+    """The owner's UR3 log: the flag rose early and stayed up through every labelled fault.
+    The old accounting forgave the long stretch because it touched a fault and reported one
+    isolated blip, `false alarms: 1 (1.0 s flagged, 4.6 per hour)`, beside FAR 99 %."""
+    s = 1_000_000_000
+    t = np.arange(0, 13 * 60 * s, s)                 # 13 min of 1 Hz rows
+    labels = [Interval(200 * s, 230 * s, 'protective_stop'),
+              Interval(500 * s, 520 * s, 'grip_lost')]
+    flags = np.ones(t.size, bool)
+    flags[:60] = False                               # up after the first minute, for good
+    flags[40] = True                                 # and one isolated blip before that
+    plabels = label_mask(labels, t)
+    m = anomaly_metrics(flags, plabels, t, flags, labels, grace_s=5.0, points=t)
+    far = m['pointwise_after_grace']['far']
+    assert far > 0.9
+    al, tm = m['alarms'], m['time']
+    # every flagged normal second outside the grace is a false-alarm second: the time shares
+    # are the FAR of the same points
+    assert tm['flagged_normal_share'] == pytest.approx(far)
+    assert al['false_alarm_s'] == pytest.approx(tm['flagged_normal_share'] * tm['normal_s'])
+    # the blip, the stretch up to the first fault, between the faults, after the second
+    assert al['false_alarms'] == 4
+    assert al['false_alarms_per_hour'] == pytest.approx(4 / (tm['normal_s'] / 3600))
+    assert tm['normal_s'] == pytest.approx(13 * 60 - 50 - 10)     # faults and their grace
+    assert m['flag_everything']['f1'] == pytest.approx(2 * 50 / (2 * 50 + 730))
+    assert any('of normal time' in w and 'says nothing' in w for w in m['warnings'])
+
+
+def test_gaps_hold_no_points_no_flags_and_no_normal_time():
+    """Two hours without data inside a log: the gap is not normal time, holds no false alarm,
+    and a flag raised before it does not carry over to the rows after it."""
+    s = 1_000_000_000
+    before = np.arange(0, 600 * s, s)
+    after = np.arange(before[-1] + 7200 * s, before[-1] + 7800 * s, s)
+    t = np.concatenate([before, after])
+    gaps = data_gaps([t])
+    assert len(gaps) == 1 and gaps[0][1] == after[0]
+    assert not in_gaps(t, gaps).any()
+    dec_f = np.zeros(t.size, bool)
+    dec_f[590:600] = True                            # up in the last 10 s before the gap
+    pflags = held_values(t, dec_f, t, gaps=gaps)
+    np.testing.assert_array_equal(pflags, dec_f)
+    # the point after the gap, where no decision was made yet, carries no flag
+    late = held_values(t[:600], dec_f[:600], after[:3], gaps=gaps)
+    assert not late.any()
+    m = anomaly_metrics(pflags, np.zeros(t.size, bool), t, dec_f, [], grace_s=1.0, points=t,
+                        gaps=gaps)
+    assert m['time']['normal_s'] == pytest.approx(1200, abs=1)       # not 2 h 20 min
+    assert m['time']['gap_s'] == pytest.approx(7200 - 10, abs=1)
+    assert m['alarms']['false_alarms'] == 1
+    assert m['alarms']['false_alarm_s'] == pytest.approx(10)
+    assert m['alarms']['false_alarms_per_hour'] == pytest.approx(3.0, rel=0.01)
+    assert m['time']['flagged_normal_share'] == pytest.approx(m['pointwise']['far'], rel=1e-3)
+    assert m['warnings'] == []
+
+
 def test_eval_cli_writes_json_and_png(flight, tmp_path, capsys):
     from encdec_ros.cli import main
 
@@ -389,7 +448,7 @@ def test_eval_says_what_it_could_not_score(flight, tmp_path, capsys):
         evaluate_bag(flight['model'], everywhere)
     with pytest.raises(BagError, match='gives no complete window'):
         evaluate_bag(flight['model'], short)
-    with pytest.raises(ConfigError, match=r'span 100.0:200.0 s holds no sample of .* 20.0 s long'):
+    with pytest.raises(ConfigError, match=r'span 100:200 holds no sample of .* 20.0 s long'):
         evaluate_bag(flight['model'], stretch, eval_span=(100.0, 200.0))
 
     result = evaluate_bag(flight['model'], stretch)

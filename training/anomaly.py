@@ -44,6 +44,7 @@ from encdec_ros.anomaly.scorer import (
 )
 from encdec_ros.errors import ConfigError, ModelDirError
 from encdec_ros.io.bag import Recording, read_bags
+from encdec_ros.io.span import Span, resolve_span, span_text, span_yaml
 from encdec_ros.io.spec import SignalSpec
 from encdec_ros.io.window import window_ends, windows_at
 from encdec_ros.modeldir import check_output_dir
@@ -89,7 +90,8 @@ class TrainOptions:
         debounce_k: Windows above the threshold (of debounce_n) that raise the flag.
         debounce_n: Windows the debouncer remembers.
         release: Hysteresis: the flag falls when debounce_n scores stay below this level.
-        train_span: (start, end) seconds from each recording's first sample; None = all.
+        train_span: (start, end) seconds from each recording's first sample, or rows
+            (:class:`encdec_ros.io.span.Rows`: messages of the spec's first topic); None = all.
         exclude_labelled: Leave out windows that overlap a labelled interval of the bag.
         time_limit_s: Stop training after this many seconds (keeps the best epoch).
         threads: torch CPU threads (None: torch's default).
@@ -115,7 +117,7 @@ class TrainOptions:
     debounce_k: int = 3
     debounce_n: int = 5
     release: float = 0.8
-    train_span: tuple[float | None, float | None] | None = None
+    train_span: Span | None = None
     exclude_labelled: bool = True
     time_limit_s: float | None = None
     threads: int | None = None
@@ -257,10 +259,10 @@ def _split_recordings(recs: Sequence[Recording], opts: TrainOptions, window: int
                       stride: int, calib_stride: int = 1) -> _Split:
     split = _Split()
     for rec in recs:
-        a, b = span_rows(rec.times_ns, opts.train_span)
+        a, b = span_rows(rec.times_ns, resolve_span(opts.train_span, rec))
         n = b - a
         if n < 3 * window:
-            where = f' inside the span {opts.train_span}' if opts.train_span else ''
+            where = f' inside the span {span_text(opts.train_span)}' if opts.train_span else ''
             raise ConfigError(f'{rec.source} has {n} aligned samples{where}, fewer than three '
                               f'windows ({3 * window}); give a longer bag or span, or a smaller '
                               'window')
@@ -530,7 +532,7 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         figures = {
             'command': command,
             'bags': [str(b) for b in bags],
-            'train_span_s': list(opts.train_span) if opts.train_span else None,
+            'train_span_s': span_yaml(opts.train_span),
             'rows': split.rows,
             'windows': {'train': len(train_x), 'val': len(val_x), 'calib': len(calib_x),
                         'left_out': split.dropped},
@@ -619,6 +621,5 @@ def _slow_runs(channel_errors: np.ndarray, parts: list[np.ndarray], windows: int
 def _options_dict(opts: TrainOptions) -> dict[str, Any]:
     data = asdict(opts)
     data['model'] = opts.model.to_dict()
-    if data['train_span'] is not None:
-        data['train_span'] = list(data['train_span'])
+    data['train_span'] = span_yaml(opts.train_span)
     return data

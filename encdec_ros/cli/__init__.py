@@ -2,7 +2,7 @@
 
 Each module named in :data:`COMMAND_MODULES` exposes ``register(groups)``, where ``groups``
 maps a group name to an ``argparse`` subparsers object: ``'top'`` for top-level commands
-(``encdec sim``), and ``'train'``, ``'eval'`` and ``'bag'`` for the grouped ones
+(``encdec sim``), and ``'train'``, ``'eval'``, ``'bag'`` and ``'spec'`` for the grouped ones
 (``encdec train anomaly``). A registered parser sets ``func=`` to a callable taking the parsed
 arguments and returning an exit code. Modules keep heavy imports (torch, rclpy, onnxruntime)
 inside those callables so that ``encdec --help`` is instant and the robot needs no torch.
@@ -19,13 +19,14 @@ from typing import Sequence
 
 from encdec_ros.errors import EncdecError
 
-COMMAND_MODULES: tuple[str, ...] = ('sim', 'inspect', 'bag', 'play', 'demo', 'anomaly',
-                                    'allocator', 'denoise')
+COMMAND_MODULES: tuple[str, ...] = ('sim', 'inspect', 'bag', 'spec', 'play', 'demo',
+                                    'anomaly', 'allocator', 'denoise')
 
 GROUPS = {
     'train': 'train a model from bags and export it to ONNX (needs torch)',
     'eval': 'replay a bag or held-out data through a model and report figures',
     'bag': 'convert data into rosbag2',
+    'spec': 'write a signal spec from a bag',
 }
 
 

@@ -6,6 +6,10 @@ import argparse
 import shlex
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from encdec_ros.io.spec import SignalSpec
 
 ARCH_CHOICES = ('mlp', 'lstm', 'gru')          # as training.models.ARCHS, without torch
 ERROR_CHOICES = ('mse', 'channel_max', 'channel_max_flat')
@@ -19,10 +23,17 @@ def register(groups: dict) -> None:
                     'on held-out normal data and write a model directory (model.onnx, '
                     'model.yaml, loss.png) for `encdec eval anomaly` and the anomaly_detector '
                     'node. Example: encdec train anomaly --bag out/normal --spec '
-                    'config/sim_spec.yaml --arch lstm --out models/my_robot')
+                    'config/sim_spec.yaml --arch lstm --out models/my_robot. Without --spec: '
+                    '--topics /imu,/joint_states infers a spec from those topics of the first '
+                    'bag (as encdec spec init does); with neither, BAG/spec.yaml is used where '
+                    'there is one (encdec bag from-csv writes it), else every numeric topic.')
     t.add_argument('--bag', action='append', required=True, metavar='BAG',
                    help='bag of normal operation (repeatable)')
-    t.add_argument('--spec', required=True, help='signal spec YAML (topics, fields, rate, window)')
+    t.add_argument('--spec', help='signal spec YAML (topics, fields, rate, window); default: '
+                   'inferred, see --topics')
+    t.add_argument('--topics', metavar='/A,/B',
+                   help='infer the spec from these topics of the first bag: every numeric '
+                        'field, rate and window from their rates (encdec spec init)')
     t.add_argument('--arch', choices=ARCH_CHOICES, default='lstm',
                    help='autoencoder (default: %(default)s)')
     t.add_argument('--out', required=True, help='model directory to write')
@@ -49,8 +60,9 @@ def register(groups: dict) -> None:
     g.add_argument('--train-stride', type=int,
                    help="samples between training windows (default: the spec's stride)")
     g.add_argument('--train-span', metavar='START:END',
-                   help='use only this span of each bag, in seconds from its first sample '
-                        '(e.g. :400)')
+                   help='use only this span of each bag: seconds from its first sample '
+                        '(e.g. :400), or rows with a rows suffix (e.g. :400rows, the first 400 '
+                        "messages of the spec's first topic: a CSV's rows)")
     g.add_argument('--keep-labelled', action='store_true',
                    help='also train on windows that overlap labelled intervals of the bag')
     g.add_argument('--seed', type=int, default=0, help='random seed (0)')
@@ -101,7 +113,8 @@ def register(groups: dict) -> None:
                    help="what the point-wise figures count: aligned samples (ticks) or the "
                         "messages of the spec's first topic, e.g. CSV rows (messages)")
     e.add_argument('--eval-span', metavar='START:END',
-                   help='count only points in this span, seconds from the first sample')
+                   help='count only points in this span: seconds from the first sample, or '
+                        'rows with a rows suffix (e.g. 400rows: skips the first 400 rows)')
     e.add_argument('--grace', type=float, metavar='S',
                    help='seconds after a fault in which a flag still detects it and is no false '
                         'alarm (default: one window plus the release time)')
@@ -115,13 +128,12 @@ def register(groups: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from encdec_ros.io.spec import SignalSpec
     from encdec_ros.modeldir import check_output_dir
 
     # before torch is imported, any bag read or any epoch: an --out that cannot be written
     # and a spec that is no spec fail at once (the trainer reads the spec again)
     check_output_dir(args.out, what='model directory', empty=not args.force)
-    SignalSpec.load(args.spec)
+    spec = training_spec(args)
 
     from encdec_ros.anomaly.evaluate import parse_span
     from training.anomaly import TrainOptions, train_anomaly
@@ -140,7 +152,7 @@ def _train(args: argparse.Namespace) -> int:
         train_span=parse_span(args.train_span), exclude_labelled=not args.keep_labelled,
         time_limit_s=args.time_limit, threads=args.threads)
     start = time.perf_counter()
-    result = train_anomaly(args.bag, args.spec, args.out, opts, window=args.window,
+    result = train_anomaly(args.bag, spec, args.out, opts, window=args.window,
                            stride=args.stride, command=_rebuild_command(args),
                            overwrite=args.force, say=print)
     print(f'wrote {result.path} (model.onnx, model.yaml, loss.png) in '
@@ -148,12 +160,45 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def training_spec(args: argparse.Namespace) -> 'SignalSpec':
+    """The spec to train with: --spec, or inferred from --topics of the first bag, or the
+    first bag's spec.yaml, or inferred from all its numeric topics; says which."""
+    from encdec_ros.cli.spec import split_topics
+    from encdec_ros.errors import SpecError
+    from encdec_ros.io.spec import SignalSpec
+    from encdec_ros.io.specinit import starter_spec
+
+    if args.spec and args.topics:
+        raise SpecError('give --spec or --topics, not both: --topics infers a spec from the '
+                        'bag, --spec reads one')
+    if args.spec:
+        return SignalSpec.load(args.spec)
+    bag = Path(args.bag[0])
+    beside = bag / 'spec.yaml'
+    if not args.topics and bag.is_dir() and beside.is_file():
+        print(f'spec: {beside} (beside the bag; --spec or --topics to choose another)')
+        args.spec = str(beside)
+        return SignalSpec.load(beside)
+    topics = split_topics(args.topics)
+    starter = starter_spec(bag, topics=topics or None, name=bag.stem)
+    how = 'the topics asked' if topics else 'every topic with a numeric field (no --spec)'
+    print(f'spec: inferred from {how} of {bag} (encdec spec init {bag} writes it to a file '
+          'to edit):')
+    for line in starter.summary():
+        print(f'  {line}')
+    return starter.spec
+
+
 def _rebuild_command(args: argparse.Namespace) -> str:
     """The command line that gives these arguments (for model.yaml)."""
     parts = ['encdec', 'train', 'anomaly']
     for bag in args.bag:
         parts += ['--bag', bag]
-    parts += ['--spec', args.spec, '--arch', args.arch, '--out', args.out]
+    if args.spec:
+        parts += ['--spec', args.spec]
+    elif args.topics:
+        parts += ['--topics', args.topics]
+    parts += ['--arch', args.arch, '--out', args.out]
     for key in ('hidden', 'latent', 'layers', 'dropout', 'window', 'stride', 'epochs',
                 'patience', 'batch_size', 'lr', 'weight_decay', 'val_fraction',
                 'calib_fraction', 'train_stride', 'train_span', 'seed', 'time_limit', 'threads',

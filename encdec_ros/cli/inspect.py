@@ -63,6 +63,8 @@ def _inspect(args: argparse.Namespace) -> int:
         for text in bag.warnings:
             print(f'warning: {text}')
         if spec is None:
+            print(f'\nno --spec given; `encdec spec init {args.bag}` writes a starter spec with '
+                  'every numeric field of these topics')
             return 0
         print(f'\nspec {args.spec}: {spec.rate_hz:g} Hz, window {spec.window}, '
               f'stride {spec.stride}')
