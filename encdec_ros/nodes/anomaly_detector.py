@@ -74,7 +74,8 @@ PARAMS = (
     Param('qos_reliability', 'best_effort', 'Input QoS reliability: best_effort (sensor data) '
           'or reliable', read_only=True, constraints='one of best_effort, reliable'),
     Param('qos_history', 'keep_last', 'Input QoS history: keep_last (qos_depth) or keep_all '
-          '(with reliable, no message is dropped: for replaying bags)', read_only=True,
+          '(with reliable: for replaying bags; any loss is reported on /diagnostics)',
+          read_only=True,
           constraints='one of keep_last, keep_all'),
     Param('qos_depth', 50, 'Input QoS history depth per topic', read_only=True, min=1,
           max=100_000),
@@ -336,6 +337,7 @@ class AnomalyDetectorNode(Node):
             ref = clock.cadence.ref_ns
             monitor.expect_period(index, ref * 1e-9 if ref else None)
         level, problems, inputs = monitor.report()
+        monitor.log_started(self.get_logger(), skip=('dropped', 'back', 'forward'))
         cross = self._time_problems()
         if cross:
             level = max(level, LEVELS['ERROR'])

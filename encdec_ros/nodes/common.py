@@ -442,11 +442,27 @@ class InputMonitor:
         self.silent_after_s = silent_after_s
         self._start = time.monotonic()
         self._checked = 0.0
+        self._active: set[tuple[str, str]] = set()
+        self.started: list[tuple[int, str, str]] = []   # problems that began, for the log
 
     def reset(self) -> None:
         """Forget the counts and arrivals (a fresh start)."""
         self.inputs = [_Input(i.name, i.type) for i in self.inputs]
         self._start = time.monotonic()
+        self._active = set()
+
+    def log_started(self, logger: Any, *, skip: Iterable[str] = ()) -> None:
+        """Log each problem once, when it begins (WARN or ERROR as on /diagnostics), but
+        for the kinds in ``skip`` (that the node logs in more detail itself)."""
+        skip = set(skip)
+        for level, kind, text in self.started:
+            if kind in skip:
+                continue
+            if level >= 2:      # rclpy wants one severity per call site
+                logger.error(text)
+            else:
+                logger.warning(text)
+        self.started.clear()
 
     # ------------------------------------------------------------------ the hot path
 
@@ -482,13 +498,11 @@ class InputMonitor:
         """SubscriptionEventCallbacks counting lost messages and incompatible QoS offers."""
         from rclpy.event_handler import SubscriptionEventCallbacks
 
-        item = self.inputs[index]
-
         def lost(info: Any) -> None:
-            item.counts['lost (rmw)'] = int(info.total_count)
+            self.inputs[index].counts['lost (rmw)'] = int(info.total_count)
 
         def qos(info: Any) -> None:
-            item.qos = int(info.total_count)
+            self.inputs[index].qos = int(info.total_count)
 
         return SubscriptionEventCallbacks(message_lost=lost, incompatible_qos=qos)
 
@@ -506,7 +520,8 @@ class InputMonitor:
                           f'{info.node_name}' for info in infos if info.topic_type != item.type]
 
     def report(self) -> tuple[int, list[str], dict[str, Any]]:
-        """(worst level 0-2, one sentence per problem, values) for /diagnostics."""
+        """(worst level 0-2, one sentence per problem, values) for /diagnostics; problems
+        that began since the last report are also added to :attr:`started` (for the log)."""
         now = time.monotonic()
         if now - self._checked >= TYPE_CHECK_S:
             self.check_types()
@@ -516,6 +531,7 @@ class InputMonitor:
         # the status turns STALE instead)
         others = now - max(arrivals) if arrivals else math.inf
         level, problems, values = 0, [], {}
+        active: set[tuple[str, str]] = set()
         for item in self.inputs:
             c = item.counts
             grew = {key for key, value in c.items() if value > item.seen[key]}
@@ -529,9 +545,12 @@ class InputMonitor:
                 item.mark = (now, c['received'])
             idle = now - (item.last_arrival if item.last_arrival is not None else self._start)
             recent = {k for k, t in item.changed.items() if now - t <= RECENT_S}
-            for lvl, text in self._problems(item, idle, others, recent, grew):
+            for lvl, kind, text in self._problems(item, idle, others, recent, grew):
                 level = max(level, lvl)
                 problems.append(text)
+                active.add((item.name, kind))
+                if (item.name, kind) not in self._active:
+                    self.started.append((lvl, kind, text))
             name = item.name
             values[f'{name}: rate (Hz)'] = round(item.rate, 3)
             values[f'{name}: last stamp age (s)'] = \
@@ -541,20 +560,21 @@ class InputMonitor:
             for key, value in c.items():
                 values[f'{name}: {key}'] = value
             values[f'{name}: publishers of another type'] = len(item.wrong)
+        self._active = active
         return level, problems, values
 
     def _problems(self, item: _Input, idle: float, others: float, recent: set[str],
-                  grew: set[str]) -> list[tuple[int, str]]:
+                  grew: set[str]) -> list[tuple[int, str, str]]:
         name, c = item.name, item.counts
-        out: list[tuple[int, str]] = []
+        out: list[tuple[int, str, str]] = []
         if item.wrong:
             right = c['received'] > 0 and idle <= RECENT_S
-            out.append((1 if right else 2,
+            out.append((1 if right else 2, 'wrong type',
                         f'{name} is published as {", ".join(item.wrong)}, but {item.type} is '
                         f'expected: those messages never arrive; publish {item.type} there or '
                         'remap the input'))
         if item.qos:
-            out.append((2 if c['received'] == 0 else 1,
+            out.append((2 if c['received'] == 0 else 1, 'qos',
                         f'{name} has a publisher with incompatible QoS (e.g. best_effort '
                         'while this node asks for reliable): its messages never arrive; match '
                         'the reliability'))
@@ -562,32 +582,36 @@ class InputMonitor:
         if limit is not None and not item.wrong:
             limit = max(limit, 4 * (item.period_s or 0.0))
             if idle > limit and others <= limit:
-                out.append((2, f'no message on {name} yet' if c['received'] == 0 else
-                            f'no message on {name} for {idle:.1f} s'))
+                out.append((2, 'silent', f'no message on {name} yet' if c['received'] == 0
+                            else f'no message on {name} for {idle:.1f} s'))
         if 'non-finite' in recent:
             channels = ', '.join(item.bad_channels[:4]) + \
                 (' ...' if len(item.bad_channels) > 4 else '')
-            out.append((2, f'{name} holds NaN or infinite values in {channels} (a dead '
-                           'sensor?)'))
+            out.append((2, 'non-finite',
+                        f'{name} holds NaN or infinite values in {channels} (a dead sensor?)'))
         if 'unstamped' in recent:
-            out.append((2, f'{name} arrives with zero header stamps (its driver leaves them '
-                           'unset), so its messages cannot be timed; make the driver stamp '
-                           f'them, or use stamp: receive under {name} in the spec'))
+            out.append((2, 'unstamped',
+                        f'{name} arrives with zero header stamps (its driver leaves them unset), '
+                        'so its messages cannot be timed; make the driver stamp them, or use '
+                        f'stamp: receive under {name} in the spec'))
         if 'short' in recent:
             only = 'short' in grew and 'used' not in grew      # since the last report
-            out.append((2 if only else 1,
+            out.append((2 if only else 1, 'short',
                         f'{name}: {c["short"]} messages with fewer array elements than the '
                         'spec needs were not used' + ('; none is usable now' if only else '')))
         if 'dropped (stamps)' in recent:
-            out.append((1, f'{name}: {c["dropped (stamps)"]} messages dropped whose stamps '
-                           'jump away from the ones around them'))
+            out.append((1, 'dropped',
+                        f'{name}: {c["dropped (stamps)"]} messages dropped whose stamps jump '
+                        'away from the ones around them'))
         if recent & {'missing (stamp gaps)', 'lost (rmw)'}:
-            out.append((1, f'{name}: about {c["missing (stamp gaps)"] + c["lost (rmw)"]} '
-                           'messages missing so far (gaps in its stamps: a full queue, a lossy '
-                           'link or a slow publisher); no decision spans a long gap'))
+            out.append((1, 'missing',
+                        f'{name}: about {c["missing (stamp gaps)"] + c["lost (rmw)"]} messages '
+                        'missing so far (gaps in its stamps: a full queue, a lossy link or a '
+                        'slow publisher); no decision spans a long gap'))
         if 'jumps back' in recent:
-            out.append((1, f'{name}: its stamps jumped back in time ({c["jumps back"]} so '
-                           'far): the time line starts again'))
+            out.append((1, 'back', f'{name}: its stamps jumped back in time '
+                                   f'({c["jumps back"]} so far): the time line starts again'))
         if 'jumps forward' in recent:
-            out.append((1, f'{name}: its stamps jumped forward ({c["jumps forward"]} so far)'))
+            out.append((1, 'forward',
+                        f'{name}: its stamps jumped forward ({c["jumps forward"]} so far)'))
         return out

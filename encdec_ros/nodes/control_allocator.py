@@ -318,6 +318,7 @@ class ControlAllocatorNode(Node):
         monitor.set(0, 'jumps back', clock.jumps_back)
         monitor.set(0, 'jumps forward', clock.jumps_forward)
         level, inputs, input_values = monitor.report()
+        monitor.log_started(self.get_logger())
         values.update(input_values)
         problems = []
         if self.fallback_reason:

@@ -230,6 +230,7 @@ class DenoiserNode(Node):
         if core.bad_channels:
             monitor.inputs[0].bad_channels = core.bad_channels
         level, problems, inputs = monitor.report()
+        monitor.log_started(self.get_logger(), skip=('short', 'non-finite'))
         lat = self.latency_ms()
         values = {
             'method': self.method,
