@@ -305,6 +305,25 @@ def test_stamps_ten_seconds_back_start_again_at_once(flight, live, tmp_path):
     node.accounted()
 
 
+def test_a_bag_with_a_gap_and_jumps_gives_the_evaluations_decisions(flight, live, tmp_path):
+    """One bag with a silent input, an hour's jump ahead and a loop back, played to the node:
+    its decisions are the evaluation's, and it decides again after each."""
+    events, t0 = take(flight, 14)
+    events = [e for e in events if not (e.topic == '/wrench_cmd' and
+                                        t0 + 3 * SEC <= e.stamp < t0 + 4 * SEC)]
+    for e in at(events, t0, 6):
+        e.restamp(e.stamp + HOUR)
+    for e in at(events, t0 + HOUR, 10):
+        e.restamp(e.stamp - 3 * SEC)                   # 10 s -> 7 s (of the new hour)
+    node, ticks, _, _ = replay(live, events, tmp_path / 'gap_and_jumps')
+    back = int(np.flatnonzero(np.diff(ticks) < 0)[0]) + 1
+    assert np.any((ticks > t0 + 4 * SEC) & (ticks < t0 + 6 * SEC))          # after the gap
+    assert np.any(ticks[:back] > t0 + HOUR + 6 * SEC)                         # after the jump
+    assert ticks[back:].size > 40 and ticks[back] < t0 + HOUR + 8 * SEC       # after the loop
+    assert node.node.counts['burst'] <= 2
+    node.accounted()
+
+
 # --------------------------------------------------------------------------- 3, 5: gaps
 
 
@@ -449,37 +468,39 @@ def test_a_burst_that_overflows_the_queue_is_reported_and_decides_nothing_from_i
 
 def test_soak_at_1khz_with_jumps_gaps_and_bursts_keeps_memory_flat_and_counts_everything(
         flight, live):
-    """20 s at 1000 messages/s (the 50 s flight at 2.5x), best-effort QoS as on a robot: a
-    stretch of inf, a silent input, an hour jump, a loop back and a flat-out burst."""
-    events, t0 = take(flight, 50)
-    for e in at(events, t0, 7, 10, topic='/imu'):
+    """16 s at 1000 messages/s (40 s of flight at 2.5x), best-effort QoS as on a robot: a
+    stretch of inf, a silent input, an hour jump, a flat-out burst and a loop back."""
+    events, t0 = take(flight, 40)
+    for e in at(events, t0, 6, 9, topic='/imu'):
         e.msg.angular_velocity.y = float('inf')
     events = [e for e in events if not (e.topic == '/wrench_cmd' and
-                                        t0 + 14 * SEC <= e.stamp < t0 + 18 * SEC)]
-    for e in at(events, t0, 25):
+                                        t0 + 12 * SEC <= e.stamp < t0 + 16 * SEC)]
+    for e in at(events, t0, 20):
         e.restamp(e.stamp + HOUR)
-    for e in at(events, t0 + HOUR, 40):
-        e.restamp(e.stamp - 15 * SEC)
+    for e in at(events, t0 + HOUR, 30):
+        e.restamp(e.stamp - 12 * SEC)
     node = live(qos_reliability='best_effort', qos_history='keep_last', qos_depth=50)
     pubs = node.publishers(TOPICS, qos=50)
     rss = []
     start = time.monotonic()
     for k, e in enumerate(events):
         log = (e.log_ns - events[0].log_ns) * 1e-9
-        burst = 30 <= log < 33                          # 3 s of flight flat out
+        burst = 24 <= log < 27                          # 3 s of flight flat out
         if not burst:
             delay = start + log / 2.5 - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
         pubs[e.topic].publish(e.msg)
         if k % 2000 == 0:
+            node.diag.clear()                          # what the test records, not the node
             rss.append(_rss_mb())
     wait_for(lambda: False, timeout_s=30, steady=node.received)
     rss.append(_rss_mb())
+    print(f'soak: {len(events)} messages sent, {node.received()} received, rss MB {rss}')
     node.accounted()
     aligner = node.node._aligner
     assert max(aligner.kept()) < 200 and not any(aligner.evicted)   # and small at the end
-    assert max(rss[2:]) - rss[2] < 15, rss                       # memory stays flat
+    assert max(rss[2:]) - rss[2] < 5, rss                        # memory stays flat
     assert node.node.counts['burst'] <= 3
     c = {i.name: i.counts for i in node.node.monitor.inputs}
     assert c['/imu']['non-finite'] > 0
