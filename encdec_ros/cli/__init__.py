@@ -20,7 +20,7 @@ from typing import Sequence
 from encdec_ros.errors import EncdecError
 
 COMMAND_MODULES: tuple[str, ...] = ('sim', 'inspect', 'bag', 'spec', 'play', 'demo',
-                                    'anomaly', 'allocator', 'denoise')
+                                    'anomaly', 'allocator', 'denoise', 'bench')
 
 GROUPS = {
     'train': 'train a model from bags and export it to ONNX (needs torch)',
