@@ -538,7 +538,8 @@ def _play_to_node(context, model, bags, *, name: str, rate: float = 8.0):
                 return False
 
             with BagPlayer(client, bag, topics=node.spec.topic_names, rate=rate,
-                           qos=play_qos) as player:
+                           qos=play_qos, remap={t: f'/t{t}' for t in node.spec.topic_names}
+                           ) as player:
                 assert player.wait_for_subscribers(1, timeout_s=10)
                 player.play(should_stop=keep_up)
             deadline = time.monotonic() + 20
@@ -647,6 +648,60 @@ def test_node_says_when_a_driver_leaves_header_stamps_unset(flight, rclpy_contex
     assert node.counts['unstamped'] > 0 and node.counts['ticks'] == 0
     assert any('/imu arrives with zero header stamps' in m and 'stamp: receive' in m
                for m in seen), seen
+
+
+def test_detectors_in_two_namespaces_read_only_their_own_topics(flight, rclpy_context):
+    """/r1 and /r2 each run an anomaly_detector; a bag played into /r1 reaches only the first,
+    one played into /r2 only the second, and their /diagnostics names differ."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from encdec_ros.io.player import BagPlayer
+    from encdec_ros.nodes.anomaly_detector import AnomalyDetectorNode
+    from encdec_ros.nodes.common import make_executor
+
+    nodes = {ns: AnomalyDetectorNode(context=rclpy_context, namespace=ns, parameter_overrides=[
+        Parameter('model_dir', value=str(flight['model'])), Parameter('device', value='cpu'),
+        Parameter('qos_reliability', value='reliable'),
+        Parameter('diagnostics_period', value=0.1)]) for ns in ('r1', 'r2')}
+    client = rclpy.create_node('anom_ns_client', context=rclpy_context)
+    names: dict[str, str] = {}
+    client.create_subscription(DiagnosticArray, '/diagnostics', lambda m: names.update(
+        (s.name, s.hardware_id) for s in m.status), 100)
+    executor = make_executor(rclpy_context)
+    for node in (*nodes.values(), client):
+        executor.add_node(node)
+    stop, thread = _spin_in_thread(executor)
+    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+    heard: dict[str, dict[str, int]] = {}
+    try:
+        for ns, node in nodes.items():
+            topics = node.spec.topic_names
+            assert node.topic_names == [f'/{ns}{t}' for t in topics]
+            with BagPlayer(client, flight['normal'], topics=topics, rate=2.0, qos=qos,
+                           remap={t: f'/{ns}{t}' for t in topics}) as player:
+                assert player.wait_for_subscribers(1, timeout_s=10)
+                player.play(should_stop=lambda: node.counts['messages'] >= 200)
+            time.sleep(0.5)
+            heard[ns] = {other: n.counts['messages'] for other, n in nodes.items()}
+        deadline = time.monotonic() + 10
+        wanted = {f'/{ns}/anomaly_detector: anomaly' for ns in nodes}
+        while time.monotonic() < deadline and not wanted <= set(names):
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        executor.shutdown()
+        client.destroy_node()
+        for node in nodes.values():
+            node.destroy_node()
+    # the play into /r1 reached only r1; the play into /r2 only r2
+    assert heard['r1']['r1'] >= 200 and heard['r1']['r2'] == 0, heard
+    assert heard['r2']['r2'] >= 200 and heard['r2']['r1'] == heard['r1']['r1'], heard
+    assert wanted <= set(names), names
+    assert names['/r1/anomaly_detector: anomaly'] == '/r1/imu, /r1/motors, /r1/wrench_cmd'
 
 
 def test_launch_file_compiles_and_config_matches_the_node_parameters(flight, rclpy_context):

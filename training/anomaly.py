@@ -2,10 +2,11 @@
 
 ``encdec train anomaly`` calls :func:`train_anomaly`, which:
 
-1. reads the bags with the signal spec (``encdec_ros.io.bag.read_bags``), optionally only a
-   time span of each (``train_span``: e.g. SKAB's first 400 rows);
-2. splits every recording by time into train / validation / calibration parts (in that
-   order), and fits per-channel normalisation on the train part only;
+1. reads the bags with the signal spec into cached shards and streams their windows
+   (:mod:`training.data`: memory bounded by a few bags whatever their number), optionally
+   only a time span of each (``train_span``: e.g. SKAB's first 400 rows);
+2. splits every recording by time into train / validation / calibration blocks
+   (:func:`split_blocks`), and fits per-channel normalisation on the train part only;
 3. trains an MLP, LSTM or GRU autoencoder (:mod:`training.models`) with Adam on the mean
    squared reconstruction error, seeded, with early stopping on the validation loss;
 4. exports the best model to ONNX (``training.export.export_onnx``: onnxruntime must agree
@@ -14,11 +15,17 @@
    (:func:`encdec_ros.anomaly.scorer.reconstruction_errors`) on the calibration windows, stores each
    channel's normal error statistics and calibrates the threshold (:mod:`training.calibrate`);
 6. writes the model directory (``encdec_ros.modeldir.save_model_dir``) and a loss curve PNG.
+
+Under ``torchrun`` the same steps run in several processes (:mod:`training.distributed`):
+bags divided among them, the normalisation merged, each global batch trained with
+DistributedDataParallel, the validation loss summed and the held-out errors gathered on rank
+0, which calibrates and alone writes the model directory.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import platform
@@ -42,13 +49,14 @@ from encdec_ros.anomaly.scorer import (
     reconstruction_errors,
     window_features,
 )
-from encdec_ros.errors import ConfigError, ModelDirError
-from encdec_ros.io.bag import Recording, read_bags
+from encdec_ros.errors import ConfigError, EncdecError, ModelDirError
+from encdec_ros.io.bag import BagSource, bind_spec
+from encdec_ros.io.bagset import expand_bags
 from encdec_ros.io.span import Span, resolve_span, span_text, span_yaml
 from encdec_ros.io.spec import SignalSpec
-from encdec_ros.io.window import window_ends, windows_at
 from encdec_ros.modeldir import check_output_dir
 from training.calibrate import RULES, calibrate
+from training.data import SHUFFLE_SHARDS, Moments, ShardedWindows, rechunk
 from training.models import AEConfig, build_model, count_parameters
 
 log = logging.getLogger(__name__)
@@ -95,6 +103,11 @@ class TrainOptions:
         exclude_labelled: Leave out windows that overlap a labelled interval of the bag.
         time_limit_s: Stop training after this many seconds (keeps the best epoch).
         threads: torch CPU threads (None: torch's default).
+        shuffle_shards: Bags whose training windows are shuffled together each epoch (the
+            bags a group of processes holds in memory at a time; training.data).
+        workers: DataLoader workers reading bags in parallel per process (None: automatic,
+            0: read in the training process).
+        cache_dir: Folder of the cached shards (None: ``.encdec_shards`` beside ``out``).
     """
 
     model: AEConfig = field(default_factory=AEConfig)
@@ -121,6 +134,10 @@ class TrainOptions:
     exclude_labelled: bool = True
     time_limit_s: float | None = None
     threads: int | None = None
+    # data loading (training.data); only shuffle_shards can change the model (> N bags)
+    shuffle_shards: int = SHUFFLE_SHARDS
+    workers: int | None = None
+    cache_dir: str | None = None
 
     def check(self) -> None:
         """Raise :class:`ConfigError` with one sentence for an invalid option."""
@@ -152,6 +169,12 @@ class TrainOptions:
         check_debounce(self.debounce_k, self.debounce_n, self.release)
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ConfigError(f'time limit must be positive seconds, got {self.time_limit_s!r}')
+        if isinstance(self.shuffle_shards, bool) or not isinstance(self.shuffle_shards, int) \
+                or self.shuffle_shards < 1:
+            raise ConfigError(f'shuffle_shards must be a whole number >= 1, got '
+                              f'{self.shuffle_shards!r}; e.g. --shuffle-shards 8')
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
+            raise ConfigError(f'workers must be a whole number >= 0, got {self.workers!r}')
 
 
 @dataclass
@@ -173,16 +196,6 @@ class TrainResult:
     module: Any = None
 
 
-@dataclass
-class _Split:
-    train: list[np.ndarray] = field(default_factory=list)   # raw windows per recording
-    val: list[np.ndarray] = field(default_factory=list)
-    calib: list[np.ndarray] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=lambda: {'train': 0, 'val': 0, 'calib': 0})
-    train_rows: list[np.ndarray] = field(default_factory=list)
-    dropped: int = 0         # windows left out for NaN or labels
-
-
 def span_rows(times_ns: np.ndarray, span: tuple[float | None, float | None] | None
               ) -> tuple[int, int]:
     """Row range [a, b) of ``times_ns`` inside a span of seconds from the first sample."""
@@ -196,22 +209,6 @@ def span_rows(times_ns: np.ndarray, span: tuple[float | None, float | None] | No
 
 
 # --------------------------------------------------------------------------- data
-
-
-def _segment_windows(rec: Recording, lo: int, hi: int, window: int, stride: int,
-                     exclude: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """Raw windows [n, W, C] lying wholly inside rows [lo, hi), without NaN or labels."""
-    if hi - lo < window:
-        return np.zeros((0, window, rec.data.shape[1]), np.float32), 0
-    spec = rec.spec
-    ends = window_ends(rec.times_ns[lo:hi], spec.period_ns, window, stride)
-    data = rec.data[lo:hi]
-    wins = windows_at(data, ends, window)
-    bad = ~np.isfinite(wins).all(axis=(1, 2))
-    if exclude is not None and exclude[lo:hi].any():
-        hit = np.convolve(exclude[lo:hi].astype(np.int32), np.ones(window, np.int32))
-        bad |= hit[ends] > 0       # the window ending at row e covers rows e-W+1 .. e
-    return wins[~bad], int(bad.sum())
 
 
 GOLDEN = 0.6180339887498949
@@ -255,97 +252,87 @@ def split_blocks(n: int, window: int, val_fraction: float, calib_fraction: float
     return out
 
 
-def _split_recordings(recs: Sequence[Recording], opts: TrainOptions, window: int,
-                      stride: int, calib_stride: int = 1) -> _Split:
-    split = _Split()
-    for rec in recs:
-        a, b = span_rows(rec.times_ns, resolve_span(opts.train_span, rec))
-        n = b - a
-        if n < 3 * window:
-            where = f' inside the span {span_text(opts.train_span)}' if opts.train_span else ''
-            raise ConfigError(f'{rec.source} has {n} aligned samples{where}, fewer than three '
-                              f'windows ({3 * window}); give a longer bag or span, or a smaller '
-                              'window')
-        exclude = rec.label_mask() if opts.exclude_labelled and rec.labels else None
-        for name, lo, hi in split_blocks(n, window, opts.val_fraction, opts.calib_fraction):
-            lo, hi = a + lo, a + hi
-            # held-out windows at the run-time stride, as the scorer will see them
-            step = stride if name == 'train' else calib_stride
-            wins, dropped = _segment_windows(rec, lo, hi, window, step, exclude)
-            getattr(split, name).append(wins)
-            split.rows[name] += hi - lo
-            split.dropped += dropped
-            if name == 'train':
-                rows = rec.data[lo:hi]
-                if exclude is not None:
-                    rows = rows[~exclude[lo:hi]]
-                split.train_rows.append(rows)
-    return split
+def _blocks_of(shard: Any, *, span: Span | None, window: int, val_fraction: float,
+               calib_fraction: float) -> list[tuple[str, int, int]]:
+    """A recording's (split, first row, end row) blocks inside ``span``, in time order
+    (``shard``: a :class:`training.data.Shard` or a :class:`~encdec_ros.io.bag.Recording`)."""
+    rec = shard.recording() if hasattr(shard, 'recording') else shard
+    a, b = span_rows(rec.times_ns, resolve_span(span, rec))
+    n = b - a
+    if n < 3 * window:
+        where = f' inside the span {span_text(span)}' if span else ''
+        raise ConfigError(f'{rec.source} has {n} aligned samples{where}, fewer than three '
+                          f'windows ({3 * window}); give a longer bag or span, or a smaller '
+                          'window')
+    return [(name, a + lo, a + hi)
+            for name, lo, hi in split_blocks(n, window, val_fraction, calib_fraction)]
 
 
-def fit_normalization(rows: np.ndarray, channels: Sequence[str]) -> tuple[np.ndarray,
-                                                                          np.ndarray, list]:
-    """Per-channel mean and std of training rows (finite values only), std floored."""
-    rows = np.asarray(rows, dtype=np.float64)
-    finite = np.isfinite(rows)
-    counts = finite.sum(axis=0)
-    empty = [channels[i] for i in np.flatnonzero(counts == 0)]
+def fit_normalization(rows: np.ndarray | Moments, channels: Sequence[str]
+                      ) -> tuple[np.ndarray, np.ndarray, list]:
+    """Per-channel mean and std of training rows (finite values only), std floored.
+
+    ``rows`` may be the rows [N, C] or their statistics merged bag by bag (:class:`Moments`).
+    """
+    moments = rows if isinstance(rows, Moments) else Moments.of_rows(rows)
+    empty = [channels[i] for i in np.flatnonzero(moments.count == 0)]
     if empty:
         raise ConfigError(f'channel {empty[0]} has no finite value in the training data; '
                           'leave it out of the spec or fix the recording')
-    filled = np.where(finite, rows, 0.0)
-    mean = filled.sum(axis=0) / counts
-    var = (np.where(finite, rows - mean, 0.0) ** 2).sum(axis=0) / counts
-    std = np.sqrt(var)
+    mean, std = moments.mean, moments.std
     floor = STD_FLOOR * np.maximum(1.0, np.abs(mean))
     flat = [channels[i] for i in np.flatnonzero(std < floor)]
     return mean, np.maximum(std, floor), flat
 
 
-def _stack(parts: list[np.ndarray], window: int, channels: int) -> np.ndarray:
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return np.zeros((0, window, channels), np.float32)
-    return np.concatenate(parts).astype(np.float32)
-
-
 # --------------------------------------------------------------------------- training
 
 
-def _fit(model: Any, train: np.ndarray, val: np.ndarray, opts: TrainOptions,
-         say: Callable[[str], None], show_progress: bool | None
-         ) -> tuple[list[tuple[float, float]], int, float]:
+def _fit(model: Any, data: ShardedWindows, opts: TrainOptions, say: Callable[[str], None],
+         show_progress: bool | None, dist: Any) -> tuple[list[tuple[float, float]], int, float]:
     """Adam on MSE with early stopping; loads the best weights. Returns history, best epoch
-    (1-based) and seconds."""
+    (1-based) and seconds.
+
+    Batches come from ``data`` (windows shuffled across a group of bags). Under torchrun each
+    rank trains on its part of every global batch through DistributedDataParallel, its loss
+    weighted by its share, so the averaged gradient is the whole batch's; losses and the
+    stopping decisions are summed and agreed across ranks."""
     import torch
 
     from encdec_ros.progress import progress
 
     gen = torch.Generator().manual_seed(opts.seed)
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-    xt, xv = torch.from_numpy(train), torch.from_numpy(val)
-    n = len(xt)
-    per_epoch = -(-n // opts.batch_size)
+    net = dist.wrap(model)
+    n = data.count('train')
+    n_val = data.count('val')
+    scale = 1.0 / (data.window * data.channels)
+    steps = sum(data.batches_per_epoch(e, opts.batch_size) for e in range(1, opts.epochs + 1))
     history: list[tuple[float, float]] = []
     best, best_epoch, best_state, stale = math.inf, 0, None, 0
     start = time.perf_counter()
-    bar = iter(progress(range(opts.epochs * per_epoch), total=opts.epochs * per_epoch,
-                        desc=f'training {opts.model.arch}', unit='batch', min_total=0,
-                        enable=show_progress))
+    bar = iter(progress(range(steps), total=steps, desc=f'training {opts.model.arch}',
+                        unit='batch', min_total=0, enable=show_progress))
     for epoch in range(1, opts.epochs + 1):
         model.train()
-        perm = torch.randperm(n, generator=gen)
         total = 0.0
-        for lo in range(0, n, opts.batch_size):
-            batch = xt[perm[lo:lo + opts.batch_size]]
-            loss = torch.mean((model(batch) - batch) ** 2)
+        for x, size in data.train_batches(epoch, opts.batch_size, gen):
+            x = x.to(dist.device)
+            if not dist.active:
+                loss = torch.mean((net(x) - x) ** 2)
+                total += loss.item() * len(x)
+            elif len(x):
+                sq = torch.sum((net(x) - x) ** 2)
+                loss = sq * (scale * dist.world / size)   # DDP averages over the ranks
+                total += sq.item() * scale
+            else:                       # no window of this batch here: join the all-reduce
+                loss = net(x.new_zeros((1, data.window, data.channels))).sum() * 0.0
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(batch)
             next(bar, None)
-        train_loss = total / n
-        val_loss = _evaluate(model, xv, opts.batch_size * 4)
+        train_loss = float(dist.all_sum(total)) / n
+        val_loss = _held_out_loss(model, data, opts.batch_size * 4, dist) / max(n_val, 1)
         history.append((train_loss, val_loss))
         better = val_loss < best * (1 - 1e-4)
         if better:
@@ -353,7 +340,7 @@ def _fit(model: Any, train: np.ndarray, val: np.ndarray, opts: TrainOptions,
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-        elapsed = time.perf_counter() - start
+        elapsed = float(dist.all_max(time.perf_counter() - start))
         say(f'  epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}'
             f'{"  *" if better else ""}  ({elapsed:.0f} s)')
         if stale >= opts.patience:
@@ -370,16 +357,56 @@ def _fit(model: Any, train: np.ndarray, val: np.ndarray, opts: TrainOptions,
     return history, best_epoch, time.perf_counter() - start
 
 
-def _evaluate(model: Any, x: Any, batch: int) -> float:
+def _held_out_loss(model: Any, data: ShardedWindows, batch: int, dist: Any) -> float:
+    """Sum over the validation windows of each window's mean squared error (all ranks), in
+    pieces of ``batch`` windows across block and bag boundaries (as one array would be)."""
     import torch
 
     model.eval()
     total = 0.0
     with torch.no_grad():
-        for lo in range(0, len(x), batch):
-            part = x[lo:lo + batch]
+        pieces = (w for _, _, w in data.held_out('val'))
+        for part in rechunk(pieces, batch):
+            part = part.to(dist.device)
             total += float(torch.mean((model(part) - part) ** 2)) * len(part)
-    return total / max(len(x), 1)
+    return float(dist.all_sum(total))
+
+
+def _held_out_errors(engine: Any, data: ShardedWindows, split: str
+                     ) -> dict[int, tuple[np.ndarray, list[int]]]:
+    """Per-channel errors of this rank's held-out windows of ``split``, through the runtime's
+    own code: bag -> (errors [n, 2C] in block order, windows per block)."""
+    from encdec_ros.anomaly.scorer import DEFAULT_BATCH
+
+    meta: list[tuple[int, int, int]] = []
+
+    def windows() -> Any:
+        for bag, block, w in data.held_out(split):
+            meta.append((bag, block, len(w)))
+            yield w.numpy()
+
+    # whole engine batches across blocks and bags, as one array of every window would give
+    errs = [reconstruction_errors(engine, chunk) for chunk in rechunk(windows(), DEFAULT_BATCH)]
+    flat = np.concatenate(errs) if errs else np.zeros((0, 2 * data.channels))
+    out: dict[int, tuple[list[np.ndarray], dict[int, int]]] = {}
+    lo = 0
+    for bag, block, n in meta:
+        parts, blocks = out.setdefault(bag, ([], {}))
+        parts.append(flat[lo:lo + n])
+        blocks[block] = blocks.get(block, 0) + n
+        lo += n
+    return {bag: (np.concatenate(parts) if parts else flat[:0], [blocks[k] for k in sorted(blocks)])
+            for bag, (parts, blocks) in out.items()}
+
+
+def _in_bag_order(parts: list[dict[int, tuple[np.ndarray, list[int]]]], channels: int
+                  ) -> tuple[np.ndarray, list[int]]:
+    """Errors and block lengths gathered from every rank, in bag order."""
+    merged = {bag: value for part in parts for bag, value in part.items()}
+    order = sorted(merged)
+    errors = [merged[b][0] for b in order]
+    lengths = [n for b in order for n in merged[b][1]]
+    return (np.concatenate(errors) if errors else np.zeros((0, 2 * channels))), lengths
 
 
 def _loss_png(path: Path, history: list[tuple[float, float]], best_epoch: int,
@@ -416,8 +443,12 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
                   show_progress: bool | None = None) -> TrainResult:
     """Train, calibrate and export an anomaly autoencoder; write the model directory ``out``.
 
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; they train one model
+    together (:mod:`training.distributed`) and rank 0 writes ``out``.
+
     Args:
-        bags: Bags of normal operation.
+        bags: Bags of normal operation: bags, folders of bags, glob patterns or list files
+            (:func:`encdec_ros.io.bagset.expand_bags`).
         spec: The signal spec (object or path).
         out: The model directory to write.
         opts: Training options (defaults: :class:`TrainOptions`).
@@ -425,93 +456,142 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         stride: Override the spec's stride (samples between decisions at run time).
         command: The command line, kept in model.yaml.
         overwrite: Replace an existing model directory.
-        say: Where progress lines go (default: the module logger).
-        show_progress: Progress bar: None on a terminal, True always, False never.
+        say: Where progress lines go (default: the module logger); rank 0 only.
+        show_progress: Progress bar: None on a terminal, True always, False never; rank 0.
     """
-    import torch
-
-    from training.export import export_onnx
+    from training import distributed
 
     opts = opts or TrainOptions()
     opts.check()
-    say = say or log.info
-    out = check_output_dir(out, what='model directory', empty=not overwrite, error=ModelDirError)
+    dist = distributed.from_env()
+    try:
+        return _train_anomaly(dist, bags, spec, out, opts, window=window, stride=stride,
+                              command=command, overwrite=overwrite,
+                              say=dist.say(say or log.info),
+                              show_progress=show_progress if dist.is_main else False)
+    except EncdecError as err:
+        dist.fail(err)          # ranks waiting for rank 0's result raise it too
+        raise
+    finally:
+        dist.close()
+
+
+def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str | Path,
+                   out: str | Path, opts: TrainOptions, *, window: int | None,
+                   stride: int | None, command: str, overwrite: bool,
+                   say: Callable[[str], None], show_progress: bool | None) -> TrainResult:
+    import torch
+
+    from training.data import ShardCache, WindowPlan, default_cache_dir
+    from training.export import export_onnx
+
+    out = Path(out)
+    dist.run_agreed(lambda: check_output_dir(out, what='model directory', empty=not overwrite,
+                                             error=ModelDirError) if dist.is_main else None)
     if not isinstance(spec, SignalSpec):
         spec = SignalSpec.load(spec)
     if window is not None or stride is not None:
         spec = spec.with_window(window=window, stride=stride)
     t0 = time.perf_counter()
-    recs = read_bags(list(bags), spec)
-    spec = recs[0].spec
+    bags = expand_bags(list(bags) if not isinstance(bags, (str, Path)) else [bags])
+    with BagSource(bags[0]) as first:
+        spec = bind_spec(spec, first)
     channels = spec.channels
     W, C = spec.window, len(channels)
     train_stride = opts.train_stride or spec.stride
-    split = _split_recordings(recs, opts, W, train_stride, spec.stride)
-    mean, std, flat = fit_normalization(np.concatenate(split.train_rows), channels)
+    plan = WindowPlan(window=W, period_ns=spec.period_ns,
+                      strides={'train': train_stride, 'val': spec.stride, 'calib': spec.stride},
+                      exclude_labelled=opts.exclude_labelled,
+                      blocks=functools.partial(_blocks_of, span=opts.train_span, window=W,
+                                               val_fraction=opts.val_fraction,
+                                               calib_fraction=opts.calib_fraction))
+    cache = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir(out)
+    data = ShardedWindows(bags, spec, ShardCache(cache, spec), plan, dist=dist, seed=opts.seed,
+                          shuffle_shards=opts.shuffle_shards, workers=opts.workers)
+    summaries = data.summarise()
+    mean, std, flat = fit_normalization(Moments.combine(s.moments for s in summaries),
+                                        channels)
     if flat:
         say(f'  note: {len(flat)} channel(s) barely move in the training data '
             f'({", ".join(flat[:3])}{"..." if len(flat) > 3 else ""}); any change on them will '
             'look anomalous')
-    train_raw = _stack(split.train, W, C)
-    val_raw = _stack(split.val, W, C)
-    calib_raw = _stack(split.calib, W, C) if opts.calib_fraction > 0 else val_raw
-    for name, arr in (('training', train_raw), ('validation', val_raw),
-                      ('calibration', calib_raw)):
-        if len(arr) < 2 and split.dropped:
-            raise ConfigError(f'only {len(arr)} {name} windows of {W} samples are usable: '
-                              f'{split.dropped} windows were left out because they hold NaN or '
+    rows = {k: int(sum(s.rows[k] for s in summaries)) for k in ('train', 'val', 'calib')}
+    dropped = int(sum(s.dropped for s in summaries))
+    n_train, n_val = data.count('train'), data.count('val')
+    n_calib = data.count('calib') if opts.calib_fraction > 0 else n_val
+    for name, count in (('training', n_train), ('validation', n_val), ('calibration', n_calib)):
+        if count < 2 and dropped:
+            raise ConfigError(f'only {count} {name} windows of {W} samples are usable: '
+                              f'{dropped} windows were left out because they hold NaN or '
                               'infinite values (or labelled faults); drop the messages with '
                               'non-finite values from the bag, or leave their fields out of '
                               'the spec')
-        if len(arr) < 2:
-            raise ConfigError(f'only {len(arr)} {name} windows of {W} samples fit in the data; '
+        if count < 2:
+            raise ConfigError(f'only {count} {name} windows of {W} samples fit in the data; '
                               'give longer bags, a smaller window or a smaller stride')
-    norm = lambda w: ((w - mean.astype(np.float32)) / std.astype(np.float32)  # noqa: E731
-                      ).astype(np.float32)
-    train_x, val_x, calib_x = norm(train_raw), norm(val_raw), norm(calib_raw)
+    data.set_normalization(mean, std)
     t_read = time.perf_counter() - t0
-    say(f'data: {len(recs)} bag(s), {C} channels at {spec.rate_hz:g} Hz, window {W}; '
-        f'windows train {len(train_x)} / val {len(val_x)} / calib '
-        f'{len(calib_x) if opts.calib_fraction > 0 else "= val"}'
-        + (f' ({split.dropped} left out: labelled or NaN)' if split.dropped else ''))
+    built = sum(s.built for s in summaries)
+    say(f'data: {len(bags)} bag(s), {C} channels at {spec.rate_hz:g} Hz, window {W}; '
+        f'windows train {n_train} / val {n_val} / calib '
+        f'{n_calib if opts.calib_fraction > 0 else "= val"}'
+        + (f' ({dropped} left out: labelled or NaN)' if dropped else ''))
+    say(f'  shards: {built} read from bags, {len(bags) - built} from the cache {cache}'
+        + (f'; {dist.world} processes ({dist.backend})' if dist.active else ''))
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(opts.seed)
     np.random.seed(opts.seed % 2**32)
-    model = build_model(opts.model, W, C)
+    model = build_model(opts.model, W, C).to(dist.device)
     n_params = count_parameters(model)
     say(f'model: {opts.model.arch} autoencoder, hidden {opts.model.hidden}, latent '
         f'{opts.model.latent}, {n_params} parameters')
-    history, best_epoch, t_train = _fit(model, train_x, val_x, opts, say, show_progress)
+    history, best_epoch, t_train = _fit(model, data, opts, say, show_progress, dist)
+    model = model.cpu()
 
     with tempfile.TemporaryDirectory(prefix='encdec_train_') as tmp:
         onnx_tmp = Path(tmp) / 'model.onnx'
-        parity = val_x[:64]
-        export = export_onnx(model, (torch.from_numpy(train_x[:2]),), onnx_tmp,
-                             input_names=['x'], output_names=['x_hat'],
-                             parity_inputs=(parity,))
+        export: dict[str, Any] = {}
+        if dist.is_main:
+            parity = data.first_windows('val', 64)
+            export = export_onnx(model, (torch.from_numpy(data.first_windows('train', 2)),),
+                                 onnx_tmp, input_names=['x'], output_names=['x_hat'],
+                                 parity_inputs=(parity,))
+        blob = dist.broadcast(onnx_tmp.read_bytes() if dist.is_main else None)
+        if not dist.is_main:
+            onnx_tmp.write_bytes(blob)
         from encdec_ros.engine import InferenceEngine
 
         engine = InferenceEngine(onnx_tmp, device='cpu', warmup=False)
         # the threshold and the normal statistics see every held-out window: the calibration
         # blocks and the validation blocks (which only chose the epoch), so that the tail is
-        # estimated on as much of the recording as possible
-        val_err = reconstruction_errors(engine, val_x)
+        # estimated on as much of the recording as possible. Each rank scores its own bags;
+        # rank 0 calibrates on all of them, in bag order.
+        val_parts = dist.gather(_held_out_errors(engine, data, 'val'))
+        calib_parts = dist.gather(_held_out_errors(engine, data, 'calib')) \
+            if opts.calib_fraction > 0 else None
+        if not dist.is_main:
+            shared = dist.receive()
+            return TrainResult(out, shared['figures'], shared['calibration'],
+                               [tuple(h) for h in shared['history']], model)
+        dist.owe()
+        val_err, val_lengths = _in_bag_order(val_parts, C)
         if opts.calib_fraction > 0:
-            calib_err = np.concatenate([reconstruction_errors(engine, calib_x), val_err])
-            calib_parts = split.calib + split.val
+            calib_only, calib_lengths = _in_bag_order(calib_parts, C)
+            calib_err = np.concatenate([calib_only, val_err])
+            calib_lengths = calib_lengths + val_lengths
         else:
-            calib_err, calib_parts = val_err, split.val
+            calib_err, calib_lengths = val_err, val_lengths
         stats = ChannelStats.fit(calib_err)
-        slow_windows, slow_note = _slow_windows(opts, spec, calib_parts)
+        slow_windows, slow_note = _slow_windows(opts, spec, calib_lengths)
         if slow_note:
             say(f'  note: {slow_note}')
         calib_slow = val_slow = None
         if slow_windows:
-            calib_slow = _slow_runs(calib_err, calib_parts, slow_windows)
+            calib_slow = _slow_runs(calib_err, calib_lengths, slow_windows)
             stats = stats.with_slow(SlowStats.fit(calib_slow, slow_windows))
-            val_slow = _slow_runs(val_err, split.val, slow_windows) \
+            val_slow = _slow_runs(val_err, val_lengths, slow_windows) \
                 if opts.calib_fraction > 0 else calib_slow
         agg, _ = aggregate_errors(calib_err, opts.error, stats, calib_slow)
         cal = calibrate(agg, rule=opts.threshold_rule, risk=opts.risk, quantile=opts.quantile,
@@ -533,9 +613,9 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
             'command': command,
             'bags': [str(b) for b in bags],
             'train_span_s': span_yaml(opts.train_span),
-            'rows': split.rows,
-            'windows': {'train': len(train_x), 'val': len(val_x), 'calib': len(calib_x),
-                        'left_out': split.dropped},
+            'rows': rows,
+            'windows': {'train': n_train, 'val': n_val, 'calib': n_calib,
+                        'left_out': dropped},
             'train_stride': train_stride,
             'epochs_run': len(history),
             'best_epoch': best_epoch,
@@ -543,6 +623,7 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
             'val_loss': history[best_epoch - 1][1] if best_epoch else None,
             'history': {'train': [h[0] for h in history], 'val': [h[1] for h in history]},
             'seconds': {'data': round(t_read, 2), 'train': round(t_train, 2)},
+            'processes': dist.world,
             'options': _options_dict(opts),
             'export': {k: export[k] for k in ('exporter', 'opset', 'max_abs_diff', 'atol',
                                               'batch_sizes', 'file_bytes', 'seconds')},
@@ -575,16 +656,19 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         }
         save_model_dir(out, onnx_file=onnx_tmp, task='anomaly', sections=sections,
                        overwrite=overwrite)
+    names = [Path(b).name for b in bags]
     _loss_png(out / LOSS_PNG, history, best_epoch,
-              f'{opts.model.arch} autoencoder on {", ".join(Path(b).name for b in bags)}')
+              f'{opts.model.arch} autoencoder on '
+              + (', '.join(names) if len(names) <= 3 else f'{len(names)} bags'))
     say(f'threshold {threshold:.4g} ({cal.used} rule'
         + (f', fallback: {cal.details["fallback"]}' if 'fallback' in cal.details else '')
         + f'); validation windows above it: {calibration["exceed_validation"]:.2%}; '
         f'ONNX parity {export["max_abs_diff"]:.1e}')
+    dist.settle({'figures': figures, 'calibration': calibration, 'history': history})
     return TrainResult(out, figures, calibration, history, model)
 
 
-def _slow_windows(opts: TrainOptions, spec: SignalSpec, parts: list[np.ndarray]
+def _slow_windows(opts: TrainOptions, spec: SignalSpec, lengths: list[int]
                   ) -> tuple[int, str]:
     """Decisions in the slow context (0: none) and a note when it had to be turned off."""
     if not opts.slow_s or opts.error == 'mse':
@@ -594,8 +678,8 @@ def _slow_windows(opts: TrainOptions, spec: SignalSpec, parts: list[np.ndarray]
         return 0, (f'slow context off: {opts.slow_s:g} s is only {windows} decision(s) at '
                    f'{spec.rate_hz:g} Hz with stride {spec.stride}; give --slow of at least '
                    f'{SLOW_MIN_WINDOWS * spec.stride / spec.rate_hz:g} s')
-    longest = max((len(p) for p in parts), default=0)
-    total = sum(len(p) for p in parts)
+    longest = max(lengths, default=0)
+    total = sum(lengths)
     if longest < 3 * windows or total < SLOW_MIN_CONTEXTS * windows:
         return 0, (f'slow context off: the held-out data holds {total} decisions (longest '
                    f'block {longest}), too few to calibrate a context of {windows} decisions '
@@ -604,13 +688,12 @@ def _slow_windows(opts: TrainOptions, spec: SignalSpec, parts: list[np.ndarray]
     return windows, ''
 
 
-def _slow_runs(channel_errors: np.ndarray, parts: list[np.ndarray], windows: int
+def _slow_runs(channel_errors: np.ndarray, lengths: list[int], windows: int
                ) -> np.ndarray:
     """The slow context's running means [N, 2C] over held-out windows, restarted at every
-    block (blocks are not contiguous in time)."""
+    block of ``lengths`` windows (blocks are not contiguous in time)."""
     out, lo = [], 0
-    for part in parts:
-        n = len(part)
+    for n in lengths:
         if n:
             context = SlowContext(windows, channel_errors.shape[1])
             out.append(context.run(window_features(channel_errors[lo:lo + n])))

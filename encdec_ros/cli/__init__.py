@@ -64,13 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, 'func', None):
         parser.print_help()
         return 2
+    already = len(_saved_model_dirs())
     try:
         return int(args.func(args) or 0)
     except EncdecError as err:
-        print(f'encdec: error: {err}', file=sys.stderr)
+        rank, world = process_rank()
+        if rank and getattr(err, 'all_ranks', False):
+            return 2                     # under torchrun: rank 0 says it once for all
+        where = f' (process {rank} of {world})' if world > 1 else ''
+        print(f'encdec: error{where}: {err}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print('encdec: interrupted', file=sys.stderr)
+        print(f'encdec: {_interrupted(args, _saved_model_dirs()[already:])}', file=sys.stderr)
         return 130
     except BrokenPipeError:              # `encdec inspect BAG | head`: the reader has left
         try:
@@ -78,6 +83,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return 0
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun, (0, 1) otherwise."""
+    try:
+        return int(os.environ.get('RANK', '0')), int(os.environ.get('WORLD_SIZE', '1'))
+    except ValueError:
+        return 0, 1
+
+
+def _saved_model_dirs() -> list:
+    """Model directories saved so far (none while modeldir, and numpy, are not imported)."""
+    module = sys.modules.get('encdec_ros.modeldir')
+    return module.saved_model_dirs() if module is not None else []
+
+
+def _interrupted(args: argparse.Namespace, saved: Sequence[os.PathLike]) -> str:
+    """What a Ctrl-C left behind, in one sentence: a model directory is written whole or not
+    at all, so either it was saved (and loads) or nothing of it was written."""
+    if saved:
+        return (f'interrupted after the model directory {saved[-1]} was saved: model.onnx and '
+                'model.yaml are complete and load; what came after them (loss.png, the '
+                'summary) may be missing')
+    if args.command == 'train':
+        return 'interrupted before the model was saved; no model directory was written'
+    return 'interrupted'
 
 
 if __name__ == '__main__':

@@ -6,12 +6,30 @@ import argparse
 import shlex
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from encdec_ros.io.spec import SignalSpec
 
 ARCH_CHOICES = ('mlp', 'lstm', 'gru')          # as training.models.ARCHS, without torch
+BAG_HELP = ('{what}: a rosbag2 directory, .db3/.mcap or ROS 1 .bag, a folder searched for '
+            'bags, a quoted glob pattern or a .txt list of bags (repeatable)')
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The options of how many bags reach training (training.data), shared by commands."""
+    g = parser.add_argument_group('many bags (training.data)')
+    g.add_argument('--cache', metavar='DIR',
+                   help='folder of the cached aligned shards, one per bag and spec (default: '
+                        '.encdec_shards beside --out); does not change the model')
+    g.add_argument('--shuffle-shards', type=int, default=8, metavar='N',
+                   help='bags whose windows are shuffled together each epoch, and held in '
+                        'memory at a time by all processes together; with at most N bags the '
+                        'batches are those of an in-memory run (8)')
+    g.add_argument('--workers', type=int, metavar='N',
+                   help='DataLoader workers reading bags in parallel, per process (default: '
+                        'as many as its CPUs when reading several bags; 0: none); does not '
+                        'change the model')
 ERROR_CHOICES = ('mse', 'channel_max', 'channel_max_flat')
 
 
@@ -26,9 +44,11 @@ def register(groups: dict) -> None:
                     'config/sim_spec.yaml --arch lstm --out models/my_robot. Without --spec: '
                     '--topics /imu,/joint_states infers a spec from those topics of the first '
                     'bag (as encdec spec init does); with neither, BAG/spec.yaml is used where '
-                    'there is one (encdec bag from-csv writes it), else every numeric topic.')
+                    'there is one (encdec bag from-csv writes it), else every numeric topic. '
+                    'Under torchrun (torchrun --nproc_per_node=N -m encdec_ros train anomaly '
+                    '...) N processes train one model together (docs/fleet.md).')
     t.add_argument('--bag', action='append', required=True, metavar='BAG',
-                   help='bag of normal operation (repeatable)')
+                   help=BAG_HELP.format(what='bag of normal operation'))
     t.add_argument('--spec', help='signal spec YAML (topics, fields, rate, window); default: '
                    'inferred, see --topics')
     t.add_argument('--topics', metavar='/A,/B',
@@ -69,6 +89,7 @@ def register(groups: dict) -> None:
     g.add_argument('--time-limit', type=float, metavar='S',
                    help='stop training after S seconds (keeps the best epoch so far)')
     g.add_argument('--threads', type=int, help='torch CPU threads (default: torch decides)')
+    add_data_options(t)
     g = t.add_argument_group('scoring and threshold')
     g.add_argument('--error', choices=ERROR_CHOICES, default='channel_max_flat',
                    help='aggregate of per-channel errors: mse (mean over channels), '
@@ -104,7 +125,9 @@ def register(groups: dict) -> None:
                     'F1 (pooled as in SKAB), false and missed alarm rates, detection delay per '
                     'labelled fault. Writes report.json and report.png.')
     e.add_argument('--model', required=True, help='model directory')
-    e.add_argument('--bag', required=True, help='bag to replay')
+    e.add_argument('--bag', action='append', required=True,
+                   help='bag to replay; or several (repeat, a folder, a quoted glob pattern or '
+                        'a .txt list): one report each under --out and the pooled figures')
     e.add_argument('--labels', help="labels CSV (default: the bag's labels.csv or label topic)")
     e.add_argument('--out', help='report directory (default: <bag>_eval beside the bag)')
     e.add_argument('--device', default='cpu', choices=('auto', 'tensorrt', 'cuda', 'cpu'),
@@ -130,10 +153,17 @@ def register(groups: dict) -> None:
 def _train(args: argparse.Namespace) -> int:
     from encdec_ros.modeldir import check_output_dir
 
-    # before torch is imported, any bag read or any epoch: an --out that cannot be written
-    # and a spec that is no spec fail at once (the trainer reads the spec again)
-    check_output_dir(args.out, what='model directory', empty=not args.force)
-    spec = training_spec(args)
+    from encdec_ros.cli import process_rank
+    from encdec_ros.io.bagset import expand_bags
+
+    # before torch is imported, any bag read or any epoch: an --out that cannot be written,
+    # a spec that is no spec and bags that are not there fail at once (the trainer reads the
+    # spec again); under torchrun only rank 0 writes --out and prints
+    main = process_rank()[0] == 0
+    if main:
+        check_output_dir(args.out, what='model directory', empty=not args.force)
+    bags = expand_bags(args.bag)
+    spec = training_spec(args, bags, say=print if main else lambda _line: None)
 
     from encdec_ros.anomaly.evaluate import parse_span
     from training.anomaly import TrainOptions, train_anomaly
@@ -150,17 +180,20 @@ def _train(args: argparse.Namespace) -> int:
         threshold_scale=args.threshold_scale, slow_s=args.slow, debounce_k=args.debounce_k,
         debounce_n=args.debounce_n, release=args.release,
         train_span=parse_span(args.train_span), exclude_labelled=not args.keep_labelled,
-        time_limit_s=args.time_limit, threads=args.threads)
+        time_limit_s=args.time_limit, threads=args.threads,
+        shuffle_shards=args.shuffle_shards, workers=args.workers, cache_dir=args.cache)
     start = time.perf_counter()
-    result = train_anomaly(args.bag, spec, args.out, opts, window=args.window,
+    result = train_anomaly(bags, spec, args.out, opts, window=args.window,
                            stride=args.stride, command=_rebuild_command(args),
                            overwrite=args.force, say=print)
-    print(f'wrote {result.path} (model.onnx, model.yaml, loss.png) in '
-          f'{time.perf_counter() - start:.1f} s')
+    if main:
+        print(f'wrote {result.path} (model.onnx, model.yaml, loss.png) in '
+              f'{time.perf_counter() - start:.1f} s')
     return 0
 
 
-def training_spec(args: argparse.Namespace) -> 'SignalSpec':
+def training_spec(args: argparse.Namespace, bags: list[Path], *,
+                  say: Any = print) -> 'SignalSpec':
     """The spec to train with: --spec, or inferred from --topics of the first bag, or the
     first bag's spec.yaml, or inferred from all its numeric topics; says which."""
     from encdec_ros.cli.spec import split_topics
@@ -173,19 +206,19 @@ def training_spec(args: argparse.Namespace) -> 'SignalSpec':
                         'bag, --spec reads one')
     if args.spec:
         return SignalSpec.load(args.spec)
-    bag = Path(args.bag[0])
+    bag = Path(bags[0])
     beside = bag / 'spec.yaml'
     if not args.topics and bag.is_dir() and beside.is_file():
-        print(f'spec: {beside} (beside the bag; --spec or --topics to choose another)')
+        say(f'spec: {beside} (beside the bag; --spec or --topics to choose another)')
         args.spec = str(beside)
         return SignalSpec.load(beside)
     topics = split_topics(args.topics)
     starter = starter_spec(bag, topics=topics or None, name=bag.stem)
     how = 'the topics asked' if topics else 'every topic with a numeric field (no --spec)'
-    print(f'spec: inferred from {how} of {bag} (encdec spec init {bag} writes it to a file '
-          'to edit):')
+    say(f'spec: inferred from {how} of {bag} (encdec spec init {bag} writes it to a file '
+        'to edit):')
     for line in starter.summary():
-        print(f'  {line}')
+        say(f'  {line}')
     return starter.spec
 
 
@@ -214,21 +247,85 @@ def _rebuild_command(args: argparse.Namespace) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     from encdec_ros.anomaly.evaluate import evaluate_bag, parse_span, summary_lines, write_report
+    from encdec_ros.io.bagset import expand_bags
     from encdec_ros.modeldir import check_output_dir
 
-    bag = Path(args.bag)
+    bags = expand_bags(args.bag)
+    if len(bags) > 1:
+        return _eval_set(args, bags)
+    bag = Path(bags[0])
     out = Path(args.out) if args.out else bag.with_name(f'{bag.name}_eval')
     check_output_dir(out, what='report directory')  # before the replay, not after it
     start = time.perf_counter()
-    result = evaluate_bag(args.model, args.bag, labels_csv=args.labels, device=args.device,
+    result = evaluate_bag(args.model, bag, labels_csv=args.labels, device=args.device,
                           points=args.points, eval_span=parse_span(args.eval_span),
                           grace_s=args.grace, debounce_k=args.debounce_k,
                           debounce_n=args.debounce_n, release=args.release,
                           threshold_scale=args.threshold_scale)
     json_path, png = write_report(result, out, model=args.model, plot=not args.no_plot)
-    print(f'model {args.model} on {args.bag} ({result.scorer["provider"]}):')
+    print(f'model {args.model} on {bag} ({result.scorer["provider"]}):')
     for line in summary_lines(result):
         print(f'  {line}')
     print(f'report: {json_path}' + (f'  plot: {png}' if png else '')
           + f'  ({time.perf_counter() - start:.1f} s)')
+    return 0
+
+
+def _eval_set(args: argparse.Namespace, bags: list[Path]) -> int:
+    """Evaluate on several bags: a report per bag under --out, pooled figures printed and in
+    summary.json."""
+    import json
+
+    from encdec_ros.anomaly.evaluate import evaluate_bag, parse_span, pooled, write_report
+    from encdec_ros.errors import ConfigError
+    from encdec_ros.io.bagset import unique_names
+    from encdec_ros.modeldir import check_output_dir
+
+    if args.labels:
+        raise ConfigError('--labels names one labels CSV, which fits one bag; with several '
+                          'bags each uses its own labels.csv or label topic')
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / \
+        f'{Path(args.model).name}_eval'
+    check_output_dir(out, what='report directory')
+    names = unique_names(bags)
+    start = time.perf_counter()
+    rows, results = [], []
+    print(f'model {args.model} on {len(bags)} bags; reports in {out}')
+    for bag, name in zip(bags, names):
+        result = evaluate_bag(args.model, bag, device=args.device, points=args.points,
+                              eval_span=parse_span(args.eval_span), grace_s=args.grace,
+                              debounce_k=args.debounce_k, debounce_n=args.debounce_n,
+                              release=args.release, threshold_scale=args.threshold_scale)
+        write_report(result, out / name, model=args.model, plot=not args.no_plot)
+        m = result.metrics
+        events = m['events']
+        times = result.times_ns
+        row = {'bag': str(bag), 'report': str(out / name), 'pointwise': m['pointwise'],
+               'events': len(events), 'detected': sum(e['detected'] for e in events),
+               'false_alarms': m['alarms']['false_alarms'],
+               'hours': (int(times[-1]) - int(times[0])) * 1e-9 / 3600 if times.size else 0.0}
+        rows.append(row)
+        results.append(result)
+        f1 = m['pointwise']['f1']
+        print(f'  {name:<28} F1 {"n/a" if f1 is None else f"{f1:.3f}"}  faults '
+              f'{row["detected"]}/{row["events"]} detected  false alarms '
+              f'{row["false_alarms"]}')
+    pool = pooled(results)
+    hours = sum(r['hours'] for r in rows)
+    false_alarms = sum(r['false_alarms'] for r in rows)
+    summary = {'model': str(args.model), 'bags': rows, 'pooled': pool,
+               'events': sum(r['events'] for r in rows),
+               'detected': sum(r['detected'] for r in rows),
+               'false_alarms': false_alarms,
+               'false_alarms_per_hour': false_alarms / hours if hours else None}
+    (out / 'summary.json').write_text(json.dumps(summary, indent=1, default=float))
+
+    def fmt(v: float | None, pct: bool = False) -> str:
+        return 'n/a' if v is None else (f'{100 * v:.2f} %' if pct else f'{v:.3f}')
+
+    print(f'pooled over {len(bags)} bags ({hours:.2f} h): precision {fmt(pool["precision"])}  '
+          f'recall {fmt(pool["recall"])}  F1 {fmt(pool["f1"])}  FAR {fmt(pool["far"], True)}; '
+          f'faults {summary["detected"]}/{summary["events"]} detected; {false_alarms} false '
+          'alarm(s)' + (f' ({summary["false_alarms_per_hour"]:.1f} per hour)' if hours else ''))
+    print(f'summary: {out / "summary.json"}  ({time.perf_counter() - start:.1f} s)')
     return 0

@@ -193,6 +193,20 @@ class BagSource:
                 f'{path.parent}, so only that part is read; pass the directory {path.parent} '
                 'to read the whole bag')
 
+    def time_range(self) -> tuple[int, int] | None:
+        """(first, last) log time in ns from the bag's metadata and indexes, without reading
+        its messages; None for a bag without messages."""
+        starts, ends = [], []
+        for reader in self._readers:
+            try:
+                start, end = int(reader.start_time), int(reader.end_time)
+            except Exception:  # noqa: BLE001 - a storage without an index: no range
+                continue
+            if reader.message_count if hasattr(reader, 'message_count') else end > start:
+                starts.append(start)
+                ends.append(max(start, end - 1))     # rosbags' end is one past the last
+        return (min(starts), max(ends)) if starts else None
+
     # ------------------------------------------------------------------ types
     def definition_source(self, topic: str) -> str:
         """Where the definition of ``topic``'s type comes from: ``in bag``, ``standard`` (the

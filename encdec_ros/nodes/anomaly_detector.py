@@ -5,7 +5,9 @@ Usage::
     ros2 run encdec_ros anomaly_detector --ros-args -p model_dir:=/path/to/model
     ros2 launch encdec_ros anomaly_detector.launch.py model_dir:=/path/to/model
 
-The node subscribes to the topics of the model's signal spec, extracts the spec's fields,
+The node subscribes to the topics of the model's signal spec, taken relative (``/imu`` is
+``imu``, so in namespace ``robot1`` it reads ``/robot1/imu``; remap with ``-r imu:=/imu`` to
+read a topic outside the namespace), extracts the spec's fields,
 stamps each sample with its header stamp (or its receive time, as the spec says), aligns the
 topics onto the spec's clock (:class:`~encdec_ros.io.align.StreamingAligner`), keeps the last
 window (:class:`~encdec_ros.io.window.RingWindow`) and, at every tick index ``k`` with
@@ -34,6 +36,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32
 
 from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer, Decision, check_debounce
+from encdec_ros.engine import DEVICES
 from encdec_ros.errors import ConfigError, EncdecError
 from encdec_ros.io.align import StreamingAligner
 from encdec_ros.io.fields import ShortMessageError, compile_path
@@ -45,20 +48,22 @@ from encdec_ros.nodes.common import (
     InputMonitor,
     Param,
     declare_parameters,
+    device_param,
     qos_profile,
+    relative_topic,
+    resolve_share_path,
     run_node,
 )
 
-DEVICES = ('auto', 'tensorrt', 'cuda', 'cpu')
 LATENCY_WINDOW = 4096   # recent samples kept per latency kind (a power of two)
 LOG_EVERY_S = 10.0      # the same kind of time event on one topic is logged at most this often
 TIME_DISAGREE_S = 5.0   # stamps of one input this far from the others' cannot be aligned
 
 PARAMS = (
     Param('model_dir', '', 'Model directory written by `encdec train anomaly` (model.onnx and '
-          'model.yaml)', read_only=True),
-    Param('device', 'auto', 'Inference device: auto (TensorRT > CUDA > CPU), tensorrt, cuda or '
-          'cpu', read_only=True, constraints='one of auto, tensorrt, cuda, cpu'),
+          'model.yaml); a relative path that does not exist is also looked up in the '
+          'installed share directory', read_only=True),
+    device_param('auto'),
     Param('threads', 1, 'ONNX Runtime intra-op threads on the CPU (0: one per core)',
           read_only=True, min=0, max=64),
     Param('stride', 0, 'Ticks between decisions; a decision is taken at tick index k when '
@@ -144,8 +149,9 @@ class AnomalyDetectorNode(Node):
         if p['qos_history'] not in ('keep_last', 'keep_all'):
             raise ConfigError(f'parameter qos_history is {p["qos_history"]!r}; use keep_last '
                               'or keep_all')
+        model_dir = resolve_share_path(p['model_dir'])
         self.scorer = AnomalyScorer(
-            p['model_dir'], device=p['device'], threads=p['threads'],
+            model_dir, device=p['device'], threads=p['threads'],
             debounce_k=p['debounce_k'] or None, debounce_n=p['debounce_n'] or None,
             release=p['release'] or None, threshold_scale=p['threshold_scale'],
             stride=p['stride'] or None)
@@ -182,22 +188,27 @@ class AnomalyDetectorNode(Node):
         self.pub_score = self.create_publisher(Float32, '~/score', out_qos)
         self._subs = []
         self.monitor = InputMonitor(
-            self, [(self.resolve_topic_name(t.name), t.type) for t in spec.topics],
-            silent_after_s=p['input_timeout'])
+            self, [(self.resolve_topic_name(relative_topic(t.name)), t.type)
+                   for t in spec.topics], silent_after_s=p['input_timeout'])
         for index, topic in enumerate(spec.topics):
             cls = message_class(topic.type)
             fns = [compile_path(f.path) for f in topic.fields]
             callback = self._make_callback(index, fns, topic.stamp == 'header')
             self._subs.append(self.create_subscription(
-                cls, topic.name, callback, qos,
+                cls, relative_topic(topic.name), callback, qos,
                 event_callbacks=self.monitor.event_callbacks(index)))
+        self.topic_names: list[str] = [sub.topic_name for sub in self._subs]
+        """The input topics as subscribed: the spec's, in the node's namespace, remapped."""
+        for item, name in zip(self.monitor.inputs, self.topic_names):
+            item.name = name
         self.diagnostics = DiagnosticsReporter(
-            self, 'anomaly', ', '.join(spec.topic_names), p['diagnostics_period'],
+            self, 'anomaly', ', '.join(self.topic_names), p['diagnostics_period'],
             stale_after_s=p['stale_after'], source=self._status)
+        self.diagnostics.report_engine(self.scorer.engine)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
-            f'model {p["model_dir"]} on {self.scorer.provider}: {len(self.scorer.channels)} '
-            f'channels from {", ".join(spec.topic_names)} at {spec.rate_hz:g} Hz, window '
+            f'model {model_dir} on {self.scorer.provider}: {len(self.scorer.channels)} '
+            f'channels from {", ".join(self.topic_names)} at {spec.rate_hz:g} Hz, window '
             f'{spec.window}, a decision every {self.stride} tick(s), threshold '
             f'{self.scorer.threshold_:.4g} ({self.scorer.error_kind})')
 
@@ -258,7 +269,7 @@ class AnomalyDetectorNode(Node):
     def _log_time(self, index: int) -> None:
         """Log what the time model did with a topic's stamps: once per kind, then at most
         every LOG_EVERY_S seconds (the counts are on /diagnostics)."""
-        topic = self.spec.topics[index].name
+        topic = self.topic_names[index]
         clock = self._aligner.clocks[index]
         lines = []
         if clock.dropped != self._dropped_seen[index]:
@@ -364,7 +375,7 @@ class AnomalyDetectorNode(Node):
     def _time_problems(self) -> list[str]:
         """Inputs whose stamps cannot be aligned with the others' (a clock of its own)."""
         clocks = self._aligner.clocks
-        names = self.spec.topic_names
+        names = self.topic_names
         if any(c.last is None for c in clocks):
             return []
         top = max(c.segment for c in clocks)

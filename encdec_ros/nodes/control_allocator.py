@@ -12,7 +12,12 @@ Publishes:
     all six axes (``publish_error``);
     ``~/error`` (std_msgs/Float32): the weighted, normalised error as a fraction of the
     largest attainable wrench (``publish_error``);
-    ``/diagnostics``: method in use, fallback reason, watchdog state, error and latency.
+    ``/diagnostics``: method in use, fallback reason, watchdog state, error and latency;
+    WARN before the first wanted wrench and while the watchdog commands the safe output
+    (never STALE: the node is acting), WARN for wrenches with NaN or inf ignored in the last
+    10 s (it clears), ERROR for wanted wrenches so large (near 1e308) that no finite command
+    comes out (ignored, the last command holds); a command whose error overflows is
+    published without ``~/error``.
 
 Methods (parameter ``method``): ``learned`` (an exported model, ``model_dir``), ``exact``
 (weighted box-constrained least squares, warm-started), ``pseudo_inverse``,
@@ -50,14 +55,16 @@ from encdec_ros.allocation.allocators import (
     make_allocator,
     method_name,
 )
-from encdec_ros.errors import ConfigError, EncdecError
+from encdec_ros.errors import ConfigError, EncdecError, EngineError
 from encdec_ros.io.align import TopicClock
 from encdec_ros.nodes.common import (
     LEVELS,
     DiagnosticsReporter,
     InputMonitor,
     Param,
+    RecentCount,
     declare_parameters,
+    device_param,
     qos_profile,
     resolve_share_path,
     run_node,
@@ -65,6 +72,11 @@ from encdec_ros.nodes.common import (
 
 LATENCY_WINDOW = 1024
 AXES = ('force.x', 'force.y', 'force.z', 'torque.x', 'torque.y', 'torque.z')
+RECENT_S = 10.0
+"""Seconds over which ignored wrenches and failed allocations keep /diagnostics at WARN or
+ERROR after they stop."""
+IDLE_S = 3.0
+"""With the watchdog off, seconds without a wanted wrench before /diagnostics says so."""
 
 PARAMS = [
     Param('effectiveness', '', 'Effectiveness YAML (B, limits, weights); empty: the one stored '
@@ -73,8 +85,7 @@ PARAMS = [
           read_only=True),
     Param('method', 'auto', 'learned, exact, pseudo_inverse, redistribution or auto (learned '
           'when model_dir is set, else exact).', read_only=True),
-    Param('device', 'cpu', 'Inference device for the learned allocator (cpu, cuda, '
-          'tensorrt, auto).', read_only=True),
+    device_param('cpu'),
     Param('exact_solver', 'active_set', 'Solver of the exact method: active_set or bvls.',
           read_only=True),
     Param('timeout_s', 0.5, 'Seconds without a wanted wrench before the safe output is '
@@ -134,13 +145,16 @@ class ControlAllocatorNode(Node):
             self.pub_err = self.create_publisher(Float32, '~/error', qos_out)
         self.monitor = InputMonitor(
             self, [(self.resolve_topic_name('wrench_cmd'), 'geometry_msgs/msg/WrenchStamped')],
-            silent_after_s=None)               # silence is the watchdog's
+            silent_after_s=None, quiet=('non-finite',))   # the watchdog's and below
         self._stamps = TopicClock(10_000_000)   # counts jumps in the wrench stamps
         self.sub = self.create_subscription(WrenchStamped, 'wrench_cmd', self._on_wrench,
                                             qos_in, event_callbacks=self.monitor.event_callbacks(0))
+        # No STALE from the reporter: before the first wrench and after wrenches stop, the
+        # node is commanding the safe output (or holding its command) and says so as WARN.
         self.diag = DiagnosticsReporter(self, 'control allocation', eff.name,
                                         period_s=float(p['diagnostics_period_s']),
-                                        stale_after_s=max(3.0, 4 * self.timeout_s))
+                                        stale_after_s=None)
+        self.diag.report_engine(getattr(self.core, 'engine', None))
 
         # state
         self._layout = [MultiArrayDimension(label='actuators', size=eff.n_actuators,
@@ -152,7 +166,9 @@ class ControlAllocatorNode(Node):
         self.last_wrench_t: float | None = None
         self.timed_out = False
         self.commands = 0
-        self.rejected = 0
+        self._rejected = RecentCount(RECENT_S)      # wanted wrenches with NaN or inf
+        self._unsolved = RecentCount(RECENT_S)      # allocations that gave no finite command
+        self._bad_error = RecentCount(RECENT_S)     # finite commands whose error overflows
         self.watchdog_trips = 0
         self.rate_limited = 0
         self.frame_mismatch = ''
@@ -191,6 +207,10 @@ class ControlAllocatorNode(Node):
             try:
                 return make_allocator('learned', self.eff, model_dir=resolve_share_path(model_dir),
                                       device=device)
+            except EngineError as err:
+                if device.endswith('_strict'):   # asked to fail rather than fall back
+                    raise
+                return self._fall_back(str(err), solver)
             except EncdecError as err:
                 return self._fall_back(str(err), solver)
         return make_allocator(method, self.eff, solver=solver, warm_start=True)
@@ -201,6 +221,16 @@ class ControlAllocatorNode(Node):
         self.get_logger().warning(self.fallback_reason)
         self.core = ExactAllocator(self.eff, solver=solver, warm_start=True)
         return self.core
+
+    @property
+    def rejected(self) -> int:
+        """Wanted wrenches with NaN or infinite values ignored since the start."""
+        return self._rejected.total
+
+    @property
+    def unsolved(self) -> int:
+        """Wanted wrenches so large that no finite command came out (ignored)."""
+        return self._unsolved.total
 
     # ------------------------------------------------------------------ hot path
 
@@ -214,7 +244,7 @@ class ControlAllocatorNode(Node):
             self.monitor.stamp(0, stamp)
             self._stamps.offer(stamp)
         if not np.isfinite(full).all():
-            self.rejected += 1
+            self._rejected.add()
             self.monitor.nonfinite(0, [f'wrench.{a}' for a, ok in zip(AXES, np.isfinite(full))
                                        if not ok])
             return
@@ -230,15 +260,24 @@ class ControlAllocatorNode(Node):
         if self.limiter is not None:
             lower, upper = self.limiter.bounds(self.prev_u, now - self._prev_t)
         t0 = time.perf_counter()
-        try:
-            u = self.core.allocate(v, lower=lower, upper=upper)
-        except Exception as err:  # noqa: BLE001 - a failing network must not stop the robot
-            if self.core.method != 'learned':
-                raise
-            self._fall_back(f'it failed while running: {type(err).__name__}: {err}')
-            u = self.core.allocate(v, lower=lower, upper=upper)
+        # wanted wrenches near the float limit (1e308) overflow inside the solvers: no numpy
+        # warning on stderr, the result is checked below
+        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+            try:
+                u = self.core.allocate(v, lower=lower, upper=upper)
+            except Exception as err:  # noqa: BLE001 - a failing network must not stop the robot
+                if self.core.method != 'learned':
+                    raise
+                self._fall_back(f'it failed while running: {type(err).__name__}: {err}')
+                u = self.core.allocate(v, lower=lower, upper=upper)
         self._lat[self._lat_n % LATENCY_WINDOW] = time.perf_counter() - t0
         self._lat_n += 1
+        if not np.isfinite(u).all():
+            self._unsolved.add()
+            self.get_logger().error(
+                f'a wanted wrench too large to allocate ({np.abs(v).max():.3g}) gave no finite '
+                'command; it is ignored and the last command holds', throttle_duration_sec=5.0)
+            return
         if lower is not None:
             held = ((u <= lower + 1e-12) & (lower > self.eff.u_min)) | (
                 (u >= upper - 1e-12) & (upper < self.eff.u_max))
@@ -268,13 +307,17 @@ class ControlAllocatorNode(Node):
             js.effort = values
             self.pub_joint.publish(js)
         if self.pub_werr is not None and msg is not None:
-            err = self.eff.achieved_full(u) - full
+            with np.errstate(over='ignore', invalid='ignore'):
+                err = self.eff.achieved_full(u) - full
+                e = float(self.eff.error(u, v))
+            if not (np.isfinite(err).all() and np.isfinite(e)):
+                self._bad_error.add()       # the command is fine; its error cannot be told
+                return
             out = WrenchStamped()
             out.header = msg.header
             out.wrench.force.x, out.wrench.force.y, out.wrench.force.z = err[:3].tolist()
             out.wrench.torque.x, out.wrench.torque.y, out.wrench.torque.z = err[3:].tolist()
             self.pub_werr.publish(out)
-            e = float(self.eff.error(u, v))
             self._last_error = e
             self._err_sum += e
             self.pub_err.publish(Float32(data=e))
@@ -304,6 +347,8 @@ class ControlAllocatorNode(Node):
             'configuration': self.eff.source,
             'commands': self.commands,
             'rejected (non-finite)': self.rejected,
+            'unsolved (too large)': self.unsolved,
+            'error not finite': self._bad_error.total,
             'watchdog trips': self.watchdog_trips,
             'rate limited': self.rate_limited,
             'last error (fraction of largest wrench)': self._last_error,
@@ -320,19 +365,38 @@ class ControlAllocatorNode(Node):
         level, inputs, input_values = monitor.report()
         monitor.log_started(self.get_logger())
         values.update(input_values)
-        problems = []
+        errors, problems = [], []
+        unsolved = self._unsolved.recent()
+        if unsolved:
+            errors.append(f'{unsolved} wanted wrench(es) in the last {RECENT_S:g} s too large '
+                          'to allocate (no finite command): ignored, the last command holds')
         if self.fallback_reason:
             problems.append(self.fallback_reason)
-        if self.timed_out:
+        if self.last_wrench_t is None:
+            problems.append('no wanted wrench received yet' + (
+                ': commanding the safe output' if self.timeout_s > 0 else ''))
+        elif self.timed_out:
             problems.append(f'no wanted wrench for more than {self.timeout_s:g} s: commanding '
                             'the safe output')
-        if self.rejected:
-            problems.append(f'{self.rejected} wrench(es) with NaN or infinite values ignored')
+        elif self.timeout_s <= 0 and time.monotonic() - self.last_wrench_t > IDLE_S:
+            problems.append(f'no wanted wrench for more than {IDLE_S:g} s (watchdog off: '
+                            'the last command holds)')
+        rejected = self._rejected.recent()
+        if rejected:
+            axes = ', '.join(self.monitor.inputs[0].bad_channels)
+            problems.append(f'{rejected} wrench(es) with NaN or infinite values ignored in the '
+                            f'last {RECENT_S:g} s (last in {axes})')
+        bad_error = self._bad_error.recent()
+        if bad_error:
+            problems.append(f'{bad_error} command(s) in the last {RECENT_S:g} s whose error '
+                            'overflows (wanted wrench near the float limit): ~/error not '
+                            'published for them')
         if self.frame_mismatch:
             problems.append(f'wrenches arrive in frame {self.frame_mismatch!r}, expected '
                             f'{self.eff.frame_id!r}')
-        if problems or inputs:
-            self.diag.update(max(level, LEVELS['WARN']), '; '.join(inputs + problems), values)
+        if errors or problems or inputs:
+            level = max(level, LEVELS['ERROR'] if errors else LEVELS['WARN'])
+            self.diag.update(level, '; '.join(errors + inputs + problems), values)
         else:
             self.diag.update('OK', f'{self.core.method}: last error '
                              f'{self._last_error:.2%} of the largest wrench', values)

@@ -50,7 +50,9 @@ from encdec_ros.nodes.common import (
     InputMonitor,
     Param,
     declare_parameters,
+    device_param,
     qos_profile,
+    relative_topic,
     resolve_share_path,
     run_node,
 )
@@ -69,8 +71,7 @@ PARAMETERS = (
           "node's namespace)", read_only=True),
     Param('output_topic', '', 'Topic of the cleaned messages; empty: <input_topic>/denoised',
           read_only=True),
-    Param('device', 'auto', 'Inference device of the model: auto, tensorrt, cuda or cpu',
-          read_only=True),
+    device_param('cpu'),
     Param('threads', 1, 'ONNX Runtime CPU threads (1 is fastest for small models)',
           read_only=True, min=0, max=64),
     Param('reliability', 'best_effort', 'QoS reliability of the input subscription: '
@@ -132,8 +133,7 @@ class DenoiserNode(Node):
             spec=resolve_share_path(values['spec_file']) or None, device=values['device'],
             threads=values['threads'], params=overrides(values, method))
         topic = self.core.topic
-        # The spec's topic relative, so that the node's namespace applies (/imu -> imu).
-        given = values['input_topic'] or topic.name.lstrip('/')
+        given = values['input_topic'] or relative_topic(topic.name)
         output = values['output_topic'] or f'{given}/denoised'
         msg_cls = message_class(topic.type)
         self._header = topic.stamp == 'header'
@@ -155,6 +155,7 @@ class DenoiserNode(Node):
         self._logged: dict[str, float] = {}
         self._diag = DiagnosticsReporter(self, 'denoiser', self.input_topic,
                                          values['diagnostics_period_s'], source=self._status)
+        self._diag.report_engine(getattr(self.core.denoiser, 'engine', None))
         self.get_logger().info(
             f'denoising {self.input_topic} ({topic.type}, {len(self.core.channels)} fields) '
             f'with {method} on {self.provider} -> {self.output_topic}')
