@@ -120,7 +120,7 @@ class Live:
                                         lambda m: self.scores.append(m.data), out)
         self.client.create_subscription(
             DiagnosticArray, '/diagnostics', lambda m: self.diag.extend(
-                (time.monotonic(), s) for s in m.status if s.name.startswith(f'{name}:')), 100)
+                (time.monotonic(), s) for s in m.status if s.name.startswith(f'/{name}:')), 100)
         self.executor = make_executor(context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.client)
