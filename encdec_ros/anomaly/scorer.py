@@ -145,7 +145,9 @@ class Decision:
 
     Attributes:
         score: error / threshold (NaN when the window held non-finite values).
-        flag: The debounced anomaly flag after this window.
+        flag: The debounced anomaly flag after this window; always True for a window that
+            could not be scored (NaN or infinite inputs: a dead sensor is a fault), without
+            touching the debouncer's memory.
         raised: True when the flag rose with this window.
         error: The aggregate error before division by the threshold.
         channel_z: How unusual each channel is in this window [C] (standardised log error,
@@ -170,7 +172,7 @@ class BatchScores:
 
     Attributes:
         scores: [N] error / threshold (NaN for windows with non-finite inputs).
-        flags: [N] debounced flags.
+        flags: [N] debounced flags (True where the score is not finite).
         errors: [N] aggregate errors.
         channel_errors: [N, 2C] per-channel mean squared errors, then input roughness
             (normalised units).
@@ -305,6 +307,7 @@ class AnomalyScorer:
                                 f'spec needs [batch, {want[0]}, {want[1]}]; re-export the model')
         self._inv_std = (1.0 / self.std_).astype(np.float32)
         self._batch1 = np.empty((1, self.window, n_ch), dtype=np.float32)
+        self._flag = False       # the flag of the last decision (forced up for unscored ones)
 
     # ------------------------------------------------------------------ parts
 
@@ -363,9 +366,10 @@ class AnomalyScorer:
         """Score one window [W, C] (raw units, oldest row first) and update the flag."""
         batch = self._batch1
         batch[0] = window
-        before = self.debouncer.flag
+        before = self._flag
         if not np.isfinite(batch).all():
-            return Decision(math.nan, before, False, math.nan,
+            self._flag = True
+            return Decision(math.nan, True, not before, math.nan,
                             np.full(len(self.channels), np.nan), valid=False,
                             code=np.full(self.code_size, np.nan, np.float32)
                             if self.code_size else None)
@@ -375,7 +379,8 @@ class AnomalyScorer:
         errors, z = self.aggregate(ch_err, codes)
         error = float(errors[0])
         score = error / self.threshold_
-        flag = self.debouncer.update(score)
+        flag = self.debouncer.update(score) or not math.isfinite(score)
+        self._flag = flag
         return Decision(score, flag, flag and not before, error, z[0],
                         code=codes[0].copy() if codes is not None else None)
 
@@ -402,13 +407,16 @@ class AnomalyScorer:
             ch_err, codes = self.window_statistics(windows, batch=batch)
         errors, z = self.aggregate(ch_err, codes)
         scores = errors / self.threshold_
-        flags = self.debouncer.run(scores)
+        flags = self.debouncer.run(scores) | ~np.isfinite(scores)
+        if len(flags):
+            self._flag = bool(flags[-1])
         return BatchScores(scores, flags, errors, ch_err, z, codes)
 
     def reset(self) -> None:
         """Lower the flag and forget past scores (e.g. after the inputs stopped)."""
         self.debouncer.reset()
         self.slow.reset()
+        self._flag = False
 
     def describe(self) -> dict[str, Any]:
         """A plain dict for diagnostics and reports."""
