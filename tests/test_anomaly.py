@@ -73,7 +73,7 @@ def flight(tmp_path_factory):
 
 
 def test_quantile_rule_on_a_gaussian():
-    from training.calibrate import calibrate
+    from encdec_ros.anomaly.calibrate import calibrate
 
     errors = np.random.default_rng(0).normal(size=200_000)
     cal = calibrate(errors, rule='quantile', quantile=0.99)
@@ -82,7 +82,7 @@ def test_quantile_rule_on_a_gaussian():
 
 
 def test_pot_rule_on_an_exponential_tail_extrapolates():
-    from training.calibrate import calibrate
+    from encdec_ros.anomaly.calibrate import calibrate
 
     errors = np.random.default_rng(1).exponential(size=100_000)
     # exceeded with probability 1e-4: -ln(1e-4) = 9.21; 1e-6 (beyond the data): 13.82
@@ -95,7 +95,7 @@ def test_pot_rule_on_an_exponential_tail_extrapolates():
 
 
 def test_pot_falls_back_to_a_quantile_with_too_few_peaks():
-    from training.calibrate import calibrate
+    from encdec_ros.anomaly.calibrate import calibrate
 
     errors = np.random.default_rng(2).normal(size=200)   # 4 peaks above the 0.98 quantile
     cal = calibrate(errors, rule='pot', risk=0.01)

@@ -12,7 +12,7 @@
    with torch within 1e-4 on real windows);
 5. runs the exported model through the runtime's own error code
    (:func:`encdec_ros.anomaly.scorer.reconstruction_errors`) on the calibration windows, stores each
-   channel's normal error statistics and calibrates the threshold (:mod:`training.calibrate`);
+   channel's normal error statistics and calibrates the threshold (:mod:`encdec_ros.anomaly.calibrate`);
 6. writes the model directory (``encdec_ros.modeldir.save_model_dir``) and a loss curve PNG.
 """
 
@@ -47,7 +47,7 @@ from encdec_ros.io.bag import Recording, read_bags
 from encdec_ros.io.spec import SignalSpec
 from encdec_ros.io.window import window_ends, windows_at
 from encdec_ros.modeldir import check_output_dir
-from training.calibrate import RULES, calibrate
+from encdec_ros.anomaly.calibrate import RULES, calibrate
 from training.models import AEConfig, build_model, count_parameters
 
 log = logging.getLogger(__name__)

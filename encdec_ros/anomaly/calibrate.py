@@ -1,4 +1,4 @@
-"""Threshold calibration on errors of held-out normal data: a quantile rule and POT.
+"""Threshold calibration on errors of held-out normal data: a quantile rule and POT (no torch).
 
 - ``quantile``: the threshold is the ``q`` quantile of the normal errors. Simple, but it
   cannot reach beyond the data: with 2,000 windows, q = 0.9999 is simply the maximum.
