@@ -20,10 +20,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from encdec_ros.anomaly.scorer import (
+    SLOW_MIN_WINDOWS,
+    ChannelStats,
+    Debouncer,
+    SlowContext,
+    SlowStats,
+    aggregate_errors,
+    window_features,
+)
 from encdec_ros.errors import ConfigError
 
 RULES = ('pot', 'quantile')
@@ -140,3 +149,160 @@ def _finite(errors: np.ndarray) -> np.ndarray:
         raise ConfigError(f'threshold calibration needs at least 2 normal windows, got '
                           f'{errors.size}; give a longer bag or a smaller window')
     return errors
+
+
+# --------------------------------------------------------------------------- the detector
+
+
+SLOW_MIN_CONTEXTS = 50
+"""Held-out decisions needed to calibrate a slow context, in context lengths."""
+
+
+@dataclass
+class DetectorFit:
+    """Everything calibrated on held-out normal errors: statistics, threshold, self-check.
+
+    Attributes:
+        stats: Each channel's normal statistics (with the slow context's, if any).
+        calibration: How the threshold was found.
+        threshold: The threshold on the aggregate error (after the scale).
+        slow_windows: Decisions in the slow context (0: none).
+        notes: Sentences for the user (a slow context turned off, a small-data bound...).
+        exceed_share: Share of held-out decisions whose score reaches the threshold.
+        flagged_share: Share of held-out decisions with the debounced flag up (the
+            self-check: a detector flagging much of its own normal data is refused).
+        decisions: Held-out decisions scored.
+        blame: [C] how many of the held-out decisions above the threshold each channel
+            was the most unusual in.
+    """
+
+    stats: ChannelStats
+    calibration: Calibration
+    threshold: float
+    slow_windows: int
+    notes: list[str] = field(default_factory=list)
+    exceed_share: float = 0.0
+    flagged_share: float = 0.0
+    decisions: int = 0
+    blame: np.ndarray | None = None
+
+    def section(self) -> dict[str, Any]:
+        """The ``calibration`` section of model.yaml (without the threshold's scale)."""
+        return {**self.calibration.to_dict(), 'threshold': self.threshold,
+                'calibrated_threshold': self.calibration.threshold,
+                'heldout_decisions': self.decisions,
+                'exceed_heldout': self.exceed_share, 'flagged_heldout': self.flagged_share}
+
+
+def slow_context_windows(slow_s: float, rate_hz: float, stride: int,
+                         part_lengths: Sequence[int]) -> tuple[int, str]:
+    """Decisions in a slow context of ``slow_s`` seconds (0: none), and a note when it had to
+    be turned off because the held-out parts (their lengths in decisions) cannot calibrate
+    it."""
+    if not slow_s:
+        return 0, ''
+    windows = int(round(slow_s * rate_hz / stride))
+    if windows < SLOW_MIN_WINDOWS:
+        return 0, (f'slow context off: {slow_s:g} s is only {windows} decision(s) at '
+                   f'{rate_hz:g} Hz with stride {stride}; give --slow of at least '
+                   f'{SLOW_MIN_WINDOWS * stride / rate_hz:g} s')
+    longest = max(part_lengths, default=0)
+    total = sum(part_lengths)
+    if longest < 3 * windows or total < SLOW_MIN_CONTEXTS * windows:
+        return 0, (f'slow context off: the held-out data holds {total} decisions (longest '
+                   f'part {longest}), too few to calibrate a context of {windows} decisions '
+                   f'(it needs {SLOW_MIN_CONTEXTS} contexts, the longest part 3); give longer '
+                   'bags or a shorter --slow')
+    return windows, ''
+
+
+def slow_runs(parts: Sequence[np.ndarray], windows: int) -> list[np.ndarray]:
+    """The slow context's running means [n, 2C] over each held-out part, restarted at every
+    part (parts are not contiguous in time)."""
+    out = []
+    for part in parts:
+        context = SlowContext(windows, part.shape[1])
+        out.append(context.run(window_features(part)))
+    return out
+
+
+def margin_factor(margin: float, decisions: int) -> float:
+    """How much a threshold calibrated on ``decisions`` held-out normal decisions is raised:
+    ``1 + margin / sqrt(decisions)``. The fewer normal decisions, the less of the robot's
+    normal operation the model and its tail estimate have seen, and the wider the margin
+    (about 1.9 on 300 decisions, 1.27 on 3,600 and 1.1 on 25,000 with ``margin`` 16)."""
+    return 1.0 + float(margin) / math.sqrt(max(int(decisions), 1))
+
+
+def fit_detector(parts: Sequence[np.ndarray], *, error: str, slow_windows: int = 0,
+                 rule: str = 'pot', risk: float = 1e-4, quantile: float | None = None,
+                 init_quantile: float = 0.98, threshold_scale: float = 1.0,
+                 margin: float = 0.0,
+                 debounce: tuple[int, int, float] = (3, 5, 0.8)) -> DetectorFit:
+    """Calibrate a detector on per-channel errors of held-out normal windows.
+
+    Args:
+        parts: Per-channel statistics [n, 2C] (:func:`~encdec_ros.anomaly.scorer.
+            reconstruction_errors`) of held-out normal decisions, one array per stretch
+            that is contiguous in time (the slow context restarts at each).
+        error: Aggregation, one of :data:`~encdec_ros.anomaly.scorer.ERROR_KINDS`.
+        slow_windows: Decisions in the slow context (0: none); see
+            :func:`slow_context_windows`.
+        rule, risk, quantile, init_quantile: The threshold rule (:func:`calibrate`).
+        threshold_scale: Multiply the calibrated threshold.
+        margin: Raise it further by :func:`margin_factor` of the held-out decisions.
+        debounce: (k, n, release) of the debouncer, for the self-check.
+    """
+    parts = _parts(parts)
+    stats = ChannelStats.fit(np.concatenate(parts))
+    if slow_windows and error != 'mse':
+        slow = slow_runs(parts, slow_windows)
+        stats = stats.with_slow(SlowStats.fit(np.concatenate(slow), slow_windows))
+    return calibrate_parts(parts, stats, error=error, rule=rule, risk=risk, quantile=quantile,
+                           init_quantile=init_quantile, threshold_scale=threshold_scale,
+                           margin=margin, debounce=debounce)
+
+
+def calibrate_parts(parts: Sequence[np.ndarray], stats: ChannelStats, *, error: str,
+                    rule: str = 'pot', risk: float = 1e-4, quantile: float | None = None,
+                    init_quantile: float = 0.98, threshold_scale: float = 1.0,
+                    margin: float = 0.0,
+                    debounce: tuple[int, int, float] = (3, 5, 0.8)) -> DetectorFit:
+    """The threshold and self-check of :func:`fit_detector` with given channel statistics."""
+    parts = _parts(parts)
+    slow = slow_runs(parts, stats.slow.windows) if stats.slow is not None and \
+        error != 'mse' else None
+    pairs = [aggregate_errors(p, error, stats, None if slow is None else slow[i])
+             for i, p in enumerate(parts)]
+    aggs = [a for a, _ in pairs]
+    agg = np.concatenate(aggs)
+    cal = calibrate(agg, rule=rule, risk=risk, quantile=quantile, init_quantile=init_quantile)
+    factor = margin_factor(margin, int(np.isfinite(agg).sum()))
+    cal.details['margin'] = float(margin)
+    cal.details['margin_factor'] = factor
+    threshold = cal.threshold * threshold_scale * factor
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise ConfigError(f'the calibrated threshold is {threshold!r}, not a positive number; '
+                          'use --error mse or the quantile rule')
+    k, n, release = debounce
+    flagged = decisions = 0
+    for a in aggs:
+        flags = Debouncer(k=k, n=n, release=release).run(a / threshold)
+        flagged += int(flags.sum())
+        decisions += int(np.isfinite(a).sum())
+    finite = agg[np.isfinite(agg)]
+    z = np.concatenate([zz for _, zz in pairs])
+    above = np.isfinite(agg) & (agg >= threshold)
+    blame = np.bincount(np.nanargmax(np.nan_to_num(z[above], nan=-np.inf), axis=1),
+                        minlength=z.shape[1]) if above.any() else np.zeros(z.shape[1], int)
+    return DetectorFit(stats, cal, float(threshold), stats.slow.windows if slow else 0, [],
+                       float(np.mean(finite >= threshold)) if finite.size else 0.0,
+                       flagged / max(decisions, 1), decisions, blame)
+
+
+def _parts(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    parts = [np.asarray(p, dtype=np.float64) for p in parts if len(p)]
+    if not parts:
+        raise ConfigError('threshold calibration needs held-out normal windows and got none; '
+                          'give a longer bag or a smaller window')
+    return parts

@@ -28,7 +28,8 @@ def register(groups: dict) -> None:
     p.add_argument('--exclude', default='', help='comma-separated columns to leave out')
     p.add_argument('--label-col', help='column whose non-zero values mark anomalies')
     p.add_argument('--topic', default='/csv/data', help='data topic (default /csv/data)')
-    p.add_argument('--window', type=int, default=60, help='window of the written spec.yaml')
+    p.add_argument('--window', type=int, default=30,
+                   help='window of the written spec.yaml, in rows (default: %(default)s)')
     p.add_argument('--stride', type=int, default=1, help='stride of the written spec.yaml')
     p.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output')

@@ -153,7 +153,7 @@ def csv_to_bag(csv_path: str | Path, out: str | Path, *, topic: str = '/csv/data
                storage: str = 'sqlite3', sep: str = 'auto', time_col: str | None = None,
                time_unit: str | None = None, columns: Sequence[str] | None = None,
                exclude: Sequence[str] = (), label_col: str | None = None,
-               window: int = 60, stride: int = 1, overwrite: bool = False) -> tuple[Path, CsvTable]:
+               window: int = 30, stride: int = 1, overwrite: bool = False) -> tuple[Path, CsvTable]:
     """Write the CSV as a bag; return the bag path and the parsed table."""
     table = read_csv_table(csv_path, sep=sep, time_col=time_col, time_unit=time_unit,
                            columns=columns, exclude=exclude, label_col=label_col)
