@@ -6,7 +6,12 @@ The engine runs one exported model (``model.onnx``) on the best usable device:
   only asked for when the NVIDIA driver loads and reports a device (and, for TensorRT, when
   ``libnvinfer`` loads), and ONNX Runtime's logger is silenced while a GPU provider is being
   created, so a machine without a GPU prints nothing.
-- ``device='cuda'`` or ``'tensorrt'`` must get what it asks for, else :class:`EngineError`.
+- ``device='cuda'`` or ``'tensorrt'`` asks for that provider; where it cannot be had (no GPU,
+  no driver, libraries missing) the engine runs on the next one (TensorRT ▸ CUDA ▸ CPU),
+  logs a warning and keeps the reason in :attr:`InferenceEngine.fallback`, so a robot
+  launched with ``device:=cuda`` still runs (and its node says so in /diagnostics).
+- ``device='cuda_strict'`` or ``'tensorrt_strict'`` must get exactly that provider, else
+  :class:`EngineError`.
 - ``device='cpu'`` never touches the GPU libraries.
 
 The hot path (:meth:`InferenceEngine.run`) is one ONNX Runtime call plus a latency sample in
@@ -22,6 +27,7 @@ import ctypes
 import functools
 import hashlib
 import io
+import logging
 import os
 import re
 import time
@@ -33,7 +39,9 @@ import onnxruntime as ort
 
 from encdec_ros.errors import ConfigError, EngineError
 
-DEVICES = ('auto', 'tensorrt', 'cuda', 'cpu')
+DEVICES = ('auto', 'tensorrt', 'cuda', 'cpu', 'tensorrt_strict', 'cuda_strict')
+"""Device names: ``auto``; ``tensorrt`` and ``cuda`` (fall back, with a warning, when the
+provider cannot be had); their ``_strict`` forms (fail instead); ``cpu``."""
 PROVIDERS = {
     'tensorrt': 'TensorrtExecutionProvider',
     'cuda': 'CUDAExecutionProvider',
@@ -47,6 +55,8 @@ WARMUP_RUNS = 3
 LATENCY_WINDOW = 1024  # recent calls kept for latency_ms(); a power of two
 
 _ORT_DEFAULT_SEVERITY = 2  # ONNX Runtime's own default (warning)
+_FALLBACK_ORDER = {'tensorrt': ('tensorrt', 'cuda', 'cpu'), 'cuda': ('cuda', 'cpu')}
+log = logging.getLogger(__name__)
 _TRT_LIBS = ('libnvinfer.so.10', 'libnvinfer.so.11', 'libnvinfer.so')
 _NP_DTYPES = {
     'tensor(float)': np.float32,
@@ -303,7 +313,9 @@ class InferenceEngine:
 
     Args:
         onnx_path: The ``.onnx`` file.
-        device: 'auto' (TensorRT ▸ CUDA ▸ CPU, probed quietly), 'tensorrt', 'cuda' or 'cpu'.
+        device: 'auto' (TensorRT ▸ CUDA ▸ CPU, probed quietly); 'tensorrt' or 'cuda' (that
+            provider, else the next one down with a warning, see :attr:`fallback`);
+            'tensorrt_strict' or 'cuda_strict' (that provider or :class:`EngineError`); 'cpu'.
         threads: Intra-op threads; default :data:`DEFAULT_THREADS`.
         warmup: Run the model this many times (True: :data:`WARMUP_RUNS`) at batch 1 with
             zeros of its static dims before returning.
@@ -323,6 +335,8 @@ class InferenceEngine:
         if device not in DEVICES:
             raise ConfigError(f'device {device!r} is not one of {", ".join(DEVICES)}; '
                               "use 'auto' unless you need to force one")
+        self.fallback = ''
+        """Why the engine does not run on the device asked for ('' when it does)."""
         threads = DEFAULT_THREADS if threads is None else threads
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
             raise ConfigError(f'threads must be a whole number >= 0 (0: one per core), '
@@ -383,12 +397,34 @@ class InferenceEngine:
                 except EngineError:
                     continue
             return self._create('cpu')
-        if device != 'cpu':
-            reason = _gpu_reason(device)
+        if device == 'cpu':
+            return self._create('cpu')
+        if device.endswith('_strict'):
+            wanted = device.removesuffix('_strict')
+            reason = _gpu_reason(wanted)
             if reason:
                 raise EngineError(f"device {device!r} is not usable here: {reason}; "
-                                  "use device 'auto' or 'cpu'")
-        return self._create(device)
+                                  f"use device {wanted!r} to fall back, 'auto' or 'cpu'")
+            return self._create(wanted)
+        reason = ''
+        for candidate in _FALLBACK_ORDER[device]:
+            problem = _gpu_reason(candidate) if candidate != 'cpu' else ''
+            if not problem:
+                try:
+                    session = self._create(candidate)
+                except EngineError as err:
+                    if candidate == 'cpu':
+                        raise
+                    problem = str(err).split('; use device')[0]
+                else:
+                    if candidate != device:
+                        self.fallback = (f'device {device!r} is not usable here ({reason}); '
+                                         f'running on {PROVIDERS[candidate]} instead (device '
+                                         f"'{device}_strict' fails instead)")
+                        log.warning('%s', self.fallback)
+                    return session
+            reason = reason or problem
+        raise AssertionError('the CPU provider is always tried last')  # pragma: no cover
 
     def _providers(self, device: str) -> list[Any]:
         cuda = ('CUDAExecutionProvider', {'device_id': self.device_id})
@@ -564,6 +600,7 @@ class InferenceEngine:
             'model': str(self.path),
             'device': self.device,
             'provider': self.provider,
+            'fallback': self.fallback,
             'threads': self.threads,
             'io_binding': self.io_binding,
             'inputs': [{'name': n, 'shape': list(s)} for n, s in

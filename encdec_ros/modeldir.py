@@ -22,15 +22,18 @@ time with one sentence that says how to fix it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import hashlib
 import math
 import os
+import signal
 import stat
 import tempfile
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import yaml
@@ -104,10 +107,22 @@ def _plain(value: Any, where: str) -> Any:
                         'plain YAML cannot hold; convert it to numbers, strings, lists or dicts')
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` gives a new file: 0o666 less the process umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename."""
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename.
+
+    The file gets the mode a plain ``open()`` would give it (0o644 under the usual umask),
+    not the 0o600 of a temporary file, so a node running as another user can read it.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, 'wb') as fh:
             fh.write(data)
             fh.flush()
@@ -116,6 +131,32 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_SAVED: list[Path] = []
+
+
+def saved_model_dirs() -> list[Path]:
+    """Every model directory :func:`save_model_dir` completed in this process, in order (the
+    command line says, after a Ctrl-C, whether the model was saved before it)."""
+    return list(_SAVED)
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) back while the block runs, then deliver it as it would have
+    been: model.onnx and model.yaml are written both or neither."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        signal.raise_signal(signal.SIGINT)
 
 
 def _sha256(data: bytes) -> str:
@@ -333,9 +374,11 @@ def save_model_dir(path: str | Path, *, onnx_file: str | Path | bytes, task: str
     text = yaml.dump(meta, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path / ONNX_NAME, data)
-        _atomic_write(path / YAML_NAME, text.encode('utf-8'))  # last: its presence = complete
+        with _uninterrupted():      # a Ctrl-C here waits until both files are written
+            path.mkdir(parents=True, exist_ok=True)
+            _atomic_write(path / ONNX_NAME, data)
+            _atomic_write(path / YAML_NAME, text.encode('utf-8'))  # last: present = complete
+            _SAVED.append(path)
     except OSError as err:      # last line of defence; the CLI checks --out before training
         check_output_dir(path, what='model directory', option='output path',
                          error=ModelDirError)   # names a parent that is a file, and the like

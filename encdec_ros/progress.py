@@ -26,3 +26,38 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = '',
         return iter(items)
     return iter(tqdm(items, total=total, desc=desc, unit=unit, unit_scale=True,
                      dynamic_ncols=True, leave=False, file=sys.stderr))
+
+
+class Counter:
+    """A progress bar advanced by counts (``update(n)``), for work done in batches; shown
+    under the same rule as :func:`progress`. Use as a context manager."""
+
+    def __init__(self, *, total: int | None = None, desc: str = '', unit: str = 'it',
+                 enable: bool | None = None, min_total: int = 20_000) -> None:
+        if enable is None:
+            enable = sys.stderr.isatty() and (total is None or total >= min_total)
+        self._bar = None
+        if enable:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # tqdm is optional on a robot
+                return
+            self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True,
+                             dynamic_ncols=True, leave=False, file=sys.stderr)
+
+    def update(self, count: int) -> None:
+        """Advance by ``count`` items."""
+        if self._bar is not None:
+            self._bar.update(count)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> 'Counter':
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

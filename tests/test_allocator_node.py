@@ -292,6 +292,64 @@ def test_rate_limits_and_bad_input(rclpy_context, tmp_path):
         close(node, peer)
 
 
+def test_diagnostics_warn_before_the_first_wrench_and_ignored_wrenches_clear(
+        rclpy_context, monkeypatch):
+    import encdec_ros.nodes.control_allocator as module
+
+    monkeypatch.setattr(module, 'RECENT_S', 1.0)
+    node, peer, ex = start(rclpy_context, '/alloc_diag', effectiveness=QUAD, method='exact',
+                           timeout_s=0.0, diagnostics_period_s=0.05)
+    try:
+        connected(ex, node, peer)
+        # before any wrench: WARN (not STALE), and it says why
+        assert spin_until(ex, lambda: bool(peer.diag), 3.0)
+        first = peer.diag[0]
+        assert first.level == DiagnosticStatus.WARN, first
+        assert first.message == 'no wanted wrench received yet'
+        exchange(ex, node, peer, WRENCHES[:1])
+        peer.send((0, 0, math.nan, 0, 0, 0))
+        assert spin_until(ex, lambda: node.rejected == 1)
+        assert spin_until(ex, lambda: 'ignored in the last 1 s' in peer.diag[-1].message, 3.0)
+        assert peer.diag[-1].level == DiagnosticStatus.WARN
+        exchange(ex, node, peer, WRENCHES[:1])       # wrenches go on: the WARN clears
+        n = len(peer.diag)
+        assert spin_until(ex, lambda: len(peer.diag) > n and
+                          peer.diag[-1].level == DiagnosticStatus.OK, 4.0), peer.diag[-1]
+        values = {kv.key: kv.value for kv in peer.diag[-1].values}
+        assert values['rejected (non-finite)'] == '1'
+    finally:
+        close(node, peer)
+
+
+@pytest.mark.parametrize('method', ['exact', 'pseudo_inverse'])
+def test_wrenches_near_the_float_limit_are_a_reported_fault_never_inf(rclpy_context, capfd,
+                                                                       method):
+    node, peer, ex = start(rclpy_context, f'/alloc_huge_{method}', effectiveness=QUAD,
+                           method=method, timeout_s=0.0, diagnostics_period_s=0.05)
+    try:
+        connected(ex, node, peer)
+        exchange(ex, node, peer, WRENCHES[:1])
+        n_cmds, n_err = len(peer.cmds), len(peer.err)
+        peer.send((0, 0, 1e308, 1e308, -1e308, 1e308))
+        assert spin_until(ex, lambda: any(word in node.diag.status().message
+                                          for word in ('too large', 'overflows')), 5.0)
+        spin_until(ex, lambda: False, 0.3)
+        assert all(math.isfinite(e) for e in peer.err[n_err:])
+        assert len(peer.err) == n_err                # no ~/error for it
+        for _, cmd in peer.cmds[n_cmds:]:            # any command sent is within the limits
+            assert all(0.0 <= c <= 1.0 for c in cmd), cmd
+        if method == 'exact':                        # no finite solution: ERROR, command held
+            assert node.unsolved == 1 and len(peer.cmds) == n_cmds
+            assert node.diag.level == 2
+        else:                                        # saturated command, error not told
+            assert node.unsolved == 0 and len(peer.cmds) == n_cmds + 1
+            assert node.diag.level == 1
+        err = capfd.readouterr().err
+        assert 'RuntimeWarning' not in err and 'overflow' not in err, err
+    finally:
+        close(node, peer)
+
+
 def test_startup_errors_are_one_fatal_line(capfd, tmp_path):
     bad = tmp_path / 'bad.yaml'
     bad.write_text('rotors: []\nlimits: {min: 0, max: 1}\n')

@@ -24,14 +24,17 @@ import yaml
 from encdec_ros.anomaly.evaluate import (
     anomaly_metrics,
     confusion,
+    data_gaps,
     evaluate_bag,
+    held_values,
+    in_gaps,
     parse_span,
     pooled,
 )
 from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer
 from encdec_ros.errors import ConfigError, ModelDirError, SpecError
 from encdec_ros.io.bag import read_bag
-from encdec_ros.io.labels import Interval
+from encdec_ros.io.labels import Interval, label_mask
 from encdec_ros.modeldir import save_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,6 +301,62 @@ def test_metrics_follow_skab_definitions():
     assert m['alarms']['false_alarms'] == 1
 
 
+def test_false_alarm_accounting_agrees_with_far_when_the_flag_never_falls():
+    """The owner's UR3 log: the flag rose early and stayed up through every labelled fault.
+    The old accounting forgave the long stretch because it touched a fault and reported one
+    isolated blip, `false alarms: 1 (1.0 s flagged, 4.6 per hour)`, beside FAR 99 %."""
+    s = 1_000_000_000
+    t = np.arange(0, 13 * 60 * s, s)                 # 13 min of 1 Hz rows
+    labels = [Interval(200 * s, 230 * s, 'protective_stop'),
+              Interval(500 * s, 520 * s, 'grip_lost')]
+    flags = np.ones(t.size, bool)
+    flags[:60] = False                               # up after the first minute, for good
+    flags[40] = True                                 # and one isolated blip before that
+    plabels = label_mask(labels, t)
+    m = anomaly_metrics(flags, plabels, t, flags, labels, grace_s=5.0, points=t)
+    far = m['pointwise_after_grace']['far']
+    assert far > 0.9
+    al, tm = m['alarms'], m['time']
+    # every flagged normal second outside the grace is a false-alarm second: the time shares
+    # are the FAR of the same points
+    assert tm['flagged_normal_share'] == pytest.approx(far)
+    assert al['false_alarm_s'] == pytest.approx(tm['flagged_normal_share'] * tm['normal_s'])
+    # the blip, the stretch up to the first fault, between the faults, after the second
+    assert al['false_alarms'] == 4
+    assert al['false_alarms_per_hour'] == pytest.approx(4 / (tm['normal_s'] / 3600))
+    assert tm['normal_s'] == pytest.approx(13 * 60 - 50 - 10)     # faults and their grace
+    assert m['flag_everything']['f1'] == pytest.approx(2 * 50 / (2 * 50 + 730))
+    assert any('of normal time' in w and 'says nothing' in w for w in m['warnings'])
+
+
+def test_gaps_hold_no_points_no_flags_and_no_normal_time():
+    """Two hours without data inside a log: the gap is not normal time, holds no false alarm,
+    and a flag raised before it does not carry over to the rows after it."""
+    s = 1_000_000_000
+    before = np.arange(0, 600 * s, s)
+    after = np.arange(before[-1] + 7200 * s, before[-1] + 7800 * s, s)
+    t = np.concatenate([before, after])
+    gaps = data_gaps([t])
+    assert len(gaps) == 1 and gaps[0][1] == after[0]
+    assert not in_gaps(t, gaps).any()
+    dec_f = np.zeros(t.size, bool)
+    dec_f[590:600] = True                            # up in the last 10 s before the gap
+    pflags = held_values(t, dec_f, t, gaps=gaps)
+    np.testing.assert_array_equal(pflags, dec_f)
+    # the point after the gap, where no decision was made yet, carries no flag
+    late = held_values(t[:600], dec_f[:600], after[:3], gaps=gaps)
+    assert not late.any()
+    m = anomaly_metrics(pflags, np.zeros(t.size, bool), t, dec_f, [], grace_s=1.0, points=t,
+                        gaps=gaps)
+    assert m['time']['normal_s'] == pytest.approx(1200, abs=1)       # not 2 h 20 min
+    assert m['time']['gap_s'] == pytest.approx(7200 - 10, abs=1)
+    assert m['alarms']['false_alarms'] == 1
+    assert m['alarms']['false_alarm_s'] == pytest.approx(10)
+    assert m['alarms']['false_alarms_per_hour'] == pytest.approx(3.0, rel=0.01)
+    assert m['time']['flagged_normal_share'] == pytest.approx(m['pointwise']['far'], rel=1e-3)
+    assert m['warnings'] == []
+
+
 def test_eval_cli_writes_json_and_png(flight, tmp_path, capsys):
     from encdec_ros.cli import main
 
@@ -389,7 +448,7 @@ def test_eval_says_what_it_could_not_score(flight, tmp_path, capsys):
         evaluate_bag(flight['model'], everywhere)
     with pytest.raises(BagError, match='gives no complete window'):
         evaluate_bag(flight['model'], short)
-    with pytest.raises(ConfigError, match=r'span 100.0:200.0 s holds no sample of .* 20.0 s long'):
+    with pytest.raises(ConfigError, match=r'span 100:200 holds no sample of .* 20.0 s long'):
         evaluate_bag(flight['model'], stretch, eval_span=(100.0, 200.0))
 
     result = evaluate_bag(flight['model'], stretch)
@@ -465,7 +524,8 @@ def _play_to_node(context, model, bags, *, name: str, rate: float = 8.0):
             node.reset()
             expected = len(evaluate_bag(model, bag).flags)
             with BagPlayer(client, bag, topics=node.spec.topic_names, rate=rate,
-                           qos=play_qos) as player:
+                           qos=play_qos, remap={t: f'/t{t}' for t in node.spec.topic_names}
+                           ) as player:
                 assert player.wait_for_subscribers(1, timeout_s=10)
                 player.play()
             deadline = time.monotonic() + 20
@@ -574,6 +634,60 @@ def test_node_says_when_a_driver_leaves_header_stamps_unset(flight, rclpy_contex
     assert node.counts['unstamped'] > 0 and node.counts['ticks'] == 0
     assert any('/imu arrives with zero header stamps' in m and 'stamp: receive' in m
                for m in seen), seen
+
+
+def test_detectors_in_two_namespaces_read_only_their_own_topics(flight, rclpy_context):
+    """/r1 and /r2 each run an anomaly_detector; a bag played into /r1 reaches only the first,
+    one played into /r2 only the second, and their /diagnostics names differ."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from encdec_ros.io.player import BagPlayer
+    from encdec_ros.nodes.anomaly_detector import AnomalyDetectorNode
+    from encdec_ros.nodes.common import make_executor
+
+    nodes = {ns: AnomalyDetectorNode(context=rclpy_context, namespace=ns, parameter_overrides=[
+        Parameter('model_dir', value=str(flight['model'])), Parameter('device', value='cpu'),
+        Parameter('qos_reliability', value='reliable'),
+        Parameter('diagnostics_period', value=0.1)]) for ns in ('r1', 'r2')}
+    client = rclpy.create_node('anom_ns_client', context=rclpy_context)
+    names: dict[str, str] = {}
+    client.create_subscription(DiagnosticArray, '/diagnostics', lambda m: names.update(
+        (s.name, s.hardware_id) for s in m.status), 100)
+    executor = make_executor(rclpy_context)
+    for node in (*nodes.values(), client):
+        executor.add_node(node)
+    stop, thread = _spin_in_thread(executor)
+    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+    heard: dict[str, dict[str, int]] = {}
+    try:
+        for ns, node in nodes.items():
+            topics = node.spec.topic_names
+            assert node.topic_names == [f'/{ns}{t}' for t in topics]
+            with BagPlayer(client, flight['normal'], topics=topics, rate=2.0, qos=qos,
+                           remap={t: f'/{ns}{t}' for t in topics}) as player:
+                assert player.wait_for_subscribers(1, timeout_s=10)
+                player.play(should_stop=lambda: node.counts['messages'] >= 200)
+            time.sleep(0.5)
+            heard[ns] = {other: n.counts['messages'] for other, n in nodes.items()}
+        deadline = time.monotonic() + 10
+        wanted = {f'/{ns}/anomaly_detector: anomaly' for ns in nodes}
+        while time.monotonic() < deadline and not wanted <= set(names):
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        executor.shutdown()
+        client.destroy_node()
+        for node in nodes.values():
+            node.destroy_node()
+    # the play into /r1 reached only r1; the play into /r2 only r2
+    assert heard['r1']['r1'] >= 200 and heard['r1']['r2'] == 0, heard
+    assert heard['r2']['r2'] >= 200 and heard['r2']['r1'] == heard['r1']['r1'], heard
+    assert wanted <= set(names), names
+    assert names['/r1/anomaly_detector: anomaly'] == '/r1/imu, /r1/motors, /r1/wrench_cmd'
 
 
 def test_launch_file_compiles_and_config_matches_the_node_parameters(flight, rclpy_context):

@@ -416,3 +416,160 @@ def test_one_file_of_a_split_bag_warns_to_pass_its_directory():
                    f'pass the directory {path}' in w for w in bag.warnings)
     with BagSource(path) as bag:
         assert not bag.warnings
+
+
+# ---------------------------------------------------------------------- batch = per message
+def per_message_streams(bag: BagSource, spec: SignalSpec) -> dict:
+    """What read_streams did before the batch decoder: rosbags' deserialise, compile_path
+    per message, short messages skipped; then the same monotonic clean-up."""
+    from encdec_ros.io.align import monotonic
+    from encdec_ros.io.fields import ShortMessageError, compile_path
+
+    out = {}
+    for topic in spec.topics:
+        fns = [compile_path(f.path) for f in topic.fields]
+        width = len(topic.channel_names())
+        stamps, rows, short = [], [], 0
+        for _, log_ns, msg in bag.messages([topic.name]):
+            try:
+                row = [v for fn in fns for v in fn(msg)]
+            except ShortMessageError:
+                short += 1
+                continue
+            if topic.stamp == 'header':
+                st = msg.header.stamp
+                log_ns = st.sec * 1_000_000_000 + st.nanosec
+            stamps.append(log_ns)
+            rows.append(row)
+        stream = monotonic(np.asarray(stamps, dtype=np.int64),
+                           np.asarray(rows, dtype=np.float64).reshape(-1, width))
+        out[topic.name] = (stream, short)
+    return out
+
+
+def assert_batch_equals_per_message(path: Path, spec: SignalSpec) -> dict:
+    from encdec_ros.io.bag import bind_spec, read_streams
+
+    with BagSource(path) as bag:
+        resolved = bind_spec(spec, bag)
+        streams, warnings = read_streams(bag, resolved, show_progress=False)
+        want = per_message_streams(bag, resolved)
+    for topic, (stream, short) in want.items():
+        got = streams[topic]
+        np.testing.assert_array_equal(got.stamps_ns, stream.stamps_ns)
+        assert got.values.view(np.uint64).tolist() == stream.values.view(np.uint64).tolist()
+        assert got.dropped == stream.dropped
+        assert (f'{topic}: skipped {short} messages with fewer array' in ' '.join(warnings)) \
+            == bool(short)
+    return streams
+
+
+def test_batch_ingest_equals_the_per_message_path(written):
+    path, _ = written
+    assert_batch_equals_per_message(path, SignalSpec.from_dict(SPEC))
+
+
+def test_batch_ingest_of_joint_states_whose_arrays_change_length(tmp_path):
+    """effort[*] is sized from the first message (6 joints); messages with fewer joints are
+    skipped and counted, messages with more give their first 6; NaN payloads pass as they are."""
+    rng = np.random.default_rng(5)
+    nan = np.array([0x7FF8000000000001, 0x7FF4000000000abc], np.uint64).view(np.float64)
+    counts = [6] * 40
+    counts[7], counts[8], counts[20] = 3, 0, 9
+    with BagWriter(tmp_path / 'bag', storage='mcap') as bag:
+        bag.add_topic('/joints', 'sensor_msgs/msg/JointState')
+        for k, n in enumerate(counts):
+            effort = rng.normal(size=n)
+            if k == 11:
+                effort[:2] = nan
+            msg = bag.new('sensor_msgs/msg/JointState',
+                          header=bag.header(T0 + k * 10_000_000, 'base' * (k % 3)),
+                          name=[f'joint_{i}' * (k % 4 + 1) for i in range(n)],
+                          position=rng.normal(size=n // 2), velocity=rng.normal(size=n),
+                          effort=effort)
+            bag.write('/joints', T0 + k * 10_000_000 + 5, msg)
+    spec = SignalSpec.from_dict({'rate_hz': 100, 'window': 2, 'topics': {
+        '/joints': ['effort[*]', 'velocity[1:3]', 'position[0]']}})
+    streams = assert_batch_equals_per_message(tmp_path / 'bag', spec)
+    assert streams['/joints'].values.shape == (38, 9)
+    got = streams['/joints'].values[9]        # message 11 (two skipped before it)
+    assert got[:2].view(np.uint64).tolist() == [0x7FF8000000000001, 0x7FF4000000000abc]
+
+
+def test_batch_ingest_of_real_ros1_and_compressed_bags(tmp_path):
+    spec = SignalSpec.from_dict({'rate_hz': 10, 'window': 20, 'stride': 5, 'topics': {
+        '/imu/data': ['angular_velocity.y', 'linear_acceleration.x', 'orientation.w'],
+        '/husky_velocity_controller/odom': ['twist.twist.linear.x', 'pose.covariance[0:3]'],
+        '/fix': {'stamp': 'receive', 'fields': ['latitude', 'status.status']}}})
+    assert_batch_equals_per_message(shared('bags/robot_localization/test1.bag'), spec)
+
+
+def test_batch_ingest_reads_a_directory_of_storage_files_file_by_file(tmp_path):
+    """Two storage files in one directory without metadata.yaml: file by file, as before."""
+    parts = tmp_path / 'parts'
+    parts.mkdir()
+    for k in range(2):
+        write_bag(tmp_path / f'b{k}', storage='sqlite3', seconds=0.3)
+        db = next((tmp_path / f'b{k}').glob('*.db3'))
+        db.rename(parts / f'part_{k}.db3')
+    streams = assert_batch_equals_per_message(parts, SignalSpec.from_dict(SPEC))
+    imu = streams['/imu']        # the same seed twice: the second file steps back in time
+    assert imu.stamps_ns.size + imu.dropped == 120 and imu.dropped == 59
+
+
+def _chunks_by_topic(chunks) -> dict:
+    """Per topic: (log times, message bytes) in the storage order the chunks define."""
+    out: dict = {}
+    for item in chunks:
+        topic, chunk = item[-2], item[-1]
+        logs, orders, datas = out.setdefault(topic, ([], [], []))
+        logs.extend(chunk.log_ns.tolist())
+        orders.extend(chunk.order.tolist())
+        datas.extend(chunk.batch.message(i) for i in range(len(chunk.batch)))
+    result = {}
+    for topic, (logs, orders, datas) in out.items():
+        sort = np.lexsort((np.array(orders), np.array(logs)))
+        result[topic] = ([logs[i] for i in sort], [datas[i] for i in sort])
+    return result
+
+
+@pytest.mark.parametrize('storage', ['sqlite3', 'mcap'])
+def test_raw_chunks_give_what_the_per_message_reader_gives(tmp_path, storage):
+    """The fast storage paths (SQL rows, MCAP message indexes), the MCAP record walk used
+    when an index does not fit, and the generic per-message path agree message for message
+    with raw_messages."""
+    from encdec_ros.io.bag import _generic_chunks, _mcap_records, _walk_mcap
+
+    write_bag(tmp_path / 'bag', storage=storage, seconds=0.5)
+    with BagSource(tmp_path / 'bag') as bag:
+        topics = list(bag.topics)
+        want: dict = {}
+        for topic, log_ns, raw in bag.raw_messages(topics):
+            want.setdefault(topic, ([], []))
+            want[topic][0].append(log_ns)
+            want[topic][1].append(bytes(raw))
+        assert _chunks_by_topic(bag.raw_chunks(topics, max_messages=7)) == want
+        storage_obj = bag._storages[0][0]
+        generic = _generic_chunks(storage_obj, list(storage_obj.connections), None, 9)
+        assert _chunks_by_topic(generic) == want
+        if storage == 'mcap':
+            import struct
+
+            from rosbags.rosbag2.storage_mcap import decompress
+            for chunk in storage_obj.chunks:
+                bio = storage_obj.bio
+                bio.seek(chunk.chunk_start_offset + 9 + 24)
+                crc = struct.unpack('<I', bio.read(4))[0]
+                bio.seek(chunk.chunk_start_offset + 9 + 40 + len(chunk.compression))
+                data = decompress(bio.read(chunk.compressed_size), chunk.compression,
+                                  chunk.uncompressed_size, crc)
+                walked = _walk_mcap(data, set(chunk.message_index_offsets))
+                for cid, offset in chunk.message_index_offsets.items():
+                    bio.seek(offset)
+                    _, _, _, size = struct.unpack('<BQHI', bio.read(15))
+                    pairs = np.frombuffer(bio.read(size), '<u8').reshape(-1, 2).astype(np.int64)
+                    found = _mcap_records(np.frombuffer(data, np.uint8), pairs, cid)
+                    for a, b in zip(found, walked[cid]):
+                        np.testing.assert_array_equal(np.sort(a), np.sort(b))
+                    # an index that points beside the records is refused (then walked)
+                    assert _mcap_records(np.frombuffer(data, np.uint8), pairs + 1, cid) is None

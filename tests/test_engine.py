@@ -162,12 +162,28 @@ def test_naive_cuda_request_is_loud_which_is_why_we_probe(models):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason='a usable GPU is present')
-@pytest.mark.parametrize('device', ['cuda', 'tensorrt'])
-def test_explicit_gpu_request_without_gpu_is_refused(models, device, capfd):
+@pytest.mark.parametrize('device', ['cuda_strict', 'tensorrt_strict'])
+def test_strict_gpu_request_without_gpu_is_refused(models, device, capfd):
     with pytest.raises(EngineError, match=f"device '{device}' is not usable here: .*; use "
-                                          "device 'auto' or 'cpu'"):
+                                          f"device '{device[:-7]}' to fall back, 'auto' or "
+                                          "'cpu'"):
         InferenceEngine(models['mlp'], device=device)
     assert 'CUDA' not in capfd.readouterr().err
+
+
+@pytest.mark.skipif(HAS_CUDA, reason='a usable GPU is present')
+@pytest.mark.parametrize('device', ['cuda', 'tensorrt'])
+def test_gpu_request_without_gpu_runs_on_the_cpu_and_says_so(models, device, capfd, caplog):
+    with caplog.at_level('WARNING', logger='encdec_ros.engine'):
+        eng = InferenceEngine(models['mlp'], device=device)
+    assert eng.provider == 'CPUExecutionProvider' and eng.device == device
+    assert eng.fallback.startswith(f"device '{device}' is not usable here (")
+    assert 'running on CPUExecutionProvider instead' in eng.fallback
+    assert f"'{device}_strict' fails instead" in eng.fallback
+    assert eng.describe()['fallback'] == eng.fallback
+    assert [r.getMessage() for r in caplog.records] == [eng.fallback]
+    assert 'CUDA' not in capfd.readouterr().err
+    assert InferenceEngine(models['mlp'], device='cpu').fallback == ''
 
 
 @pytest.mark.skipif(HAS_CUDA, reason='a usable GPU is present')
@@ -179,9 +195,12 @@ def test_driver_present_but_provider_broken_falls_back_quietly(models, monkeypat
     eng = InferenceEngine(models['mlp'])
     assert eng.provider == 'CPUExecutionProvider'
     with pytest.raises(EngineError, match="use device 'auto' or 'cpu'"):
-        InferenceEngine(models['mlp'], device='cuda')
+        InferenceEngine(models['mlp'], device='cuda_strict')
     with pytest.raises(EngineError, match="on 'tensorrt'.*use device 'auto' or 'cpu'"):
-        InferenceEngine(models['mlp'], device='tensorrt')
+        InferenceEngine(models['mlp'], device='tensorrt_strict')
+    fell = InferenceEngine(models['mlp'], device='tensorrt')
+    assert fell.provider == 'CPUExecutionProvider'
+    assert "device 'tensorrt' is not usable here (onnxruntime cannot run" in fell.fallback
     engine_mod._provider_usable.cache_clear()
     try:
         report = available_devices()

@@ -81,6 +81,75 @@ def test_round_trip(model_dir, onnx_file):
     model.check_spec(dict(SPEC))
 
 
+@pytest.mark.parametrize('umask, mode', [(0o022, 0o644), (0o027, 0o640)])
+def test_model_files_are_readable_as_the_umask_allows(tmp_path, onnx_file, umask, mode):
+    """Not the 0o600 of a temporary file: a node running as another user reads them."""
+    old = os.umask(umask)
+    try:
+        path = save_model_dir(tmp_path / 'm', onnx_file=onnx_file, task='anomaly',
+                              sections=_sections())
+    finally:
+        os.umask(old)
+    for name in ('model.onnx', 'model.yaml'):
+        assert (path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_ctrl_c_while_saving_waits_until_the_directory_is_whole(tmp_path, onnx_file,
+                                                               monkeypatch):
+    import signal
+
+    import encdec_ros.modeldir as modeldir
+
+    real = modeldir._atomic_write
+    calls = []
+
+    def interrupted_write(path, data):      # Ctrl-C arrives while model.onnx is written
+        calls.append(path.name)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        real(path, data)
+
+    monkeypatch.setattr(modeldir, '_atomic_write', interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        save_model_dir(tmp_path / 'm', onnx_file=onnx_file, task='anomaly',
+                       sections=_sections())
+    assert calls == ['model.onnx', 'model.yaml']
+    ModelDir.load(tmp_path / 'm', task='anomaly')   # complete and consistent
+    assert modeldir.saved_model_dirs()[-1] == tmp_path / 'm'
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_cli_says_whether_an_interrupted_training_saved_its_model(tmp_path, capsys,
+                                                                 monkeypatch):
+    pytest.importorskip('torch')
+    import training.allocator as trainer
+
+    argv = ['train', 'allocator', '--effectiveness', str(ROOT / 'config' / 'quad_x.yaml'),
+            '--steps', '5', '--samples', '200', '--hidden', '8', '--threads', '1']
+    real_export = trainer.export_allocator
+
+    def export_then_ctrl_c(*args, **kwargs):   # Ctrl-C right after the save
+        real_export(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, 'export_allocator', export_then_ctrl_c)
+    out = tmp_path / 'late'
+    assert cli_main([*argv, '--out', str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f'interrupted after the model directory {out} was saved' in err, err
+    ModelDir.load(out, task='allocator')
+
+    def ctrl_c(*args, **kwargs):                # Ctrl-C while training
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, 'train_allocator', ctrl_c)
+    out = tmp_path / 'early'
+    assert cli_main([*argv, '--out', str(out)]) == 130
+    err = capsys.readouterr().err
+    assert 'interrupted before the model was saved; no model directory was written' in err
+    assert not out.exists()
+
+
 def test_yaml_is_plain(model_dir):
     text = (model_dir / 'model.yaml').read_text()
     assert '!!' not in text and 'python' not in text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -17,9 +19,11 @@ from encdec_ros.nodes.common import (  # noqa: E402
     EXECUTOR_ENV,
     DiagnosticsReporter,
     Param,
+    check_params_file,
     declare_parameters,
     make_executor,
     qos_profile,
+    ros_args_params_files,
     run_node,
 )
 
@@ -108,6 +112,53 @@ def test_user_error_while_spinning_returns_1(capfd, executor_kind):
     assert 'set it to e.g. 1.0' in capfd.readouterr().err
 
 
+class SignalsItself(Node):
+    """Sends itself a stop signal twice from a timer, while publishing from another timer
+    (what the terminal's Ctrl-C and the SIGINT that ros2 launch forwards do)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__('signals_itself')
+        self.signum = signum
+        self.pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.create_timer(0.001, lambda: self.pub.publish(DiagnosticArray()))
+        self.create_timer(0.05, self._tick)
+        self.ticks = 0
+
+    def _tick(self) -> None:
+        self.ticks += 1
+        if self.ticks == 2:
+            os.kill(os.getpid(), self.signum)
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.fixture
+def restore_signals():
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
+def test_stop_signals_end_the_spin_and_later_ones_are_ignored(capfd, executor_kind, signum,
+                                                              restore_signals):
+    t0 = time.monotonic()
+    assert run_node(lambda: SignalsItself(signum), args=[]) == 0
+    assert time.monotonic() - t0 < 5
+    assert not rclpy.ok()
+    err = capfd.readouterr().err
+    assert 'Traceback' not in err and 'Exception' not in err, err
+    # the process is on its way out: a further signal must not end it with an exception
+    assert signal.getsignal(signum) == signal.SIG_IGN
+    os.kill(os.getpid(), signum)
+
+
+def test_handlers_come_back_when_no_signal_came():
+    before = signal.getsignal(signal.SIGINT)
+    assert run_node(StopsItself, args=[]) == 0
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_bug_keeps_its_traceback():
     class Buggy(Node):
         def __init__(self) -> None:
@@ -169,6 +220,60 @@ def test_parameter_overrides_are_checked(rclpy_context):
             node.destroy_node()
 
 
+# --------------------------------------------------------------------------- ROS arguments
+
+
+def test_params_files_are_found_in_ros_args_sections():
+    args = ['node', '--params-file', 'not_ros.yaml', '--ros-args', '-p', 'a:=1',
+            '--params-file', 'one.yaml', '--', '--params-file', 'two.yaml', '--ros-args',
+            '--params-file', 'three.yaml']
+    assert ros_args_params_files(args) == ['one.yaml', 'three.yaml']
+
+
+@pytest.mark.parametrize('text, match', [
+    ('/**/x:\n  ros__parameters:\n    a: [1, 2\n', r'is not valid YAML \(.* at line \d+\)'),
+    ('[1, 2]\n', r'is not a ROS 2 parameter file \(the top level is not a mapping'),
+    ('/**/x:\n  ros__parameters:\n    a: 1\n  b: 2\n',
+     r"\(/\*\*/x has 'b' beside ros__parameters\)"),
+    ('x:\n  a: 1\n', r'\(/x/a holds a value where ros__parameters was expected\)'),
+])
+def test_bad_parameter_files_are_named_in_one_sentence(tmp_path, text, match):
+    path = tmp_path / 'params.yaml'
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        check_params_file(path)
+    with pytest.raises(ConfigError, match='does not exist'):
+        check_params_file(tmp_path / 'missing.yaml')
+
+
+def test_good_parameter_files_pass(tmp_path):
+    from pathlib import Path
+
+    for config in sorted(Path(__file__).resolve().parents[1].glob('config/*.yaml')):
+        if 'ros__parameters' in config.read_text():
+            check_params_file(config)
+    nested = tmp_path / 'nested.yaml'
+    nested.write_text('robot1:\n  anomaly_detector:\n    ros__parameters: {threads: 2}\n')
+    check_params_file(nested)
+    (tmp_path / 'empty.yaml').write_text('')
+    check_params_file(tmp_path / 'empty.yaml')
+
+
+@pytest.mark.parametrize('case', ['invalid_yaml', 'missing', 'bad_rule'])
+def test_run_node_refuses_bad_ros_arguments_in_one_line(capfd, tmp_path, case):
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('/**/broken_node:\n  ros__parameters: {a: [1, 2}\n')
+    args = {'invalid_yaml': ['--ros-args', '--params-file', str(bad)],
+            'missing': ['--ros-args', '--params-file', str(tmp_path / 'nope.yaml')],
+            'bad_rule': ['--ros-args', '-r', 'a:=b:=c']}[case]
+    assert run_node(BrokenNode, args=['node', *args]) == 1
+    err = capfd.readouterr().err
+    assert 'Traceback' not in err, err
+    fatal = [line for line in err.splitlines() if 'FATAL' in line]
+    assert len(fatal) == 1 and 'broken_node' in fatal[0], err
+    assert not rclpy.ok()
+
+
 # --------------------------------------------------------------------------- QoS
 
 
@@ -217,7 +322,7 @@ def test_diagnostics_ok_then_stale_over_dds(rclpy_context):
         assert _spin_until(executor, lambda: any(s.level == DiagnosticStatus.OK
                                                  for s in received), 10.0)
         ok = next(s for s in received if s.level == DiagnosticStatus.OK)
-        assert ok.name == 'diag_source: anomaly' and ok.hardware_id == '/imu'
+        assert ok.name == '/diag_source: anomaly' and ok.hardware_id == '/imu'
         values = {kv.key: kv.value for kv in ok.values}
         assert values['score'] == '0.2' and values['flag'] == 'False'
         assert int(values['inputs']) > 0

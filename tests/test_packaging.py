@@ -73,3 +73,28 @@ def test_launch_default_models_are_shipped_and_load(launch):
     assert names, f'{launch.name} names no default model'
     for name in names:
         ModelDir.load(ROOT / 'models' / name, task=task)
+
+
+def test_the_makefile_install_puts_the_commands_in_the_venv_bin(tmp_path):
+    """`make` installs the package editable (PEP 660): the console scripts land in bin/ of the
+    environment (not in lib/encdec_ros, where setup.cfg sends them for colcon) and run."""
+    pytest.importorskip('setuptools')
+    makefile = (ROOT / 'Makefile').read_text()
+    assert '--no-deps --no-build-isolation -e .' in makefile
+    prefix = tmp_path / 'prefix'
+    proc = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q',
+                           '--disable-pip-version-check', '--no-deps', '--no-build-isolation',
+                           '--ignore-installed',     # leave the .venv's own install alone
+                           '--no-index', '-e', str(ROOT), '--prefix', str(prefix)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name, _ in console_scripts():
+        assert (prefix / 'bin' / name).is_file(), name
+    assert not (prefix / 'lib' / 'encdec_ros').exists()
+    site = next(prefix.glob('lib/python3*/site-packages'))   # its .pth finds the sources
+    run = (f'import runpy, site, sys; site.addsitedir({str(site)!r}); '
+           f'sys.argv = ["encdec", "--help"]; '
+           f'runpy.run_path({str(prefix / "bin" / "encdec")!r}, run_name="__main__")')
+    proc = subprocess.run([sys.executable, '-c', run], capture_output=True, text=True,
+                          timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0 and 'inspect' in proc.stdout, proc.stderr

@@ -219,10 +219,24 @@ class _Objective:
         return ((res * res).sum(1) + self.gamma * (eff_term * eff_term).sum(1)).mean() / self.m2
 
 
+def read_bag_wrenches(bags: Sequence[str | Path], topic: str, eff: Effectiveness, *,
+                      dist: Any = None) -> np.ndarray:
+    """The commanded wrenches of every bag, in bag order (bags divided among torchrun's
+    processes when ``dist`` has several)."""
+    if dist is None:
+        return np.concatenate([bag_wrenches(b, topic, eff) for b in bags])
+    return np.concatenate(dist.map_ordered(lambda b: bag_wrenches(b, topic, eff), list(bags)))
+
+
 def train_allocator(eff: Effectiveness, config: AllocatorTrainConfig | None = None, *,
                     bag_v: np.ndarray | None = None, bag_info: dict[str, Any] | None = None,
-                    show_progress: bool | None = None, log: Any = None) -> TrainResult:
+                    show_progress: bool | None = None, log: Any = None,
+                    dist: Any = None) -> TrainResult:
     """Train the encoder through the fixed B; returns the network and its figures.
+
+    Under torchrun (``dist`` from :func:`training.distributed.from_env`, or started here)
+    the exact answers are divided among the processes and every global batch is split
+    between them (DistributedDataParallel): the same steps as one process, to float rounding.
 
     Args:
         eff: The effectiveness configuration.
@@ -231,8 +245,25 @@ def train_allocator(eff: Effectiveness, config: AllocatorTrainConfig | None = No
             set is drawn around them.
         bag_info: Where ``bag_v`` came from (recorded in the figures).
         show_progress: Progress bars (None: on a terminal for long runs).
-        log: A callable taking one line of text (progress figures), or None.
+        log: A callable taking one line of text (progress figures), or None; rank 0 only.
+        dist: The process group (default: from torchrun's environment, ended on return).
     """
+    from training import distributed
+
+    own = dist is None
+    dist = distributed.from_env() if own else dist
+    try:
+        return _train_allocator(eff, config, bag_v=bag_v, bag_info=bag_info,
+                                show_progress=show_progress if dist.is_main else False,
+                                log=dist.say(log or (lambda _line: None)), dist=dist)
+    finally:
+        if own:
+            dist.close()
+
+
+def _train_allocator(eff: Effectiveness, config: AllocatorTrainConfig | None, *,
+                     bag_v: np.ndarray | None, bag_info: dict[str, Any] | None,
+                     show_progress: bool | None, log: Any, dist: Any) -> TrainResult:
     import torch
 
     cfg = config or AllocatorTrainConfig()
@@ -241,7 +272,7 @@ def train_allocator(eff: Effectiveness, config: AllocatorTrainConfig | None = No
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    say = log or (lambda _line: None)
+    say = log
 
     n_bag = 0
     if bag_v is not None and len(bag_v) and cfg.bag_fraction > 0:
@@ -255,8 +286,15 @@ def train_allocator(eff: Effectiveness, config: AllocatorTrainConfig | None = No
     v_val = sample_wrenches(eff, cfg.val_samples, np.random.default_rng(cfg.seed + 7919),
                             max_scale=1.5)
     t0 = time.perf_counter()
-    u_train = exact_answers(eff, v_train, desc='exact answers (training)')
-    u_val = exact_answers(eff, v_val, desc='exact answers (held out)')
+    if dist.active:             # each process solves its share; every one gets all answers
+        chunks = np.array_split(np.arange(len(v_train) + len(v_val)), dist.world)
+        v_all = np.concatenate([v_train, v_val])
+        mine = exact_answers(eff, v_all[chunks[dist.rank]], desc='exact answers (share)')
+        u_all = np.concatenate(dist.all_gather(mine))
+        u_train, u_val = u_all[:len(v_train)], u_all[len(v_train):]
+    else:
+        u_train = exact_answers(eff, v_train, desc='exact answers (training)')
+        u_val = exact_answers(eff, v_val, desc='exact answers (held out)')
     t_exact = time.perf_counter() - t0
     say(f'exact optimum for {len(v_train) + len(v_val)} wrenches in {t_exact:.1f} s')
 
@@ -270,7 +308,8 @@ def train_allocator(eff: Effectiveness, config: AllocatorTrainConfig | None = No
     x_val = torch.tensor(v_val / eff.scale, dtype=torch.float32)
     err_val_exact = eff.error(u_val, v_val)
 
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    model, net = net, dist.wrap(net)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps,
                                                        eta_min=cfg.lr * 1e-3)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -282,19 +321,23 @@ def train_allocator(eff: Effectiveness, config: AllocatorTrainConfig | None = No
     t_train = time.perf_counter()
     for step in steps:
         idx = torch.randint(0, len(x_train), (cfg.batch,), generator=gen)
+        if dist.active:         # this process's share of the global batch
+            idx = idx[dist.rank::dist.world]
         xb, sb = x_train[idx], s_train[idx]
         s = net(xb)
         loss_phys = obj.physics(s, xb)
         diff = 2.0 * (s - sb)
         loss_dist = (diff * diff).sum(1).mean()
         loss = loss_phys + cfg.distill_weight * loss_dist
+        if dist.active:         # weighted by its share: DDP's average is the batch's mean
+            loss = loss * (len(idx) * dist.world / cfg.batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         last = step + 1 == cfg.steps
         if (step + 1) % cfg.eval_every == 0 or last:
-            figs = _validate(net, eff, x_val, v_val, err_val_exact, torch)
+            figs = _validate(model, eff, x_val, v_val, err_val_exact, torch)
             figs.update(step=step + 1, loss_physics=float(loss_phys.detach()),
                         loss_distill=float(loss_dist.detach()))
             history.append(figs)
@@ -302,11 +345,11 @@ def train_allocator(eff: Effectiveness, config: AllocatorTrainConfig | None = No
                 f'p99 {figs["excess_p99"]:.3%} of the largest attainable wrench')
             score = figs['excess_mean'] + 0.2 * figs['excess_p99']
             if best is None or score < best[0]:
-                best = (score, {k: v.detach().clone() for k, v in net.state_dict().items()})
+                best = (score, {k: v.detach().clone() for k, v in model.state_dict().items()})
     if best is not None:
-        net.load_state_dict(best[1])
-    net.eval()
-    final = _validate(net, eff, x_val, v_val, err_val_exact, torch)
+        model.load_state_dict(best[1])
+    model.eval()
+    final = _validate(model, eff, x_val, v_val, err_val_exact, torch)
     figures = {
         'samples': int(len(v_train)),
         'bag_samples': int(n_bag),
@@ -322,7 +365,7 @@ def train_allocator(eff: Effectiveness, config: AllocatorTrainConfig | None = No
         'config': {k: (list(v) if isinstance(v, tuple) else v)
                    for k, v in asdict(cfg).items()},
     }
-    return TrainResult(net=net, eff=eff, config=cfg, figures=figures, val_wrenches=v_val,
+    return TrainResult(net=model, eff=eff, config=cfg, figures=figures, val_wrenches=v_val,
                        clip_norm=clip_norm, bag=dict(bag_info or {}))
 
 

@@ -2,23 +2,33 @@
 
 ``encdec train anomaly`` calls :func:`train_anomaly`, which:
 
-1. reads the bags with the signal spec (``encdec_ros.io.bag.read_bags``), optionally only a
-   time span of each (``train_span``: e.g. SKAB's first 400 rows);
-2. splits every recording by time into train / validation / calibration parts (in that
-   order), and fits per-channel normalisation on the train part only;
+1. reads the bags with the signal spec into cached shards and streams their windows
+   (:mod:`training.data`: memory bounded by a few bags whatever their number), optionally
+   only a time span of each (``train_span``: e.g. SKAB's first 400 rows);
+2. splits every recording by time into train / validation / calibration blocks
+   (:func:`split_blocks`), and fits per-channel normalisation on the train part only;
 3. trains an MLP, LSTM or GRU autoencoder (:mod:`training.models`) with Adam on the mean
    squared reconstruction error, seeded, with early stopping on the validation loss;
 4. exports the best model to ONNX (``training.export.export_onnx``: onnxruntime must agree
    with torch within 1e-4 on real windows);
 5. runs the exported model through the runtime's own error code
    (:func:`encdec_ros.anomaly.scorer.reconstruction_errors`) on the calibration windows, stores each
-   channel's normal error statistics and calibrates the threshold (:mod:`encdec_ros.anomaly.calibrate`);
+   channel's normal error statistics and calibrates the threshold
+   (:mod:`encdec_ros.anomaly.calibrate`); with little data the calibration is cross-fitted
+   instead (:func:`plan_blocks`): every normal window gets its error from a model that did
+   not see it;
 6. writes the model directory (``encdec_ros.modeldir.save_model_dir``) and a loss curve PNG.
+
+Under ``torchrun`` the same steps run in several processes (:mod:`training.distributed`):
+bags divided among them, the normalisation merged, each global batch trained with
+DistributedDataParallel, the validation loss summed and the held-out errors gathered on rank
+0, which calibrates and alone writes the model directory.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import platform
@@ -43,11 +53,14 @@ from encdec_ros.anomaly.scorer import (
     reconstruction_errors,
     residual_statistics,
 )
-from encdec_ros.errors import ConfigError, ModelDirError
-from encdec_ros.io.bag import Recording, read_bags
+from encdec_ros.errors import ConfigError, EncdecError, ModelDirError
+from encdec_ros.io.bag import BagSource, Recording, bind_spec, read_bags
+from encdec_ros.io.bagset import expand_bags
+from encdec_ros.io.span import Span, resolve_span, span_text, span_yaml
 from encdec_ros.io.spec import SignalSpec
 from encdec_ros.io.window import window_ends, windows_at
 from encdec_ros.modeldir import check_output_dir
+from training.data import SHUFFLE_SHARDS, Moments, ShardedWindows, rechunk
 from training.models import AEConfig, build_model, count_parameters
 
 log = logging.getLogger(__name__)
@@ -104,10 +117,16 @@ class TrainOptions:
             is held.
         drift_accept_s: Seconds after which a held channel is followed again, so that a
             lasting change stops being flagged (0: never).
-        train_span: (start, end) seconds from each recording's first sample; None = all.
+        train_span: (start, end) seconds from each recording's first sample, or rows
+            (:class:`encdec_ros.io.span.Rows`: messages of the spec's first topic); None = all.
         exclude_labelled: Leave out windows that overlap a labelled interval of the bag.
         time_limit_s: Stop training after this many seconds (keeps the best epoch).
         threads: torch CPU threads (None: torch's default).
+        shuffle_shards: Bags whose training windows are shuffled together each epoch (the
+            bags a group of processes holds in memory at a time; training.data).
+        workers: DataLoader workers reading bags in parallel per process (None: automatic,
+            0: read in the training process).
+        cache_dir: Folder of the cached shards (None: ``.encdec_shards`` beside ``out``).
         folds: Cross-fitted calibration over this many folds of time blocks (0: a plain
             hold-out split; None: cross-fit when the hold-out split would leave fewer than
             :data:`CROSSFIT_BELOW` held-out decisions).
@@ -137,10 +156,14 @@ class TrainOptions:
     drift_s: float = 120.0
     drift_freeze: float = 0.5
     drift_accept_s: float = 600.0
-    train_span: tuple[float | None, float | None] | None = None
+    train_span: Span | None = None
     exclude_labelled: bool = True
     time_limit_s: float | None = None
     threads: int | None = None
+    # data loading (training.data); only shuffle_shards can change the model (> N bags)
+    shuffle_shards: int = SHUFFLE_SHARDS
+    workers: int | None = None
+    cache_dir: str | None = None
     folds: int | None = None
 
     def check(self) -> None:
@@ -164,7 +187,7 @@ class TrainOptions:
             raise ConfigError(f'threshold rule {self.threshold_rule!r} is not one of '
                               f'{", ".join(RULES)}')
         if not 0 < self.risk < 1:
-            raise ConfigError(f'risk must be between 0 and 1, got {self.risk!r}; e.g. 1e-4')
+            raise ConfigError(f'risk must be between 0 and 1, got {self.risk!r}; e.g. 1e-3')
         if not (isinstance(self.slow_s, (int, float)) and self.slow_s >= 0):
             raise ConfigError(f'slow context must be >= 0 seconds, got {self.slow_s!r}; '
                               'e.g. --slow 1, or 0 to turn it off')
@@ -183,6 +206,12 @@ class TrainOptions:
                               f'got {self.folds!r}')
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ConfigError(f'time limit must be positive seconds, got {self.time_limit_s!r}')
+        if isinstance(self.shuffle_shards, bool) or not isinstance(self.shuffle_shards, int) \
+                or self.shuffle_shards < 1:
+            raise ConfigError(f'shuffle_shards must be a whole number >= 1, got '
+                              f'{self.shuffle_shards!r}; e.g. --shuffle-shards 8')
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
+            raise ConfigError(f'workers must be a whole number >= 0, got {self.workers!r}')
 
 
 @dataclass
@@ -207,17 +236,6 @@ class TrainResult:
     heldout: list[np.ndarray] = field(default_factory=list)
 
 
-@dataclass
-class _Block:
-    """A contiguous stretch of one recording's rows and what it is used for."""
-
-    rec: int                 # index of the recording
-    lo: int                  # first row (absolute)
-    hi: int                  # end row (absolute, exclusive)
-    role: str                # 'train', 'val' or 'calib' (hold-out); 'fold' (cross-fitting)
-    fold: int = -1           # the fold of a cross-fitted block
-
-
 def span_rows(times_ns: np.ndarray, span: tuple[float | None, float | None] | None
               ) -> tuple[int, int]:
     """Row range [a, b) of ``times_ns`` inside a span of seconds from the first sample."""
@@ -231,22 +249,6 @@ def span_rows(times_ns: np.ndarray, span: tuple[float | None, float | None] | No
 
 
 # --------------------------------------------------------------------------- data
-
-
-def _segment_windows(rec: Recording, lo: int, hi: int, window: int, stride: int,
-                     exclude: np.ndarray | None) -> tuple[np.ndarray, int]:
-    """Raw windows [n, W, C] lying wholly inside rows [lo, hi), without NaN or labels."""
-    if hi - lo < window:
-        return np.zeros((0, window, rec.data.shape[1]), np.float32), 0
-    spec = rec.spec
-    ends = window_ends(rec.times_ns[lo:hi], spec.period_ns, window, stride)
-    data = rec.data[lo:hi]
-    wins = windows_at(data, ends, window)
-    bad = ~np.isfinite(wins).all(axis=(1, 2))
-    if exclude is not None and exclude[lo:hi].any():
-        hit = np.convolve(exclude[lo:hi].astype(np.int32), np.ones(window, np.int32))
-        bad |= hit[ends] > 0       # the window ending at row e covers rows e-W+1 .. e
-    return wins[~bad], int(bad.sum())
 
 
 GOLDEN = 0.6180339887498949
@@ -290,15 +292,58 @@ def split_blocks(n: int, window: int, val_fraction: float, calib_fraction: float
     return out
 
 
+def _blocks_of(shard: Any, *, span: Span | None, window: int, val_fraction: float,
+               calib_fraction: float) -> list[tuple[str, int, int]]:
+    """A recording's (split, first row, end row) blocks inside ``span``, in time order
+    (``shard``: a :class:`training.data.Shard` or a :class:`~encdec_ros.io.bag.Recording`)."""
+    rec = shard.recording() if hasattr(shard, 'recording') else shard
+    a, b = span_rows(rec.times_ns, resolve_span(span, rec))
+    n = b - a
+    if n < 3 * window:
+        where = f' inside the span {span_text(span)}' if span else ''
+        raise ConfigError(f'{rec.source} has {n} aligned samples{where}, fewer than three '
+                          f'windows ({3 * window}); give a longer bag or span, or a smaller '
+                          'window')
+    return [(name, a + lo, a + hi)
+            for name, lo, hi in split_blocks(n, window, val_fraction, calib_fraction)]
+
+
+@dataclass
+class _Block:
+    """A contiguous stretch of one recording's rows and what it is used for."""
+
+    rec: int                 # index of the recording
+    lo: int                  # first row (absolute)
+    hi: int                  # end row (absolute, exclusive)
+    role: str                # 'train', 'val' or 'calib' (hold-out); 'fold' (cross-fitting)
+    fold: int = -1           # the fold of a cross-fitted block
+
+
+def _segment_windows(rec: Recording, lo: int, hi: int, window: int, stride: int,
+                     exclude: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """Raw windows [n, W, C] lying wholly inside rows [lo, hi), without NaN or labels."""
+    if hi - lo < window:
+        return np.zeros((0, window, rec.data.shape[1]), np.float32), 0
+    spec = rec.spec
+    ends = window_ends(rec.times_ns[lo:hi], spec.period_ns, window, stride)
+    data = rec.data[lo:hi]
+    wins = windows_at(data, ends, window)
+    bad = ~np.isfinite(wins).all(axis=(1, 2))
+    if exclude is not None and exclude[lo:hi].any():
+        hit = np.convolve(exclude[lo:hi].astype(np.int32), np.ones(window, np.int32))
+        bad |= hit[ends] > 0       # the window ending at row e covers rows e-W+1 .. e
+    return wins[~bad], int(bad.sum())
+
+
 def _usable_rows(recs: Sequence[Recording], opts: TrainOptions, window: int
                  ) -> list[tuple[int, int]]:
     """Row range [a, b) of each recording inside the train span; refuses a recording with
     fewer than three windows there."""
     out = []
     for rec in recs:
-        a, b = span_rows(rec.times_ns, opts.train_span)
+        a, b = span_rows(rec.times_ns, resolve_span(opts.train_span, rec))
         if b - a < 3 * window:
-            where = f' inside the span {opts.train_span}' if opts.train_span else ''
+            where = f' inside the span {span_text(opts.train_span)}' if opts.train_span else ''
             raise ConfigError(f'{rec.source} has {b - a} aligned samples{where}, fewer than '
                               f'three windows ({3 * window}); give a longer bag or span, or a '
                               'smaller window')
@@ -306,28 +351,13 @@ def _usable_rows(recs: Sequence[Recording], opts: TrainOptions, window: int
     return out
 
 
-def plan_blocks(recs: Sequence[Recording], opts: TrainOptions, window: int, stride: int
-                ) -> tuple[list[_Block], int]:
-    """Cut the recordings into blocks; return them and the number of cross-fitting folds
-    (0: a plain hold-out split into train / val / calib blocks).
-
-    With ``opts.folds`` None the calibration is cross-fitted (:data:`CROSSFIT_FOLDS` folds)
-    when a hold-out split would leave fewer than :data:`CROSSFIT_BELOW` held-out decisions:
-    then every normal window gets an error from a model that never saw it.
-    """
+def plan_blocks(recs: Sequence[Recording], opts: TrainOptions, window: int, folds: int
+                ) -> list[_Block]:
+    """Cut the recordings into time blocks given to ``folds`` cross-fitting folds in turn
+    (every normal window then gets its error from a model that did not see it), or refuse
+    in one sentence when the data is too short for them."""
     spans = _usable_rows(recs, opts, window)
-    folds = opts.folds
-    if folds is None:
-        share = opts.val_fraction + opts.calib_fraction
-        heldout = sum((b - a) * share / stride for a, b in spans)
-        folds = CROSSFIT_FOLDS if heldout < CROSSFIT_BELOW else 0
     blocks: list[_Block] = []
-    if not folds:
-        for i, (a, b) in enumerate(spans):
-            for role, lo, hi in split_blocks(b - a, window, opts.val_fraction,
-                                             opts.calib_fraction):
-                blocks.append(_Block(i, a + lo, a + hi, role))
-        return blocks, 0
     for i, (a, b) in enumerate(spans):
         count = max(folds, min(MAX_BLOCKS, (b - a) // (4 * window)))
         count = min(count, (b - a) // (window + 1)) or 1
@@ -342,7 +372,7 @@ def plan_blocks(recs: Sequence[Recording], opts: TrainOptions, window: int, stri
                           f'{folds} blocks of at least {window + 1} samples, so give at least '
                           f'{folds * (window + 1)} samples (more is better: about '
                           f'{folds * 4 * window}), or a smaller --window')
-    return blocks, folds
+    return blocks
 
 
 def _runs(blocks: Sequence[_Block], keep: Callable[[_Block], bool]) -> list[tuple[int, int, int]]:
@@ -386,25 +416,6 @@ def _cut(recs: Sequence[Recording], runs: Sequence[tuple[int, int, int]], window
     return out
 
 
-def fit_normalization(rows: np.ndarray, channels: Sequence[str]) -> tuple[np.ndarray,
-                                                                          np.ndarray, list]:
-    """Per-channel mean and std of training rows (finite values only), std floored."""
-    rows = np.asarray(rows, dtype=np.float64)
-    finite = np.isfinite(rows)
-    counts = finite.sum(axis=0)
-    empty = [channels[i] for i in np.flatnonzero(counts == 0)]
-    if empty:
-        raise ConfigError(f'channel {empty[0]} has no finite value in the training data; '
-                          'leave it out of the spec or fix the recording')
-    filled = np.where(finite, rows, 0.0)
-    mean = filled.sum(axis=0) / counts
-    var = (np.where(finite, rows - mean, 0.0) ** 2).sum(axis=0) / counts
-    std = np.sqrt(var)
-    floor = STD_FLOOR * np.maximum(1.0, np.abs(mean))
-    flat = [channels[i] for i in np.flatnonzero(std < floor)]
-    return mean, np.maximum(std, floor), flat
-
-
 def _stack(parts: list[np.ndarray], window: int, channels: int) -> np.ndarray:
     parts = [p for p in parts if len(p)]
     if not parts:
@@ -412,15 +423,154 @@ def _stack(parts: list[np.ndarray], window: int, channels: int) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
+def fit_normalization(rows: np.ndarray | Moments, channels: Sequence[str]
+                      ) -> tuple[np.ndarray, np.ndarray, list]:
+    """Per-channel mean and std of training rows (finite values only), std floored.
+
+    ``rows`` may be the rows [N, C] or their statistics merged bag by bag (:class:`Moments`).
+    """
+    moments = rows if isinstance(rows, Moments) else Moments.of_rows(rows)
+    empty = [channels[i] for i in np.flatnonzero(moments.count == 0)]
+    if empty:
+        raise ConfigError(f'channel {empty[0]} has no finite value in the training data; '
+                          'leave it out of the spec or fix the recording')
+    mean, std = moments.mean, moments.std
+    floor = STD_FLOOR * np.maximum(1.0, np.abs(mean))
+    flat = [channels[i] for i in np.flatnonzero(std < floor)]
+    return mean, np.maximum(std, floor), flat
+
+
 # --------------------------------------------------------------------------- training
 
 
-def _fit(model: Any, train: np.ndarray, val: np.ndarray | None, opts: TrainOptions,
+def _fit(model: Any, data: ShardedWindows, opts: TrainOptions, say: Callable[[str], None],
+         show_progress: bool | None, dist: Any) -> tuple[list[tuple[float, float]], int, float]:
+    """Adam on MSE with early stopping; loads the best weights. Returns history, best epoch
+    (1-based) and seconds.
+
+    Batches come from ``data`` (windows shuffled across a group of bags). Under torchrun each
+    rank trains on its part of every global batch through DistributedDataParallel, its loss
+    weighted by its share, so the averaged gradient is the whole batch's; losses and the
+    stopping decisions are summed and agreed across ranks."""
+    import torch
+
+    from encdec_ros.progress import progress
+
+    gen = torch.Generator().manual_seed(opts.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    net = dist.wrap(model)
+    n = data.count('train')
+    n_val = data.count('val')
+    scale = 1.0 / (data.window * data.channels)
+    steps = sum(data.batches_per_epoch(e, opts.batch_size) for e in range(1, opts.epochs + 1))
+    history: list[tuple[float, float]] = []
+    best, best_epoch, best_state, stale = math.inf, 0, None, 0
+    start = time.perf_counter()
+    bar = iter(progress(range(steps), total=steps, desc=f'training {opts.model.arch}',
+                        unit='batch', min_total=0, enable=show_progress))
+    for epoch in range(1, opts.epochs + 1):
+        model.train()
+        total = 0.0
+        for x, size in data.train_batches(epoch, opts.batch_size, gen):
+            x = x.to(dist.device)
+            if not dist.active:
+                loss = torch.mean((net(x) - x) ** 2)
+                total += loss.item() * len(x)
+            elif len(x):
+                sq = torch.sum((net(x) - x) ** 2)
+                loss = sq * (scale * dist.world / size)   # DDP averages over the ranks
+                total += sq.item() * scale
+            else:                       # no window of this batch here: join the all-reduce
+                loss = net(x.new_zeros((1, data.window, data.channels))).sum() * 0.0
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            next(bar, None)
+        train_loss = float(dist.all_sum(total)) / n
+        val_loss = _held_out_loss(model, data, opts.batch_size * 4, dist) / max(n_val, 1)
+        history.append((train_loss, val_loss))
+        better = val_loss < best * (1 - 1e-4)
+        if better:
+            best, best_epoch, stale = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        elapsed = float(dist.all_max(time.perf_counter() - start))
+        say(f'  epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}'
+            f'{"  *" if better else ""}  ({elapsed:.0f} s)')
+        if stale >= opts.patience:
+            say(f'  early stop: no better validation loss for {opts.patience} epochs')
+            break
+        if opts.time_limit_s is not None and elapsed >= opts.time_limit_s:
+            say(f'  time limit of {opts.time_limit_s:g} s reached')
+            break
+    for _ in bar:   # close the bar
+        pass
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history, best_epoch, time.perf_counter() - start
+
+
+def _held_out_loss(model: Any, data: ShardedWindows, batch: int, dist: Any) -> float:
+    """Sum over the validation windows of each window's mean squared error (all ranks), in
+    pieces of ``batch`` windows across block and bag boundaries (as one array would be)."""
+    import torch
+
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        pieces = (w for _, _, w in data.held_out('val'))
+        for part in rechunk(pieces, batch):
+            part = part.to(dist.device)
+            total += float(torch.mean((model(part) - part) ** 2)) * len(part)
+    return float(dist.all_sum(total))
+
+
+def _held_out_errors(engine: Any, data: ShardedWindows, split: str
+                     ) -> dict[int, tuple[np.ndarray, list[int]]]:
+    """Per-channel errors of this rank's held-out windows of ``split``, through the runtime's
+    own code: bag -> (errors [n, 2C] in block order, windows per block)."""
+    from encdec_ros.anomaly.scorer import DEFAULT_BATCH
+
+    meta: list[tuple[int, int, int]] = []
+
+    def windows() -> Any:
+        for bag, block, w in data.held_out(split):
+            meta.append((bag, block, len(w)))
+            yield w.numpy()
+
+    # whole engine batches across blocks and bags, as one array of every window would give
+    errs = [reconstruction_errors(engine, chunk) for chunk in rechunk(windows(), DEFAULT_BATCH)]
+    flat = np.concatenate(errs) if errs else np.zeros((0, 2 * data.channels))
+    out: dict[int, tuple[list[np.ndarray], dict[int, int]]] = {}
+    lo = 0
+    for bag, block, n in meta:
+        parts, blocks = out.setdefault(bag, ([], {}))
+        parts.append(flat[lo:lo + n])
+        blocks[block] = blocks.get(block, 0) + n
+        lo += n
+    return {bag: (np.concatenate(parts) if parts else flat[:0], [blocks[k] for k in sorted(blocks)])
+            for bag, (parts, blocks) in out.items()}
+
+
+def _in_bag_order(parts: list[dict[int, tuple[np.ndarray, list[int]]]], channels: int
+                  ) -> tuple[np.ndarray, list[int]]:
+    """Errors and block lengths gathered from every rank, in bag order."""
+    merged = {bag: value for part in parts for bag, value in part.items()}
+    order = sorted(merged)
+    errors = [merged[b][0] for b in order]
+    lengths = [n for b in order for n in merged[b][1]]
+    return (np.concatenate(errors) if errors else np.zeros((0, 2 * channels))), lengths
+
+
+def _fit_arrays(model: Any, train: np.ndarray, val: np.ndarray | None, opts: TrainOptions,
          say: Callable[[str], None], show_progress: bool | None, *,
          epochs: int | None = None, desc: str = '') -> tuple[list[tuple[float, float]], int,
                                                              float]:
-    """Adam on MSE; with ``val``, early stopping on it and the best weights loaded; without,
-    ``epochs`` epochs (validation loss NaN). Returns history, best epoch (1-based), seconds."""
+    """:func:`_fit` on windows in memory (cross-fitting, small data): Adam on MSE; with
+    ``val``, early stopping on it and the best weights loaded; without, ``epochs`` epochs
+    (validation loss NaN). Returns history, best epoch (1-based), seconds."""
     import torch
 
     from encdec_ros.progress import progress
@@ -539,8 +689,12 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
                   show_progress: bool | None = None) -> TrainResult:
     """Train, calibrate and export an anomaly autoencoder; write the model directory ``out``.
 
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; they train one model
+    together (:mod:`training.distributed`) and rank 0 writes ``out``.
+
     Args:
-        bags: Bags of normal operation.
+        bags: Bags of normal operation: bags, folders of bags, glob patterns or list files
+            (:func:`encdec_ros.io.bagset.expand_bags`).
         spec: The signal spec (object or path).
         out: The model directory to write.
         opts: Training options (defaults: :class:`TrainOptions`).
@@ -548,132 +702,158 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
         stride: Override the spec's stride (samples between decisions at run time).
         command: The command line, kept in model.yaml.
         overwrite: Replace an existing model directory.
-        say: Where progress lines go (default: the module logger).
-        show_progress: Progress bar: None on a terminal, True always, False never.
+        say: Where progress lines go (default: the module logger); rank 0 only.
+        show_progress: Progress bar: None on a terminal, True always, False never; rank 0.
     """
-    import torch
-
-    from training.export import export_onnx
+    from training import distributed
 
     opts = opts or TrainOptions()
     opts.check()
-    say = say or log.info
-    out = check_output_dir(out, what='model directory', empty=not overwrite, error=ModelDirError)
+    dist = distributed.from_env()
+    try:
+        return _train_anomaly(dist, bags, spec, out, opts, window=window, stride=stride,
+                              command=command, overwrite=overwrite,
+                              say=dist.say(say or log.info),
+                              show_progress=show_progress if dist.is_main else False)
+    except EncdecError as err:
+        dist.fail(err)          # ranks waiting for rank 0's result raise it too
+        raise
+    finally:
+        dist.close()
+
+
+def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str | Path,
+                   out: str | Path, opts: TrainOptions, *, window: int | None,
+                   stride: int | None, command: str, overwrite: bool,
+                   say: Callable[[str], None], show_progress: bool | None) -> TrainResult:
+    import torch
+
+    from training.data import ShardCache, WindowPlan, default_cache_dir
+    from training.export import export_onnx
+
+    out = Path(out)
+    dist.run_agreed(lambda: check_output_dir(out, what='model directory', empty=not overwrite,
+                                             error=ModelDirError) if dist.is_main else None)
     if not isinstance(spec, SignalSpec):
         spec = SignalSpec.load(spec)
     if window is not None or stride is not None:
         spec = spec.with_window(window=window, stride=stride)
     t0 = time.perf_counter()
-    recs = read_bags(list(bags), spec)
-    spec = recs[0].spec
+    bags = expand_bags(list(bags) if not isinstance(bags, (str, Path)) else [bags])
+    with BagSource(bags[0]) as first:
+        spec = bind_spec(spec, first)
     channels = spec.channels
     W, C = spec.window, len(channels)
     train_stride = opts.train_stride or spec.stride
-    blocks, folds = plan_blocks(recs, opts, W, spec.stride)
-    exclude = [rec.label_mask() if opts.exclude_labelled and rec.labels else None
-               for rec in recs]
-
-    def cut(keep: Callable[[_Block], bool], step: int) -> _Windows:
-        return _cut(recs, _runs(blocks, keep), W, step, exclude)
-
+    plan = WindowPlan(window=W, period_ns=spec.period_ns,
+                      strides={'train': train_stride, 'val': spec.stride, 'calib': spec.stride},
+                      exclude_labelled=opts.exclude_labelled,
+                      blocks=functools.partial(_blocks_of, span=opts.train_span, window=W,
+                                               val_fraction=opts.val_fraction,
+                                               calib_fraction=opts.calib_fraction))
+    cache = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir(out)
+    data = ShardedWindows(bags, spec, ShardCache(cache, spec), plan, dist=dist, seed=opts.seed,
+                          shuffle_shards=opts.shuffle_shards, workers=opts.workers)
+    summaries = data.summarise()
+    folds = opts.folds
+    if folds is None:          # little data: cross-fit the calibration (in memory, one process)
+        heldout_n = data.count('val') + (data.count('calib') if opts.calib_fraction > 0 else 0)
+        folds = CROSSFIT_FOLDS if heldout_n < CROSSFIT_BELOW and not dist.active else 0
     if folds:
-        train = cut(lambda b: True, train_stride)
-        val = calib = _Windows([], [])
-    else:
-        train = cut(lambda b: b.role == 'train', train_stride)
-        val = cut(lambda b: b.role == 'val', spec.stride)
-        calib = cut(lambda b: b.role == 'calib', spec.stride)
-    dropped = train.dropped + val.dropped + calib.dropped
-    mean, std, flat = fit_normalization(np.concatenate(train.rows), channels)
+        if dist.active:
+            raise ConfigError('cross-fitted calibration (--folds) runs in one process; run '
+                              'without torchrun, or give --folds 0')
+        return _train_crossfit(bags, spec, out, opts, folds, command=command,
+                               overwrite=overwrite, say=say, show_progress=show_progress)
+    mean, std, flat = fit_normalization(Moments.combine(s.moments for s in summaries),
+                                        channels)
     if flat:
         say(f'  note: {len(flat)} channel(s) barely move in the training data '
             f'({", ".join(flat[:3])}{"..." if len(flat) > 3 else ""}); any change on them will '
             'look anomalous')
-    train_raw = train.stack(W, C)
-    val_raw, calib_raw = val.stack(W, C), calib.stack(W, C)
-    needed = [('training', train_raw)] if folds else [
-        ('training', train_raw), ('validation', val_raw)] + (
-        [('calibration', calib_raw)] if opts.calib_fraction > 0 else [])
-    for name, arr in needed:
-        _check_enough(name, len(arr), W, dropped)
-
-    def normalizer(m: np.ndarray, s: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-        m32, s32 = m.astype(np.float32), s.astype(np.float32)
-        return lambda w: ((w - m32) / s32).astype(np.float32)
-
-    norm = normalizer(mean, std)
-    train_x, val_x, calib_x = norm(train_raw), norm(val_raw), norm(calib_raw)
+    rows = {k: int(sum(s.rows[k] for s in summaries)) for k in ('train', 'val', 'calib')}
+    dropped = int(sum(s.dropped for s in summaries))
+    n_train, n_val = data.count('train'), data.count('val')
+    n_calib = data.count('calib') if opts.calib_fraction > 0 else n_val
+    for name, count in (('training', n_train), ('validation', n_val), ('calibration', n_calib)):
+        if count < 2 and dropped:
+            raise ConfigError(f'only {count} {name} windows of {W} samples are usable: '
+                              f'{dropped} windows were left out because they hold NaN or '
+                              'infinite values (or labelled faults); drop the messages with '
+                              'non-finite values from the bag, or leave their fields out of '
+                              'the spec')
+        if count < 2:
+            raise ConfigError(f'only {count} {name} windows of {W} samples fit in the data; '
+                              'give longer bags, a smaller window or a smaller stride')
+    data.set_normalization(mean, std)
     t_read = time.perf_counter() - t0
+    built = sum(s.built for s in summaries)
+    say(f'data: {len(bags)} bag(s), {C} channels at {spec.rate_hz:g} Hz, window {W}; '
+        f'windows train {n_train} / val {n_val} / calib '
+        f'{n_calib if opts.calib_fraction > 0 else "= val"}'
+        + (f' ({dropped} left out: labelled or NaN)' if dropped else ''))
+    say(f'  shards: {built} read from bags, {len(bags) - built} from the cache {cache}'
+        + (f'; {dist.world} processes ({dist.backend})' if dist.active else ''))
+
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    if folds:
-        say(f'data: {len(recs)} bag(s), {C} channels at {spec.rate_hz:g} Hz, window {W}; '
-            f'{len(train_x)} training windows; calibration cross-fitted over {folds} folds of '
-            f'{len(blocks)} time blocks (every held-out error from a model that did not see '
-            'it)' + (f' ({dropped} windows left out: labelled or NaN)' if dropped else ''))
-    else:
-        say(f'data: {len(recs)} bag(s), {C} channels at {spec.rate_hz:g} Hz, window {W}; '
-            f'windows train {len(train_x)} / val {len(val_x)} / calib '
-            f'{len(calib_x) if opts.calib_fraction > 0 else "= val"}'
-            + (f' ({dropped} left out: labelled or NaN)' if dropped else ''))
-
-    # held-out normal errors: cross-fitted (fold models), or the final model's on val + calib
-    t1 = time.perf_counter()
-    heldout: list[np.ndarray] = []
-    fold_epochs: list[int] = []
-    if folds:
-        heldout, fold_epochs = _crossfit(recs, blocks, folds, exclude, opts, spec, say,
-                                         show_progress)
-        epochs = max(1, int(np.median(fold_epochs)))
-        say(f'  folds stopped at epochs {fold_epochs}: the final model trains on all windows '
-            f'for {epochs} epochs')
     torch.manual_seed(opts.seed)
     np.random.seed(opts.seed % 2**32)
-    model = build_model(opts.model, W, C)
+    model = build_model(opts.model, W, C).to(dist.device)
     n_params = count_parameters(model)
     say(f'model: {opts.model.arch} autoencoder, hidden {opts.model.hidden}, latent '
         f'{opts.model.latent}, {n_params} parameters')
-    if folds:
-        history, best_epoch, _ = _fit(model, train_x, None, opts, say, show_progress,
-                                      epochs=epochs)
-    else:
-        history, best_epoch, _ = _fit(model, train_x, val_x, opts, say, show_progress)
-    t_train = time.perf_counter() - t1
+    history, best_epoch, t_train = _fit(model, data, opts, say, show_progress, dist)
+    model = model.cpu()
 
     with tempfile.TemporaryDirectory(prefix='encdec_train_') as tmp:
         onnx_tmp = Path(tmp) / 'model.onnx'
-        parity = (val_x if len(val_x) else train_x)[:64]
-        export = export_onnx(model, (torch.from_numpy(train_x[:2]),), onnx_tmp,
-                             input_names=['x'], output_names=['x_hat'],
-                             parity_inputs=(parity,))
+        export: dict[str, Any] = {}
+        if dist.is_main:
+            parity = data.first_windows('val', 64)
+            export = export_onnx(model, (torch.from_numpy(data.first_windows('train', 2)),),
+                                 onnx_tmp, input_names=['x'], output_names=['x_hat'],
+                                 parity_inputs=(parity,))
+        blob = dist.broadcast(onnx_tmp.read_bytes() if dist.is_main else None)
+        if not dist.is_main:
+            onnx_tmp.write_bytes(blob)
         from encdec_ros.engine import InferenceEngine
 
-        if not folds:
-            # the threshold and the normal statistics see every held-out window: the
-            # calibration blocks and the validation blocks (which only chose the epoch), so
-            # that the tail is estimated on as much of the recording as possible
-            engine = InferenceEngine(onnx_tmp, device='cpu', warmup=False)
-            for part in (calib.parts if opts.calib_fraction > 0 else []) + val.parts:
-                if len(part):
-                    heldout.append(reconstruction_errors(engine, norm(part)))
+        engine = InferenceEngine(onnx_tmp, device='cpu', warmup=False)
+        # the threshold and the normal statistics see every held-out window: the calibration
+        # blocks and the validation blocks (which only chose the epoch), so that the tail is
+        # estimated on as much of the recording as possible. Each rank scores its own bags;
+        # rank 0 calibrates on all of them, in bag order.
+        val_parts = dist.gather(_held_out_errors(engine, data, 'val'))
+        calib_parts = dist.gather(_held_out_errors(engine, data, 'calib')) \
+            if opts.calib_fraction > 0 else None
+        if not dist.is_main:
+            shared = dist.receive()
+            return TrainResult(out, shared['figures'], shared['calibration'],
+                               [tuple(h) for h in shared['history']], model)
+        dist.owe()
+        val_err, val_lengths = _in_bag_order(val_parts, C)
+        heldout = _split_lengths(val_err, val_lengths)
+        if opts.calib_fraction > 0:
+            calib_only, calib_lengths = _in_bag_order(calib_parts, C)
+            heldout = _split_lengths(calib_only, calib_lengths) + heldout
         fit = _calibrate(heldout, opts, spec, say)
         figures = {
             'command': command,
             'bags': [str(b) for b in bags],
-            'train_span_s': list(opts.train_span) if opts.train_span else None,
-            'rows': _rows(blocks),
-            'folds': folds,
-            'windows': {'train': len(train_x), 'val': len(val_x), 'calib': len(calib_x),
+            'train_span_s': span_yaml(opts.train_span),
+            'rows': rows,
+            'folds': 0,
+            'windows': {'train': n_train, 'val': n_val, 'calib': n_calib,
                         'heldout': int(sum(len(p) for p in heldout)), 'left_out': dropped},
             'train_stride': train_stride,
             'epochs_run': len(history),
             'best_epoch': best_epoch,
-            'fold_epochs': fold_epochs,
             'train_loss': history[best_epoch - 1][0] if best_epoch else None,
-            'val_loss': _finite_or_none(history[best_epoch - 1][1]) if best_epoch else None,
-            'history': {'train': [h[0] for h in history],
-                        'val': [_finite_or_none(h[1]) for h in history]},
+            'val_loss': history[best_epoch - 1][1] if best_epoch else None,
+            'history': {'train': [h[0] for h in history], 'val': [h[1] for h in history]},
             'seconds': {'data': round(t_read, 2), 'train': round(t_train, 2)},
+            'processes': dist.world,
             'options': _options_dict(opts),
             'export': {k: export[k] for k in ('exporter', 'opset', 'max_abs_diff', 'atol',
                                               'batch_sizes', 'file_bytes', 'seconds')},
@@ -682,44 +862,20 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
                          'numpy': np.__version__},
         }
         calibration = {**fit.section(), 'scale': opts.threshold_scale,
-                       'data': f'cross-fitted over {folds} folds' if folds else
-                       'calibration and validation splits' if opts.calib_fraction > 0
+                       'data': 'calibration and validation splits' if opts.calib_fraction > 0
                        else 'validation split'}
-        allerr = np.concatenate(heldout)
+        sections = _model_sections(spec, mean, std, opts, n_params, fit, heldout, figures,
+                                   calibration)
         from encdec_ros.modeldir import save_model_dir
 
-        sections = {
-            'spec': spec.to_dict(),
-            'window': {'length': W, 'stride': spec.stride, 'rate_hz': spec.rate_hz,
-                       'channels': channels},
-            'normalization': {'mean': mean, 'std': std},
-            'architecture': {**opts.model.to_dict(), 'parameters': n_params,
-                             'input': {'name': 'x', 'shape': ['batch', W, C]},
-                             'output': {'name': 'x_hat', 'shape': ['batch', W, C]}},
-            'score': {'error': opts.error, 'log_eps': LOG_EPS,
-                      'slow_context_s': fit.slow_windows * spec.stride / spec.rate_hz},
-            'threshold': fit.threshold,
-            'calibration': calibration,
-            'channel_errors': {
-                **fit.stats.to_dict(),
-                'mean': np.nanmean(allerr[:, :C], axis=0),
-                'p99': np.nanquantile(allerr[:, :C], 0.99, axis=0),
-            },
-            'detector': {'debounce_k': opts.debounce_k, 'debounce_n': opts.debounce_n,
-                         'release': opts.release},
-            'drift': {'time_constant_s': opts.drift_s, 'freeze': opts.drift_freeze,
-                      'accept_s': opts.drift_accept_s},
-            'training': figures,
-        }
         save_model_dir(out, onnx_file=onnx_tmp, task='anomaly', sections=sections,
                        overwrite=overwrite)
+    names = [Path(b).name for b in bags]
     _loss_png(out / LOSS_PNG, history, best_epoch,
-              f'{opts.model.arch} autoencoder on {", ".join(Path(b).name for b in bags)}')
-    cal = fit.calibration
-    say(f'threshold {fit.threshold:.4g} ({cal.used} rule'
-        + (f', fallback: {cal.details["fallback"]}' if 'fallback' in cal.details else '')
-        + f'); held-out normal decisions above it: {fit.exceed_share:.2%}, flagged after '
-        f'debouncing: {fit.flagged_share:.2%}; ONNX parity {export["max_abs_diff"]:.1e}')
+              f'{opts.model.arch} autoencoder on '
+              + (', '.join(names) if len(names) <= 3 else f'{len(names)} bags'))
+    _say_threshold(say, fit, export)
+    dist.settle({'figures': figures, 'calibration': calibration, 'history': history})
     return TrainResult(out, figures, calibration, history, model, heldout)
 
 
@@ -765,7 +921,7 @@ def _crossfit(recs: Sequence[Recording], blocks: Sequence[_Block], folds: int,
         m32, s32 = mean.astype(np.float32), std.astype(np.float32)
         torch.manual_seed(opts.seed + 1 + j)
         model = build_model(opts.model, W, C)
-        _, best, _ = _fit(model, (train_raw - m32) / s32,
+        _, best, _ = _fit_arrays(model, (train_raw - m32) / s32,
                           (val_raw - m32) / s32 if len(val_raw) else None, opts, quiet,
                           show_progress, desc=f'fold {j + 1}/{folds}')
         epochs.append(best)
@@ -807,6 +963,56 @@ def _calibrate(heldout: list[np.ndarray], opts: TrainOptions, spec: SignalSpec,
     return fit
 
 
+def _split_lengths(errors: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:
+    """Held-out errors [N, 2C] cut into the stretches of ``lengths`` decisions."""
+    out, lo = [], 0
+    for n in lengths:
+        if n:
+            out.append(errors[lo:lo + n])
+        lo += n
+    return out
+
+
+def _model_sections(spec: SignalSpec, mean: np.ndarray, std: np.ndarray, opts: TrainOptions,
+                    n_params: int, fit: DetectorFit, heldout: list[np.ndarray],
+                    figures: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
+    """The sections of model.yaml."""
+    W, C = spec.window, len(spec.channels)
+    allerr = np.concatenate(heldout)
+    return {
+        'spec': spec.to_dict(),
+        'window': {'length': W, 'stride': spec.stride, 'rate_hz': spec.rate_hz,
+                   'channels': spec.channels},
+        'normalization': {'mean': mean, 'std': std},
+        'architecture': {**opts.model.to_dict(), 'parameters': n_params,
+                         'input': {'name': 'x', 'shape': ['batch', W, C]},
+                         'output': {'name': 'x_hat', 'shape': ['batch', W, C]}},
+        'score': {'error': opts.error, 'log_eps': LOG_EPS,
+                  'slow_context_s': fit.slow_windows * spec.stride / spec.rate_hz},
+        'threshold': fit.threshold,
+        'calibration': calibration,
+        'channel_errors': {
+            **fit.stats.to_dict(),
+            'mean': np.nanmean(allerr[:, :C], axis=0),
+            'p99': np.nanquantile(allerr[:, :C], 0.99, axis=0),
+        },
+        'detector': {'debounce_k': opts.debounce_k, 'debounce_n': opts.debounce_n,
+                     'release': opts.release},
+        'drift': {'time_constant_s': opts.drift_s, 'freeze': opts.drift_freeze,
+                  'accept_s': opts.drift_accept_s},
+        'training': figures,
+    }
+
+
+def _say_threshold(say: Callable[[str], None], fit: DetectorFit, export: dict) -> None:
+    cal = fit.calibration
+    say(f'threshold {fit.threshold:.4g} ({cal.used} rule'
+        + (f', fallback: {cal.details["fallback"]}' if 'fallback' in cal.details else '')
+        + f', x{cal.details.get("margin_factor", 1.0):.2f} margin); held-out normal decisions '
+        f'above it: {fit.exceed_share:.2%}, flagged after debouncing: {fit.flagged_share:.2%}; '
+        f'ONNX parity {export["max_abs_diff"]:.1e}')
+
+
 def _rows(blocks: Sequence[_Block]) -> dict[str, int]:
     out: dict[str, int] = {}
     for blk in blocks:
@@ -819,9 +1025,109 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+# --------------------------------------------------------------------------- little data
+
+
+def _train_crossfit(bags: Sequence[Path], spec: SignalSpec, out: Path, opts: TrainOptions,
+                    folds: int, *, command: str, overwrite: bool, say: Callable[[str], None],
+                    show_progress: bool | None) -> TrainResult:
+    """:func:`train_anomaly` on little data, in memory and in one process: the calibration's
+    held-out errors are cross-fitted over ``folds`` folds of time blocks (:func:`_crossfit`),
+    and the model to export trains on every window for the median epoch of the folds."""
+    import torch
+
+    from training.export import export_onnx
+
+    t0 = time.perf_counter()
+    recs = read_bags(list(bags), spec)
+    spec = recs[0].spec
+    channels = spec.channels
+    W, C = spec.window, len(channels)
+    train_stride = opts.train_stride or spec.stride
+    blocks = plan_blocks(recs, opts, W, folds)
+    exclude = [rec.label_mask() if opts.exclude_labelled and rec.labels else None
+               for rec in recs]
+    train = _cut(recs, _runs(blocks, lambda b: True), W, train_stride, exclude)
+    dropped = train.dropped
+    mean, std, flat = fit_normalization(np.concatenate(train.rows), channels)
+    if flat:
+        say(f'  note: {len(flat)} channel(s) barely move in the training data '
+            f'({", ".join(flat[:3])}{"..." if len(flat) > 3 else ""}); any change on them will '
+            'look anomalous')
+    train_raw = train.stack(W, C)
+    _check_enough('training', len(train_raw), W, dropped)
+    train_x = ((train_raw - mean.astype(np.float32)) / std.astype(np.float32)
+               ).astype(np.float32)
+    t_read = time.perf_counter() - t0
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    say(f'data: {len(recs)} bag(s), {C} channels at {spec.rate_hz:g} Hz, window {W}; '
+        f'{len(train_x)} training windows; calibration cross-fitted over {folds} folds of '
+        f'{len(blocks)} time blocks (every held-out error from a model that did not see it)'
+        + (f' ({dropped} windows left out: labelled or NaN)' if dropped else ''))
+    t1 = time.perf_counter()
+    heldout, fold_epochs = _crossfit(recs, blocks, folds, exclude, opts, spec, say,
+                                     show_progress)
+    epochs = max(1, int(np.median(fold_epochs)))
+    say(f'  folds stopped at epochs {fold_epochs}: the model trains on all windows for '
+        f'{epochs} epochs')
+    torch.manual_seed(opts.seed)
+    np.random.seed(opts.seed % 2**32)
+    model = build_model(opts.model, W, C)
+    n_params = count_parameters(model)
+    say(f'model: {opts.model.arch} autoencoder, hidden {opts.model.hidden}, latent '
+        f'{opts.model.latent}, {n_params} parameters')
+    history, best_epoch, _ = _fit_arrays(model, train_x, None, opts, say, show_progress,
+                                         epochs=epochs)
+    t_train = time.perf_counter() - t1
+    with tempfile.TemporaryDirectory(prefix='encdec_train_') as tmp:
+        onnx_tmp = Path(tmp) / 'model.onnx'
+        export = export_onnx(model, (torch.from_numpy(train_x[:2]),), onnx_tmp,
+                             input_names=['x'], output_names=['x_hat'],
+                             parity_inputs=(train_x[:64],))
+        fit = _calibrate(heldout, opts, spec, say)
+        figures = {
+            'command': command,
+            'bags': [str(b) for b in bags],
+            'train_span_s': span_yaml(opts.train_span),
+            'rows': _rows(blocks),
+            'folds': folds,
+            'windows': {'train': len(train_x), 'val': 0, 'calib': 0,
+                        'heldout': int(sum(len(p) for p in heldout)), 'left_out': dropped},
+            'train_stride': train_stride,
+            'epochs_run': len(history),
+            'best_epoch': best_epoch,
+            'fold_epochs': fold_epochs,
+            'train_loss': history[best_epoch - 1][0] if best_epoch else None,
+            'val_loss': None,
+            'history': {'train': [h[0] for h in history], 'val': [None for _ in history]},
+            'seconds': {'data': round(t_read, 2), 'train': round(t_train, 2)},
+            'processes': 1,
+            'options': _options_dict(opts),
+            'export': {k: export[k] for k in ('exporter', 'opset', 'max_abs_diff', 'atol',
+                                              'batch_sizes', 'file_bytes', 'seconds')},
+            'versions': {**{k: str(v) for k, v in export['versions'].items()},
+                         'python': platform.python_version(),
+                         'numpy': np.__version__},
+        }
+        calibration = {**fit.section(), 'scale': opts.threshold_scale,
+                       'data': f'cross-fitted over {folds} folds'}
+        sections = _model_sections(spec, mean, std, opts, n_params, fit, heldout, figures,
+                                   calibration)
+        from encdec_ros.modeldir import save_model_dir
+
+        save_model_dir(out, onnx_file=onnx_tmp, task='anomaly', sections=sections,
+                       overwrite=overwrite)
+    names = [Path(b).name for b in bags]
+    _loss_png(out / LOSS_PNG, history, best_epoch,
+              f'{opts.model.arch} autoencoder on '
+              + (', '.join(names) if len(names) <= 3 else f'{len(names)} bags'))
+    _say_threshold(say, fit, export)
+    return TrainResult(out, figures, calibration, history, model, heldout)
+
+
 def _options_dict(opts: TrainOptions) -> dict[str, Any]:
     data = asdict(opts)
     data['model'] = opts.model.to_dict()
-    if data['train_span'] is not None:
-        data['train_span'] = list(data['train_span'])
+    data['train_span'] = span_yaml(opts.train_span)
     return data

@@ -42,7 +42,7 @@ import numpy as np
 from encdec_ros.denoise.evaluate import Pair, load_pairs
 from encdec_ros.denoise.filters import BASELINES, make_baseline, one_topic_spec, tune_baselines
 from encdec_ros.denoise.noise import NoiseSpec
-from encdec_ros.errors import BagError, ConfigError, ModelDirError
+from encdec_ros.errors import BagError, ConfigError, EncdecError, ModelDirError
 from encdec_ros.io.spec import SignalSpec
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,9 @@ def build_net(window: int, channels: int, opts: DenoiseOptions, norm: dict[str, 
                 out = out + self.head(seq[:, -1, :])
             return out
 
-        def forward(self, x: Any) -> Any:
+        def forward(self, x: Any, residual: bool = False) -> Any:
+            if residual:        # the training target, through forward for DDP's hooks
+                return self.residual(x)
             noise = self.residual(x) * self.residual_scale + self.residual_offset
             return x[:, -1, :] - noise                              # [B, C]
 
@@ -217,10 +219,14 @@ def count_parameters(module: Any) -> int:
 
 @dataclass
 class _Split:
+    """This rank's recordings (all of them without torchrun), with their global indices."""
+
+    index: list[int]             # global pair index per local recording
     series: list[Any]            # torch [n_i, C] float32 per recording (whole recording)
     targets: list[Any]           # torch [n_i, C] float32: normalised residual targets
     train_ends: list[np.ndarray]  # window end indices (into each series) for training
     val_ends: list[np.ndarray]
+    counts: list[int]            # training windows of every pair, all ranks, global order
 
 
 def _windows(series: Any, ends: Any, window: int) -> Any:
@@ -234,8 +240,14 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
                    command: str | None = None) -> DenoiseResult:
     """Train, export and save a denoising model directory; see the module docstring.
 
+    Under torchrun every process calls this: the bags are divided among them, the
+    normalisation and the linear part's least-squares system are summed over all, each
+    global batch is trained with DistributedDataParallel (every rank draws the same order, as
+    one process would), and rank 0 tunes the baselines on every validation part and writes
+    the model directory.
+
     Args:
-        bags: Training bags.
+        bags: Training bags: bags, folders, glob patterns or list files.
         spec: A one-topic spec (object or YAML path).
         out: The model directory to write.
         options: Training options.
@@ -246,15 +258,37 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
     Returns:
         The directory and the figures written to model.yaml's ``training`` section.
     """
+    from training import distributed
+
+    dist = distributed.from_env()
+    try:
+        return _train_denoiser(dist, bags, spec, out, options=options, force=force,
+                               show_progress=show_progress if dist.is_main else False,
+                               command=command)
+    except EncdecError as err:
+        dist.fail(err)
+        raise
+    finally:
+        dist.close()
+
+
+def _train_denoiser(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str | Path,
+                    out: str | Path, *, options: DenoiseOptions | None, force: bool,
+                    show_progress: bool | None, command: str | None) -> DenoiseResult:
     import torch
 
+    from encdec_ros.io.bag import BagSource, bind_spec
+    from encdec_ros.io.bagset import expand_bags
     from encdec_ros.modeldir import ModelDir, check_output_dir, save_model_dir
+    from training.data import Moments
     from training.export import export_onnx
 
     t_start = time.perf_counter()
     opts = copy.deepcopy(options) if options is not None else DenoiseOptions()
     opts.check()
-    out = check_output_dir(out, what='model directory', empty=not force, error=ModelDirError)
+    out = Path(out)
+    dist.run_agreed(lambda: check_output_dir(out, what='model directory', empty=not force,
+                                             error=ModelDirError) if dist.is_main else None)
     if isinstance(spec, (str, Path)):
         spec = SignalSpec.load(spec)
     if opts.window is not None:
@@ -262,9 +296,29 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
     elif spec.stride != 1:
         spec = spec.with_window(stride=1)
     window = spec.window
-    resolved, pairs = load_pairs(bags, spec, clean_topic=opts.clean_topic, noise=opts.noise,
-                                 seed=opts.seed, span=opts.train_span,
-                                 also_uncorrupted=opts.also_uncorrupted)
+    bags = expand_bags(list(bags) if not isinstance(bags, (str, Path)) else [bags])
+    if len(spec.topics) == 1:         # else load_pairs says why, below
+        with BagSource(bags[0]) as first:
+            spec = bind_spec(spec, first)
+    n_bags = len(bags)
+
+    def load() -> tuple[SignalSpec, list[tuple[int, Pair]]]:
+        # pair g is bag g (corrupted), pair n_bags + g the same bag uncorrupted: the order of
+        # load_pairs over all bags, whichever rank reads which bag
+        found: list[tuple[int, Pair]] = []
+        resolved = spec
+        for g, bag in dist.mine(bags):
+            resolved, pairs = load_pairs([bag], spec, clean_topic=opts.clean_topic,
+                                         noise=opts.noise, seed=opts.seed + g,
+                                         span=opts.train_span,
+                                         also_uncorrupted=opts.also_uncorrupted)
+            found += [(g + k * n_bags, p) for k, p in enumerate(pairs)]
+        for _, pair in found:
+            _check_length(pair, resolved, window, opts.val_fraction)
+        return resolved, found
+
+    resolved, mine = dist.run_agreed(load)
+    mine.sort(key=lambda item: item[0])
     resolved = one_topic_spec(resolved)
     channels = len(resolved.channels)
     rate = resolved.rate_hz
@@ -273,56 +327,66 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
 
-    # --- split by time, normalisation from the training part only
-    splits_train, splits_val = [], []
-    for pair in pairs:
-        n = pair.noisy.shape[0]
-        cut = int(round(n * (1.0 - opts.val_fraction)))
-        if cut < window + 10 or n - cut < window + 10:
-            raise BagError(f'{pair.source}: {n} samples of {resolved.topics[0].name} are too few '
-                           f'for a window of {window} and a {opts.val_fraction:.0%} validation '
-                           'split; record longer or use a smaller --window')
-        splits_train.append(slice(0, cut))
-        splits_val.append(slice(cut, n))
-    train_noisy = np.concatenate([p.noisy[s] for p, s in zip(pairs, splits_train)])
-    offsets = []
-    for pair, s in zip(pairs, splits_train):
-        resid = pair.noisy[s] - pair.clean[s]
-        offsets.append(np.zeros(channels) if opts.learn_offset else resid.mean(axis=0))
-    train_resid = np.concatenate([p.noisy[s] - p.clean[s] - o
-                                  for p, s, o in zip(pairs, splits_train, offsets)])
-    mean = train_noisy.mean(axis=0)
-    std = _floor(train_noisy.std(axis=0), mean)
-    res_offset = train_resid.mean(axis=0) if opts.learn_offset else np.zeros(channels)
-    res_scale = _floor(np.sqrt(np.mean((train_resid - res_offset) ** 2, axis=0)), mean)
+    # --- split by time, normalisation from the training part only (merged over ranks)
+    cuts = [int(round(len(p.noisy) * (1.0 - opts.val_fraction))) for _, p in mine]
+    offsets = [np.zeros(channels) if opts.learn_offset else (p.noisy[:c] - p.clean[:c]).mean(0)
+               for (_, p), c in zip(mine, cuts)]
+    local = [(g, Moments.of_rows(p.noisy[:c]), Moments.of_rows(p.noisy[:c] - p.clean[:c] - o),
+              c, len(p.noisy), p.reference)
+             for (g, p), c, o in zip(mine, cuts, offsets)]
+    every = sorted((item for part in dist.all_gather(local) for item in part),
+                   key=lambda item: item[0])
+    noisy_m = Moments.combine(item[1] for item in every)
+    resid_m = Moments.combine(item[2] for item in every)
+    mean = noisy_m.mean
+    std = _floor(noisy_m.std, mean)
+    res_offset = resid_m.mean if opts.learn_offset else np.zeros(channels)
+    res_scale = _floor(np.sqrt(resid_m.m2 / np.maximum(resid_m.count, 1.0)
+                               + (resid_m.mean - res_offset) ** 2), mean)
     norm = {'input_mean': mean, 'input_std': std, 'residual_scale': res_scale,
             'residual_offset': res_offset}
 
-    series, targets, train_ends, val_ends = [], [], [], []
-    for pair, s_tr, s_va, off in zip(pairs, splits_train, splits_val, offsets):
-        series.append(torch.tensor(pair.noisy, dtype=torch.float32))
+    split = _Split([], [], [], [], [], [max(0, c - (window - 1)) for _, _, _, c, _, _ in every])
+    for (g, pair), cut, off in zip(mine, cuts, offsets):
+        split.index.append(g)
+        split.series.append(torch.tensor(pair.noisy, dtype=torch.float32))
         target = (pair.noisy - pair.clean - off - res_offset) / res_scale
-        targets.append(torch.tensor(target, dtype=torch.float32))
-        train_ends.append(np.arange(window - 1, s_tr.stop))
-        val_ends.append(np.arange(s_va.start, s_va.stop))
-    split = _Split(series, targets, train_ends, val_ends)
+        split.targets.append(torch.tensor(target, dtype=torch.float32))
+        split.train_ends.append(np.arange(window - 1, cut))
+        split.val_ends.append(np.arange(cut, len(pair.noisy)))
 
-    net = build_net(window, channels, opts, norm)
-    ridge_figures = _fit_linear(net, split, window, opts.ridge, rng)
+    net = build_net(window, channels, opts, norm).to(dist.device)
+    ridge_figures = _fit_linear(net, split, window, opts.ridge, rng, dist)
 
-    figures = _train_loop(net, split, window, opts, rng, show_progress)
+    figures = _train_loop(net, split, window, opts, rng, show_progress, dist)
+    net = net.cpu()
+
+    # --- the validation parts, model outputs included, go to rank 0
+    model_val = _model_outputs(net, split, window)
+    val_local = [(g, p.noisy[c:], p.clean[c:], est)
+                 for (g, p), c, est in zip(mine, cuts, model_val)]
+    gathered = dist.gather(val_local)
+    if not dist.is_main:
+        return DenoiseResult(out, dist.receive())
+    dist.owe()
+    val_parts = sorted((item for part in gathered for item in part), key=lambda x: x[0])
+    val_segments = [(noisy, clean) for _, noisy, clean, _ in val_parts]
+    references = sorted({item[5] for item in every})
+    samples = {'train': int(sum(split.counts)),
+               'validation': int(sum(n - c for _, _, _, c, n, _ in every))}
 
     # --- export, tune the baselines, score everything on the validation part
-    val_windows = _windows(split.series[0], torch.as_tensor(split.val_ends[0][:256]), window)
+    first = split.index.index(0)
+    val_windows = _windows(split.series[first], torch.as_tensor(split.val_ends[first][:256]),
+                           window)
     with tempfile.TemporaryDirectory(prefix='encdec_denoise_') as tmp:
         onnx_path = Path(tmp) / 'model.onnx'
         export = export_onnx(net, (val_windows[:2],), onnx_path, input_names=['noisy'],
                              output_names=['clean'], parity_inputs=(val_windows,))
-        val_segments = [(p.noisy[s], p.clean[s]) for p, s in zip(pairs, splits_val)]
         skip = min(window, min(len(n) for n, _ in val_segments) // 4)
         baselines = tune_baselines(val_segments, rate_hz=rate, skip=skip)
-        model_val = _model_outputs(net, split, window)
-        scores = _validation_scores(pairs, splits_val, model_val, baselines, rate, skip)
+        scores = _validation_scores(val_segments, [est for *_, est in val_parts], baselines,
+                                    rate, skip)
         spec_dict = resolved.to_dict()
         sections = {
             'spec': spec_dict,
@@ -333,7 +397,7 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
                 'rate_hz': rate,
                 'window': window,
                 'output': 'clean current sample (input minus predicted noise)',
-                'reference': sorted({p.reference for p in pairs}),
+                'reference': references,
                 'noise': opts.noise.to_dict() if opts.noise is not None else None,
                 'also_uncorrupted': opts.also_uncorrupted,
                 'learn_offset': opts.learn_offset,
@@ -348,10 +412,10 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
             'validation': scores,
             'training': {
                 'bags': [str(b) for b in bags],
-                'samples': {'train': int(sum(len(e) for e in split.train_ends)),
-                            'validation': int(sum(len(e) for e in split.val_ends))},
+                'samples': samples,
                 **figures,
                 'ridge': ridge_figures,
+                'processes': dist.world,
                 'options': _options_dict(opts),
                 'export': {k: export[k] for k in ('max_abs_diff', 'atol', 'batch_sizes',
                                                   'opset', 'exporter', 'file_bytes')},
@@ -366,9 +430,20 @@ def train_denoiser(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
     ModelDir.load(out, task='denoise')  # what the runtime will see: hash and I/O agree
     _loss_png(out / LOSS_PNG, figures, opts.arch)
     sections['training']['seconds'] = round(time.perf_counter() - t_start, 2)
-    return DenoiseResult(out, {'validation': scores, 'training': sections['training'],
-                               'reference': sections['denoise']['reference'],
-                               'channels': resolved.channels, 'window': window})
+    result = {'validation': scores, 'training': sections['training'],
+              'reference': references, 'channels': resolved.channels, 'window': window}
+    dist.settle(result)
+    return DenoiseResult(out, result)
+
+
+def _check_length(pair: Pair, spec: SignalSpec, window: int, val_fraction: float) -> None:
+    """Refuse a recording too short for a window on both sides of the validation cut."""
+    n = pair.noisy.shape[0]
+    cut = int(round(n * (1.0 - val_fraction)))
+    if cut < window + 10 or n - cut < window + 10:
+        raise BagError(f'{pair.source}: {n} samples of {spec.topics[0].name} are too few '
+                       f'for a window of {window} and a {val_fraction:.0%} validation '
+                       'split; record longer or use a smaller --window')
 
 
 def _floor(scale: np.ndarray, mean: np.ndarray) -> np.ndarray:
@@ -385,52 +460,70 @@ def _options_dict(opts: DenoiseOptions) -> dict[str, Any]:
 
 
 def _fit_linear(net: Any, split: _Split, window: int, ridge: float,
-                rng: np.random.Generator) -> dict[str, Any]:
-    """Closed-form ridge fit of the linear part on (a sample of) the training windows."""
+                rng: np.random.Generator, dist: Any) -> dict[str, Any]:
+    """Closed-form ridge fit of the linear part on (a sample of) the training windows; the
+    normal equations are summed over ranks, and every rank draws the sample of every pair
+    (keeping ``rng`` in step with one process's)."""
     import torch
 
     rows, ys = [], []
-    total = sum(len(e) for e in split.train_ends)
+    total = sum(split.counts)
     share = min(1.0, RIDGE_ROWS / max(total, 1))
+    local = dict(zip(split.index, range(len(split.index))))
     with torch.no_grad():
-        for series, target, ends in zip(split.series, split.targets, split.train_ends):
-            pick = ends if share >= 1.0 else np.sort(rng.choice(
-                ends, max(1, int(len(ends) * share)), replace=False))
-            idx = torch.as_tensor(pick)
-            rel, _ = net.features(_windows(series, idx, window))
-            rows.append(rel.flatten(1).double().numpy())
-            ys.append(target[idx].double().numpy())
-    a = np.concatenate(rows)
-    y = np.concatenate(ys)
+        for g, count in enumerate(split.counts):
+            pick = None
+            if share < 1.0:
+                pick = np.sort(rng.choice(count, max(1, int(count * share)), replace=False))
+            if g not in local:
+                continue
+            i = local[g]
+            ends = split.train_ends[i]
+            idx = torch.as_tensor(ends if pick is None else ends[pick])
+            rel, _ = net.features(_windows(split.series[i], idx, window).to(
+                net.input_mean.device))
+            rows.append(rel.flatten(1).double().cpu().numpy())
+            ys.append(split.targets[i][idx].double().numpy())
+    channels = split.series[0].shape[1] if split.series else net.linear.out_features
+    a = np.concatenate(rows) if rows else np.zeros((0, window * channels))
+    y = np.concatenate(ys) if ys else np.zeros((0, channels))
     a1 = np.hstack([a, np.ones((a.shape[0], 1))])
-    gram = a1.T @ a1
+    gram = dist.all_sum(a1.T @ a1)
+    rhs = dist.all_sum(a1.T @ y)
+    n_rows = int(dist.all_sum(a.shape[0]))
     lam = ridge * np.trace(gram) / gram.shape[0]
     reg = np.eye(gram.shape[0]) * lam
     reg[-1, -1] = 0.0                                   # no penalty on the intercept
-    w = np.linalg.solve(gram + reg, a1.T @ y)
+    w = np.linalg.solve(gram + reg, rhs)
     with torch.no_grad():
         net.linear.weight.copy_(torch.tensor(w[:-1].T, dtype=torch.float32))
         net.linear.bias.copy_(torch.tensor(w[-1], dtype=torch.float32))
     fit = a1 @ w
-    return {'rows': int(a.shape[0]), 'lambda': float(lam),
-            'train_mse': float(np.mean((fit - y) ** 2))}
+    sse = dist.all_sum(np.sum((fit - y) ** 2)) if dist.active else None
+    return {'rows': n_rows, 'lambda': float(lam),
+            'train_mse': float(np.mean((fit - y) ** 2)) if sse is None
+            else float(sse) / max(n_rows * y.shape[1], 1)}
 
 
 def _train_loop(net: Any, split: _Split, window: int, opts: DenoiseOptions,
-                rng: np.random.Generator, show_progress: bool | None) -> dict[str, Any]:
+                rng: np.random.Generator, show_progress: bool | None, dist: Any
+                ) -> dict[str, Any]:
     import torch
 
     from encdec_ros.progress import progress
 
-    ends = [(i, e) for i, es in enumerate(split.train_ends) for e in es]
-    owner = np.array([i for i, _ in ends], dtype=np.int64)
-    where = np.array([e for _, e in ends], dtype=np.int64)
-    per_epoch = len(ends) if opts.max_windows is None else min(len(ends), opts.max_windows)
+    # the training windows of every pair on every rank, in pair order: one global order
+    owner = np.repeat(np.arange(len(split.counts)), split.counts)
+    where = np.concatenate([np.arange(window - 1, window - 1 + c) for c in split.counts])
+    local = dict(zip(split.index, range(len(split.index))))
+    per_epoch = len(owner) if opts.max_windows is None else min(len(owner), opts.max_windows)
     steps = max(1, math.ceil(per_epoch / opts.batch_size))
+    model = net
+    net = dist.wrap(model)
     # The linear part starts at its least-squares optimum: a gentler rate keeps it there
     # while the nonlinear part learns what it cannot do.
-    linear = list(net.linear.parameters())
-    others = [p for p in net.parameters() if all(p is not q for q in linear)]
+    linear = list(model.linear.parameters())
+    others = [p for p in model.parameters() if all(p is not q for q in linear)]
     optim = torch.optim.AdamW([{'params': others},
                                {'params': linear, 'lr': opts.lr * LINEAR_LR_SCALE,
                                 'weight_decay': 0.0}],
@@ -443,53 +536,68 @@ def _train_loop(net: Any, split: _Split, window: int, opts: DenoiseOptions,
             math.pi * min(step, total_steps) / total_steps))
 
     sched = torch.optim.lr_scheduler.LambdaLR(optim, shape)
-    best = _val_loss(net, split, window)
+    best = _val_loss(model, split, window, dist)
     start_loss = best
-    best_state = copy.deepcopy(net.state_dict())
+    best_state = copy.deepcopy(model.state_dict())
     best_epoch, since = 0, 0
     train_curve, val_curve = [], []
     t0 = time.perf_counter()
     enable = show_progress if show_progress is not None else sys.stderr.isatty()
     stopped = 'epochs'
+    channels = model.linear.out_features
+    device = dist.device
     for epoch in progress(range(1, opts.epochs + 1), total=opts.epochs,
                           desc=f'training {opts.arch}', unit='epoch', enable=enable):
-        net.train()
-        order = rng.permutation(len(ends))[:per_epoch]
+        model.train()
+        order = rng.permutation(len(owner))[:per_epoch]
         total, count = 0.0, 0
         for b in range(steps):
             pick = order[b * opts.batch_size:(b + 1) * opts.batch_size]
             if pick.size == 0:
                 continue
             xs, ys = [], []
-            for i in np.unique(owner[pick]):
-                sel = torch.as_tensor(where[pick[owner[pick] == i]])
+            for g in np.unique(owner[pick]):
+                if g not in local:
+                    continue
+                i = local[int(g)]
+                sel = torch.as_tensor(where[pick[owner[pick] == g]])
                 xs.append(_windows(split.series[i], sel, window))
                 ys.append(split.targets[i][sel])
-            x, y = torch.cat(xs), torch.cat(ys)
-            loss = torch.mean((net.residual(x) - y) ** 2)
+            if not dist.active:
+                x, y = torch.cat(xs), torch.cat(ys)
+                loss = torch.mean((net.residual(x) - y) ** 2)
+                total += loss.item() * len(pick)
+            elif xs:
+                x, y = torch.cat(xs).to(device), torch.cat(ys).to(device)
+                sq = torch.sum((net(x, residual=True) - y) ** 2)
+                loss = sq * (dist.world / (len(pick) * channels))  # DDP averages the ranks
+                total += sq.item() / channels
+            else:                       # no window of this batch here: join the all-reduce
+                dummy = torch.zeros((1, window, channels), device=device)
+                loss = net(dummy, residual=True).sum() * 0.0
             optim.zero_grad()
             loss.backward()
             optim.step()
             sched.step()
-            total += loss.item() * len(pick)
             count += len(pick)
-        val = _val_loss(net, split, window)
-        train_curve.append(total / max(count, 1))
+        val = _val_loss(model, split, window, dist)
+        train_curve.append(float(dist.all_sum(total)) / max(count, 1))
         val_curve.append(val)
         log.debug('epoch %d: train %.5f, validation %.5f', epoch, train_curve[-1], val)
         if val < best - 1e-6 * abs(best):
             best, best_epoch, since = val, epoch, 0
-            best_state = copy.deepcopy(net.state_dict())
+            best_state = copy.deepcopy(model.state_dict())
         else:
             since += 1
             if since >= opts.patience:
                 stopped = 'patience'
                 break
-        if opts.time_limit_s is not None and time.perf_counter() - t0 > opts.time_limit_s:
+        if opts.time_limit_s is not None and \
+                float(dist.all_max(time.perf_counter() - t0)) > opts.time_limit_s:
             stopped = 'time limit'
             break
-    net.load_state_dict(best_state)
-    net.eval()
+    model.load_state_dict(best_state)
+    model.eval()
     return {'epochs_run': len(val_curve), 'best_epoch': best_epoch, 'stopped_by': stopped,
             'val_loss_linear_only': start_loss, 'val_loss': best,
             'train_curve': [round(v, 6) for v in train_curve],
@@ -497,19 +605,22 @@ def _train_loop(net: Any, split: _Split, window: int, opts: DenoiseOptions,
             'train_seconds': round(time.perf_counter() - t0, 2)}
 
 
-def _val_loss(net: Any, split: _Split, window: int) -> float:
+def _val_loss(net: Any, split: _Split, window: int, dist: Any) -> float:
     import torch
 
     net.eval()
     total, count = 0.0, 0
+    device = dist.device
     with torch.no_grad():
         for series, target, ends in zip(split.series, split.targets, split.val_ends):
             for a in range(0, len(ends), 4096):
                 idx = torch.as_tensor(ends[a:a + 4096])
-                err = net.residual(_windows(series, idx, window)) - target[idx]
+                err = net.residual(_windows(series, idx, window).to(device)) - \
+                    target[idx].to(device)
                 total += float(torch.sum(err ** 2))
                 count += err.numel()
-    return total / max(count, 1)
+    total, count = dist.all_sum([total, count])
+    return float(total) / max(float(count), 1.0)
 
 
 def _model_outputs(net: Any, split: _Split, window: int) -> list[np.ndarray]:
@@ -526,14 +637,14 @@ def _model_outputs(net: Any, split: _Split, window: int) -> list[np.ndarray]:
     return outs
 
 
-def _validation_scores(pairs: list[Pair], splits_val: list[slice], model_val: list[np.ndarray],
+def _validation_scores(segments: list[tuple[np.ndarray, np.ndarray]],
+                       model_val: list[np.ndarray],
                        baselines: dict[str, dict[str, list[float]]], rate: float,
                        skip: int) -> dict[str, Any]:
     """RMSE per channel on the validation parts for the noisy input, model and baselines."""
-    channels = pairs[0].noisy.shape[1]
+    channels = segments[0][0].shape[1]
     errs: dict[str, list[np.ndarray]] = {m: [] for m in ('noisy', 'model', *BASELINES)}
-    for pair, s, est in zip(pairs, splits_val, model_val):
-        noisy, clean = pair.noisy[s], pair.clean[s]
+    for (noisy, clean), est in zip(segments, model_val):
         errs['noisy'].append((noisy - clean)[skip:])
         errs['model'].append((est - clean)[skip:])
         for m in BASELINES:

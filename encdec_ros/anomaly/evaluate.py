@@ -17,8 +17,24 @@ Figures (:func:`anomaly_metrics`):
   then, plus the debouncer's release time), and the detection delay from the interval's
   start; the point-wise figures are also given without the points in those grace periods
   (``pointwise_after_grace``), where a flag is neither a false nor a missed alarm;
-- false alarms: flagged stretches that touch no labelled interval (with the same grace),
-  as a count and per hour.
+- time (:func:`time_figures`): each point stands for the time until the next one, so the
+  shares below are shares of time: the share of all time flagged, of normal time (not
+  labelled) flagged, and of normal time outside the grace periods flagged (which is the
+  time-weighted ``pointwise_after_grace`` FAR);
+- false alarms: stretches of consecutive points that are flagged, normal and outside every
+  grace period, as a count, their total seconds and a count per hour of normal time: the
+  same points FAR counts, so a detector with FAR 99 % cannot report a few seconds of false
+  alarms (a stretch that also covers a fault is split there, not forgiven);
+- the F1 of flagging every point (``flag_everything``): F1 rewards flagging everything when
+  most points are labelled, so a figure near it says the detector is worthless here;
+- warnings (``warnings``): most of normal time flagged, or F1 no better than flagging all.
+
+Gaps (:func:`data_gaps`): where a topic of the spec sends nothing for longer than its
+``max hold`` (:data:`GAP_PERIODS` of its median period, at least :data:`GAP_MIN_S`), or the
+points themselves jump that far, the time is no evaluation time: no point lies in it (ticks
+held across it are dropped), decisions made in it are not counted, and a point after it
+does not carry a flag decided before it. A recording with hours without data thus neither
+gains nor loses false alarms from them.
 
 :func:`write_report` writes ``report.json`` and ``report.png`` (channels, score, threshold,
 labelled and flagged intervals).
@@ -37,10 +53,22 @@ import numpy as np
 from encdec_ros.anomaly.scorer import AnomalyScorer
 from encdec_ros.errors import BagError, ConfigError
 from encdec_ros.io.bag import Recording, read_bag
-from encdec_ros.io.labels import Interval, intervals_from_mask, label_mask, read_labels_csv
+from encdec_ros.io.labels import Interval, label_mask, read_labels_csv
+from encdec_ros.io.span import Span, parse_span, resolve_span, span_text
 from encdec_ros.io.window import window_ends, windows_at
 
+__all__ = ['EvalResult', 'evaluate_bag', 'evaluate_recording', 'parse_span', 'anomaly_metrics',
+           'confusion', 'pooled', 'rates', 'data_gaps', 'summary_lines', 'write_report']
+
 POINTS = ('ticks', 'messages')
+GAP_PERIODS = 10
+"""A topic silent for more than this many of its median periods is in a gap."""
+GAP_MIN_S = 1.0
+"""... and for at least this many seconds (a jittery fast topic is not in a gap)."""
+MOSTLY_FLAGGED = 0.5
+"""Share of normal time flagged above which the summary warns that the flag says nothing."""
+NO_BETTER_F1 = 0.05
+"""F1 within this of flagging every point is reported as no better than that."""
 
 
 @dataclass
@@ -76,6 +104,12 @@ class EvalResult:
     point_flags: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     normalization: tuple[np.ndarray, np.ndarray] | None = None   # the model's (mean, std)
+    gaps: list[tuple[int, int]] = field(default_factory=list)     # stretches without data, ns
+
+    def flagged_stretches(self) -> list[tuple[int, int, float]]:
+        """Flagged stretches of the points (start ns, end ns, seconds), split at gaps."""
+        dur = point_durations(self.point_times_ns, self.gaps)
+        return stretches(self.point_flags, self.point_times_ns, dur, self.gaps)
 
     @property
     def decision_times_ns(self) -> np.ndarray:
@@ -95,7 +129,7 @@ def score_recording(scorer: AnomalyScorer, rec: Recording, *, progress: bool | N
 
 def evaluate_recording(scorer: AnomalyScorer, rec: Recording, *,
                        labels: Sequence[Interval] | None = None, points: str = 'ticks',
-                       eval_span: tuple[float | None, float | None] | None = None,
+                       eval_span: Span | None = None,
                        grace_s: float | None = None, progress: bool | None = None
                        ) -> EvalResult:
     """Score a recording and compare the flags with its labels (default: the bag's own)."""
@@ -125,39 +159,47 @@ def evaluate_recording(scorer: AnomalyScorer, rec: Recording, *,
         pts = rec.times_ns
     if eval_span is not None:
         rel = (pts - rec.times_ns[0]) * 1e-9
-        lo, hi = eval_span
+        lo, hi = resolve_span(eval_span, rec)
         keep = np.ones(pts.size, bool)
         if lo is not None:
             keep &= rel >= lo - 1e-9
         if hi is not None:
             keep &= rel < hi - 1e-9
         if not keep.any():
-            raise ConfigError(f'the evaluation span {lo if lo is not None else ""}:'
-                              f'{hi if hi is not None else ""} s holds no sample of '
+            raise ConfigError(f'the evaluation span {span_text(eval_span)} holds no sample of '
                               f'{rec.source}, which is {rec.duration_s:.1f} s long; give a span '
-                              'inside it (seconds from its start)')
+                              'inside it (seconds from its start, or rows with a rows suffix)')
         pts = pts[keep]
+    gaps = data_gaps([rec.streams[t].stamps_ns for t in spec.topic_names] + [pts])
+    pts = pts[~in_gaps(pts, gaps)]
+    if not pts.size:
+        raise BagError(f'every point of {rec.source} lies in a gap without data; give a bag '
+                       'with data on all of the spec\'s topics')
     dec_times = rec.times_ns[ends]
-    pflags = held_values(dec_times, batch.flags, pts)
+    live = ~in_gaps(dec_times, gaps)
+    pflags = held_values(dec_times[live], batch.flags[live], pts, gaps=gaps)
     plabels = label_mask(labels, pts)
     if grace_s is None:
         grace_s = default_grace_s(scorer)
     metrics = anomaly_metrics(pflags, plabels, dec_times, batch.flags, labels,
                               grace_s=grace_s, points=pts,
-                              span_ns=(int(pts[0]), int(pts[-1])) if pts.size else None)
+                              span_ns=(int(pts[0]), int(pts[-1])), gaps=gaps)
     metrics['decisions'] = {'windows': int(len(ends)),
                             'invalid': int(np.sum(~np.isfinite(batch.scores))),
-                            'flagged_share': float(np.mean(batch.flags)) if len(ends) else 0.0}
+                            'in_gaps': int(np.sum(~live)),
+                            'flagged_share': float(np.mean(batch.flags[live]))
+                            if live.any() else 0.0}
     metrics['points'] = points
-    metrics['eval_span_s'] = list(eval_span) if eval_span else None
+    metrics['eval_span_s'] = list(resolve_span(eval_span, rec)) if eval_span else None
     return EvalResult(rec.source, rec.times_ns, ends, batch.scores, batch.flags,
                       batch.channel_z, labels, metrics, rec.data, rec.channels,
-                      scorer.describe(), pts, pflags, plabels, (scorer.mean_, scorer.std_))
+                      scorer.describe(), pts, pflags, plabels, (scorer.mean_, scorer.std_),
+                      gaps)
 
 
 def evaluate_bag(model: str | Path | AnomalyScorer, bag: str | Path, *,
                  labels_csv: str | Path | None = None, device: str = 'cpu',
-                 points: str = 'ticks', eval_span: tuple[float | None, float | None] | None = None,
+                 points: str = 'ticks', eval_span: Span | None = None,
                  grace_s: float | None = None, progress: bool | None = None,
                  **scorer_options: Any) -> EvalResult:
     """Read ``bag`` with the model's spec and evaluate the model on it.
@@ -169,7 +211,8 @@ def evaluate_bag(model: str | Path | AnomalyScorer, bag: str | Path, *,
         device: Inference device for a model directory.
         points: 'ticks' (aligned samples) or 'messages' (the first topic's messages, e.g.
             the rows of a CSV converted with ``encdec bag from-csv``).
-        eval_span: (start, end) in seconds from the first sample: the points counted.
+        eval_span: (start, end) in seconds from the first sample, or :class:`Rows`: the
+            points counted (see :mod:`encdec_ros.io.span`).
         grace_s: Seconds after a labelled interval in which a flag still counts as its
             detection (default: :func:`default_grace_s`).
         progress: Progress bar on a terminal (None), always (True) or never (False).
@@ -181,25 +224,6 @@ def evaluate_bag(model: str | Path | AnomalyScorer, bag: str | Path, *,
     labels = read_labels_csv(labels_csv) if labels_csv is not None else None
     return evaluate_recording(scorer, rec, labels=labels, points=points, eval_span=eval_span,
                               grace_s=grace_s, progress=progress)
-
-
-def parse_span(text: str | None) -> tuple[float | None, float | None] | None:
-    """Parse ``START:END`` in seconds (either side may be empty) into a tuple."""
-    if text is None or text == '':
-        return None
-    start, sep, end = text.partition(':')
-    if not sep:
-        raise ConfigError(f'span {text!r} must be START:END in seconds from the start of the '
-                          'bag, e.g. :400 (the first 400 s) or 60: (from 60 s on)')
-    try:
-        lo = float(start) if start.strip() else None
-        hi = float(end) if end.strip() else None
-    except ValueError:
-        raise ConfigError(f'span {text!r} must hold numbers of seconds, e.g. 0:400') from None
-    if lo is not None and hi is not None and hi <= lo:
-        raise ConfigError(f'span {text!r} ends before it starts; give START:END with END '
-                          'after START')
-    return lo, hi
 
 
 # --------------------------------------------------------------------------- metrics
@@ -214,14 +238,131 @@ def default_grace_s(scorer: AnomalyScorer) -> float:
 
 
 def held_values(dec_times_ns: np.ndarray, values: np.ndarray, at_ns: np.ndarray,
-                *, fill: Any = False) -> np.ndarray:
-    """The value of the last decision at or before each time (``fill`` before the first)."""
+                *, fill: Any = False, gaps: Sequence[tuple[int, int]] = ()) -> np.ndarray:
+    """The value of the last decision at or before each time (``fill`` before the first, and
+    where a gap lies between that decision and the time: a flag does not outlive a gap)."""
     values = np.asarray(values)
-    idx = np.searchsorted(np.asarray(dec_times_ns), np.asarray(at_ns), side='right') - 1
+    dec_times_ns = np.asarray(dec_times_ns, dtype=np.int64)
+    at_ns = np.asarray(at_ns, dtype=np.int64)
+    idx = np.searchsorted(dec_times_ns, at_ns, side='right') - 1
     out = np.full(len(at_ns), fill, dtype=values.dtype if values.size else bool)
     have = idx >= 0
+    if len(gaps) and have.any():
+        have[have] = segment_ids(dec_times_ns[idx[have]], gaps) == \
+            segment_ids(at_ns[have], gaps)
     out[have] = values[idx[have]]
     return out
+
+
+# --------------------------------------------------------------------------- gaps and time
+
+
+def max_hold_ns(stamps_ns: np.ndarray) -> int | None:
+    """How long a series may go without a sample before it is in a gap: :data:`GAP_PERIODS`
+    median periods, at least :data:`GAP_MIN_S` (None for fewer than two samples)."""
+    stamps_ns = np.asarray(stamps_ns, dtype=np.int64)
+    if stamps_ns.size < 2:
+        return None
+    steps = np.diff(stamps_ns)
+    steps = steps[steps > 0]
+    period = int(np.median(steps)) if steps.size else 0
+    return max(GAP_PERIODS * period, int(GAP_MIN_S * 1e9))
+
+
+def data_gaps(series: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+    """Stretches ``[start, end)`` in ns where one of the series (each topic's stamps, the
+    points) has no sample for longer than its :func:`max_hold_ns`: from the last sample
+    plus that hold to the next sample. Sorted and merged."""
+    found: list[tuple[int, int]] = []
+    for stamps in series:
+        stamps = np.asarray(stamps, dtype=np.int64)
+        hold = max_hold_ns(stamps)
+        if hold is None:
+            continue
+        jump = np.flatnonzero(np.diff(stamps) > hold)
+        found.extend((int(stamps[i]) + hold + 1, int(stamps[i + 1])) for i in jump)
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(found):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def in_gaps(times_ns: np.ndarray, gaps: Sequence[tuple[int, int]]) -> np.ndarray:
+    """True where a time lies inside a gap."""
+    times_ns = np.asarray(times_ns, dtype=np.int64)
+    if not len(gaps):
+        return np.zeros(times_ns.shape, bool)
+    starts = np.array([g[0] for g in gaps], dtype=np.int64)
+    ends = np.array([g[1] for g in gaps], dtype=np.int64)
+    k = np.searchsorted(starts, times_ns, side='right') - 1
+    return (k >= 0) & (times_ns < ends[np.maximum(k, 0)])
+
+
+def segment_ids(times_ns: np.ndarray, gaps: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The number of gaps that end at or before each time: times with the same id have no
+    gap between them."""
+    ends = np.array([g[1] for g in gaps], dtype=np.int64)
+    return np.searchsorted(ends, np.asarray(times_ns, dtype=np.int64), side='right')
+
+
+def point_durations(points_ns: np.ndarray, gaps: Sequence[tuple[int, int]] = ()
+                    ) -> np.ndarray:
+    """Seconds each point stands for: the time to the next point, cut where a gap starts;
+    the last point (and any point followed by a gap of the points themselves) stands for
+    the median step."""
+    pts = np.asarray(points_ns, dtype=np.int64)
+    if pts.size == 0:
+        return np.zeros(0)
+    steps = np.diff(pts)
+    nominal = int(np.median(steps)) if steps.size else 0
+    own = data_gaps([pts])
+    gaps = sorted([*gaps, *own])
+    dur = np.append(steps, nominal).astype(np.int64)
+    if gaps:
+        starts = np.array([g[0] for g in gaps], dtype=np.int64)
+        nxt = np.searchsorted(starts, pts, side='right')     # first gap starting after
+        has = nxt < starts.size
+        cut = np.where(has, starts[np.minimum(nxt, starts.size - 1)] - pts, dur)
+        dur = np.minimum(dur, np.maximum(cut, 0))
+        if steps.size:
+            jumped = np.append(steps > (max_hold_ns(pts) or 0), True)
+            dur = np.where(jumped, np.minimum(dur, nominal), dur)
+    return dur * 1e-9
+
+
+def stretches(mask: np.ndarray, points_ns: np.ndarray, durations_s: np.ndarray,
+              gaps: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int, float]]:
+    """Runs of consecutive points where ``mask`` holds, split at gaps: (start ns, end ns,
+    seconds), the end being the last point plus the time it stands for."""
+    mask = np.asarray(mask, bool)
+    pts = np.asarray(points_ns, dtype=np.int64)
+    if not mask.any():
+        return []
+    edges = np.diff(np.concatenate(([False], mask, [False])).astype(np.int8))
+    bounds = list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+    if len(gaps):
+        seg = segment_ids(pts, gaps)
+        split = []
+        for a, b in bounds:
+            cuts = [a, *(np.flatnonzero(np.diff(seg[a:b]) != 0) + a + 1), b]
+            split.extend(zip(cuts[:-1], cuts[1:]))
+        bounds = split
+    return [(int(pts[a]), int(pts[b - 1] + round(durations_s[b - 1] * 1e9)),
+             float(durations_s[a:b].sum())) for a, b in bounds]
+
+
+def grace_mask(points_ns: np.ndarray, point_labels: np.ndarray, labels: Sequence[Interval],
+               grace_s: float) -> np.ndarray:
+    """True at unlabelled points within ``grace_s`` after the end of a labelled interval."""
+    pts = np.asarray(points_ns, dtype=np.int64)
+    grace_ns = int(round(grace_s * 1e9))
+    tail = np.zeros(pts.size, bool)
+    for iv in labels:
+        tail |= (pts >= iv.end_ns) & (pts < iv.end_ns + grace_ns)
+    return tail & ~np.asarray(point_labels, bool)
 
 
 def confusion(flags: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -252,28 +393,37 @@ def anomaly_metrics(point_flags: np.ndarray, point_labels: np.ndarray,
                     dec_times_ns: np.ndarray, dec_flags: np.ndarray,
                     labels: Sequence[Interval], *, grace_s: float,
                     points: np.ndarray | None = None,
-                    span_ns: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Point-wise figures, per-event detection and delay, and false alarms."""
+                    span_ns: tuple[int, int] | None = None,
+                    gaps: Sequence[tuple[int, int]] = ()) -> dict[str, Any]:
+    """Point-wise figures, per-event detection and delay, time flagged and false alarms.
+
+    ``points`` are the times of ``point_flags`` / ``point_labels``; without them the time
+    figures and false alarms are taken over the decisions (each carrying its own flag).
+    ``gaps`` are stretches without data (:func:`data_gaps`): decisions in them are not
+    counted and stretches end at them.
+    """
+    point_flags = np.asarray(point_flags, bool)
+    point_labels = np.asarray(point_labels, bool)
     out: dict[str, Any] = {'pointwise': confusion(point_flags, point_labels)}
+    out['flag_everything'] = flag_everything(point_labels)
     grace_ns = int(round(grace_s * 1e9))
-    if points is not None and len(points) == len(point_flags):
-        # the same, leaving out the grace after each labelled interval, where the window
-        # still holds faulty samples (neither a false nor a true alarm there)
-        pts = np.asarray(points, dtype=np.int64)
-        tail = np.zeros(pts.size, bool)
-        for iv in labels:
-            tail |= (pts >= iv.end_ns) & (pts < iv.end_ns + grace_ns)
-        tail &= ~np.asarray(point_labels, bool)
-        out['pointwise_after_grace'] = confusion(np.asarray(point_flags)[~tail],
-                                                 np.asarray(point_labels)[~tail])
     dec_times_ns = np.asarray(dec_times_ns, dtype=np.int64)
     dec_flags = np.asarray(dec_flags, bool)
+    keep = ~in_gaps(dec_times_ns, gaps)
     if span_ns is not None:
-        inside = (dec_times_ns >= span_ns[0]) & (dec_times_ns <= span_ns[1])
-        dec_t, dec_f = dec_times_ns[inside], dec_flags[inside]
+        keep &= (dec_times_ns >= span_ns[0]) & (dec_times_ns <= span_ns[1])
         labels = [iv for iv in labels if iv.end_ns > span_ns[0] and iv.start_ns <= span_ns[1]]
+    dec_t, dec_f = dec_times_ns[keep], dec_flags[keep]
+    if points is not None and len(points) == len(point_flags):
+        pts, pflags, plabels = np.asarray(points, dtype=np.int64), point_flags, point_labels
+        # the same, leaving out the grace after each labelled interval, where the window
+        # still holds faulty samples (neither a false nor a true alarm there)
+        tail = grace_mask(pts, plabels, labels, grace_s)
+        out['pointwise_after_grace'] = confusion(pflags[~tail], plabels[~tail])
     else:
-        dec_t, dec_f = dec_times_ns, dec_flags
+        pts, pflags = dec_t, dec_f
+        plabels = label_mask(labels, pts)
+        tail = grace_mask(pts, plabels, labels, grace_s)
     events = []
     for iv in labels:
         near = (dec_t >= iv.start_ns) & (dec_t < iv.end_ns + grace_ns)
@@ -297,32 +447,91 @@ def anomaly_metrics(point_flags: np.ndarray, point_labels: np.ndarray,
     out['grace_s'] = grace_s
     n_events = len(events)
     out['event_recall'] = (sum(e['detected'] for e in events) / n_events) if n_events else None
-    # false alarms: flagged stretches of decisions touching no labelled interval (+ grace)
-    alarms = intervals_from_mask(dec_t, dec_f, kind='flag') if dec_t.size else []
-    false = [a for a in alarms if not any(a.start_ns < iv.end_ns + grace_ns and
-                                          a.end_ns > iv.start_ns for iv in labels)]
-    hours = (dec_t[-1] - dec_t[0]) * 1e-9 / 3600 if dec_t.size > 1 else 0.0
-    out['alarms'] = {'flagged_intervals': len(alarms), 'false_alarms': len(false),
+    # time: each point stands for the time to the next one (cut at gaps)
+    dur = point_durations(pts, gaps)
+    normal = ~plabels & ~tail
+    total_s = float(dur.sum())
+    normal_s = float(dur[normal].sum())
+    unlabelled_s = float(dur[~plabels].sum())
+
+    def share(mask: np.ndarray, of: float) -> float | None:
+        return float(dur[mask].sum()) / of if of > 0 else None
+
+    out['time'] = {
+        'total_s': total_s, 'labelled_s': float(dur[plabels].sum()),
+        'grace_s': float(dur[tail].sum()), 'normal_s': normal_s,
+        'flagged_s': float(dur[pflags].sum()),
+        'flagged_share': share(pflags, total_s),                       # of all time
+        'flagged_unlabelled_share': share(pflags & ~plabels, unlabelled_s),
+        'flagged_normal_share': share(pflags & normal, normal_s),      # outside the grace
+        'gaps': len(gaps), 'gap_s': float(sum(hi - lo for lo, hi in gaps)) * 1e-9,
+    }
+    # false alarms: the flagged normal points outside the grace, as stretches
+    false = stretches(pflags & normal, pts, dur, gaps)
+    flagged = stretches(pflags, pts, dur, gaps)
+    hours = normal_s / 3600
+    out['alarms'] = {'flagged_intervals': len(flagged), 'false_alarms': len(false),
                      'false_alarms_per_hour': len(false) / hours if hours > 0 else None,
-                     'false_alarm_s': float(sum(a.duration_s for a in false))}
+                     'false_alarm_s': float(sum(f[2] for f in false)),
+                     'normal_hours': hours,
+                     'false_alarm_intervals_ns': [[a, b] for a, b, _ in false]}
+    out['warnings'] = metric_warnings(out)
+    return out
+
+
+def flag_everything(point_labels: np.ndarray) -> dict[str, float | None]:
+    """The figures of a detector that flags every point, on the same points."""
+    labels = np.asarray(point_labels, bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    return {k: v for k, v in rates(pos, neg, 0, 0).items() if k in ('precision', 'f1', 'far')}
+
+
+def metric_warnings(m: dict[str, Any]) -> list[str]:
+    """Sentences for figures that do not mean what they seem to."""
+    out = []
+    share = m['time']['flagged_normal_share']
+    far = m['pointwise']['far']
+    if share is not None and share > MOSTLY_FLAGGED:
+        out.append(f'the flag is up for {100 * share:.0f} % of normal time (FAR '
+                   f'{100 * (far or 0):.1f} %): a flag that is up most of the time says '
+                   'nothing; the model does not fit this data (a new operating point, drift '
+                   'since the training data, or a threshold calibrated on too little data); '
+                   'train on normal data like this bag')
+    f1, base = m['pointwise']['f1'], m['flag_everything']['f1']
+    labelled = m['pointwise']['tp'] + m['pointwise']['fn']
+    if labelled and f1 is not None and base is not None and f1 <= base + NO_BETTER_F1:
+        out.append(f'F1 {f1:.3f} is no better than flagging every point ({base:.3f}): '
+                   f'{100 * m["flag_everything"]["precision"]:.0f} % of the points are '
+                   'labelled, so F1 alone says little here; read FAR and the false alarms')
     return out
 
 
 def pooled(results: Sequence[EvalResult | dict[str, Any]]) -> dict[str, Any]:
-    """Pool the point-wise confusion matrices of several evaluations (as SKAB does)."""
+    """Pool the point-wise confusion matrices of several evaluations (as SKAB does), with
+    the F1 that flagging every point would score on the same points."""
     tp = fp = fn = tn = 0
     for res in results:
         m = res.metrics if isinstance(res, EvalResult) else res
         pw = m['pointwise']
         tp, fp, fn, tn = tp + pw['tp'], fp + pw['fp'], fn + pw['fn'], tn + pw['tn']
-    return {'tp': tp, 'fp': fp, 'fn': fn, 'tn': tn, **rates(tp, fp, fn, tn)}
+    return {'tp': tp, 'fp': fp, 'fn': fn, 'tn': tn, **rates(tp, fp, fn, tn),
+            'flag_everything_f1': rates(tp + fn, fp + tn, 0, 0)['f1']}
 
 
 # --------------------------------------------------------------------------- report
 
 
+def duration_text(seconds: float) -> str:
+    """Seconds as a short text: 42.0 s, 12.5 min, 3.2 h."""
+    if seconds >= 3 * 3600:
+        return f'{seconds / 3600:.1f} h'
+    if seconds >= 300:
+        return f'{seconds / 60:.1f} min'
+    return f'{seconds:.1f} s'
+
+
 def summary_lines(result: EvalResult) -> list[str]:
-    """The figures as lines for a terminal."""
+    """The figures as lines for a terminal; warnings last, in capitals."""
     m = result.metrics
     pw = m['pointwise']
 
@@ -330,6 +539,9 @@ def summary_lines(result: EvalResult) -> list[str]:
         if v is None:
             return 'n/a'
         return f'{100 * v:.2f} %' if pct else f'{v:.3f}'
+
+    def pct(v: float | None) -> str:
+        return 'n/a' if v is None else f'{100 * v:.1f} %'
 
     dec = m['decisions']
     lines = [f'{dec["windows"]} decisions over {len(result.point_times_ns)} '
@@ -340,11 +552,31 @@ def summary_lines(result: EvalResult) -> list[str]:
                      f'({100 * dec["invalid"] / dec["windows"]:.1f} %) held NaN or infinite '
                      'values; they count as not flagged here (the node reports them as ERROR '
                      'on /diagnostics)')
-    lines.append(f'point-wise: precision {fmt(pw["precision"])}  recall {fmt(pw["recall"])}  '
-                 f'F1 {fmt(pw["f1"])}  FAR {fmt(pw["far"], True)}  MAR {fmt(pw["mar"], True)}')
-    if 'pointwise_after_grace' in m and m['events']:
+    tm = m['time']
+    if tm['gaps']:
+        lines.append(f'gaps: {tm["gaps"]} stretch(es) without data, '
+                     f'{duration_text(tm["gap_s"])} in all, left out (no points; '
+                     f'{dec.get("in_gaps", 0)} decisions made in them not counted)')
+    if not pw['tp'] + pw['fn']:
+        lines.append(f'point-wise: no labelled point, so no precision, recall or F1; FAR '
+                     f'{fmt(pw["far"], True)}')
+    else:
+        lines.append(f'point-wise: precision {fmt(pw["precision"])}  recall '
+                     f'{fmt(pw["recall"])}  F1 {fmt(pw["f1"])}  FAR {fmt(pw["far"], True)}  MAR '
+                     f'{fmt(pw["mar"], True)}')
+    if pw['tp'] + pw['fn']:
+        lines.append(f'flagging every point would score F1 {fmt(m["flag_everything"]["f1"])} '
+                     f'here ({pct(m["flag_everything"]["precision"])} of the points are '
+                     'labelled)')
+    after = m.get('pointwise_after_grace')
+    if after is not None and m['events']:
         lines.append(f'FAR outside the {m["grace_s"]:g} s after each labelled fault: '
-                     f'{fmt(m["pointwise_after_grace"]["far"], True)}')
+                     f'{fmt(after["far"], True)}')
+    normal_part = (f'{pct(tm["flagged_normal_share"])} of normal time'
+                   + (' outside the grace' if m['events'] else ''))
+    lines.append(f'time flagged: {pct(tm["flagged_share"])} of '
+                 f'{duration_text(tm["total_s"])}; {normal_part} '
+                 f'({duration_text(tm["normal_s"])} normal)')
     if m['events']:
         lines.append(f'events: {sum(e["detected"] for e in m["events"])} of '
                      f'{len(m["events"])} detected')
@@ -355,8 +587,11 @@ def summary_lines(result: EvalResult) -> list[str]:
                          f'{ev["detail"]:<24} delay {delay}')
     al = m['alarms']
     rate = al['false_alarms_per_hour']
-    lines.append(f'false alarms: {al["false_alarms"]} ({al["false_alarm_s"]:.1f} s flagged'
-                 + (f', {rate:.1f} per hour' if rate is not None else '') + ')')
+    lines.append(f'false alarms: {al["false_alarms"]} stretch(es), '
+                 f'{duration_text(al["false_alarm_s"])} flagged in '
+                 f'{duration_text(tm["normal_s"])} of normal time'
+                 + (f', {rate:.1f} per hour of normal time' if rate is not None else ''))
+    lines.extend(f'WARNING: {text}' for text in m.get('warnings', []))
     return lines
 
 
@@ -364,7 +599,6 @@ def report_dict(result: EvalResult, *, model: str = '', extra: dict | None = Non
                 ) -> dict[str, Any]:
     """The JSON report as a dict."""
     t0 = int(result.times_ns[0]) if result.times_ns.size else 0
-    dec_t = result.decision_times_ns
     return {
         'bag': result.source,
         'model': model or result.scorer.get('model', ''),
@@ -372,10 +606,12 @@ def report_dict(result: EvalResult, *, model: str = '', extra: dict | None = Non
         'start_ns': t0,
         'duration_s': float((result.times_ns[-1] - t0) * 1e-9) if result.times_ns.size else 0,
         'metrics': _jsonable(result.metrics),
-        'flagged_intervals_s': [
-            [(iv.start_ns - t0) * 1e-9, (iv.end_ns - t0) * 1e-9]
-            for iv in (intervals_from_mask(dec_t, result.flags, kind='flag')
-                       if dec_t.size else [])],
+        'flagged_intervals_s': [[(a - t0) * 1e-9, (b - t0) * 1e-9]
+                                for a, b, _ in result.flagged_stretches()],
+        'gaps_s': [[(a - t0) * 1e-9, (b - t0) * 1e-9] for a, b in result.gaps],
+        'false_alarm_intervals_s': [
+            [(a - t0) * 1e-9, (b - t0) * 1e-9]
+            for a, b in result.metrics['alarms']['false_alarm_intervals_ns']],
         **(extra or {}),
     }
 
@@ -422,8 +658,11 @@ def plot_result(result: EvalResult, path: str | Path, *, max_points: int = 6000)
     ax.set_yticklabels([c if len(c) < 34 else '…' + c[-33:] for c in result.channels],
                        fontsize=max(4, min(8, int(160 / max(n_ch, 1)))))
     ax.set_title(f'{Path(result.source).name}: channels (normalised as the model sees them), '
-                 'score and flags',
-                 fontsize=10)
+                 f'score and flags\n{figures_line(result.metrics)}', fontsize=9)
+    for text in result.metrics.get('warnings', [])[:1]:
+        ax.text(0.5, 0.5, 'WARNING: ' + text.split(':')[0], transform=ax.transAxes,
+                ha='center', va='center', fontsize=11, color='darkred', weight='bold',
+                bbox={'facecolor': 'white', 'alpha': 0.85, 'edgecolor': 'darkred'})
     ax = axes[1]
     scores = np.where(np.isfinite(result.scores), result.scores, np.nan)
     if result.scorer.get('error') == 'mse':      # a ratio of errors: log scale
@@ -445,10 +684,21 @@ def plot_result(result: EvalResult, path: str | Path, *, max_points: int = 6000)
         axes[1].axvspan((iv.start_ns - t0) * 1e-9, (iv.end_ns - t0) * 1e-9, color='tab:orange',
                         alpha=0.12)
         ax.text((iv.start_ns - t0) * 1e-9, 0.78, f' {iv.kind}', fontsize=7, va='center')
-    if len(dec_t):
-        for iv in intervals_from_mask(result.decision_times_ns, result.flags, kind='flag'):
-            ax.axvspan((iv.start_ns - t0) * 1e-9, (iv.end_ns - t0) * 1e-9, ymin=0.0,
-                       ymax=0.45, color='tab:red', alpha=0.8)
+    false = [tuple(x) for x in result.metrics['alarms'].get('false_alarm_intervals_ns', [])]
+    for a, b, _ in result.flagged_stretches():
+        ax.axvspan((a - t0) * 1e-9, (b - t0) * 1e-9, ymin=0.0, ymax=0.45, color='tab:green',
+                   alpha=0.8, lw=0)
+    for a, b in false:                      # the false alarms over the flags they are part of
+        ax.axvspan((a - t0) * 1e-9, (b - t0) * 1e-9, ymin=0.0, ymax=0.45, color='tab:red',
+                   alpha=0.9, lw=0)
+    for a, b in result.gaps:
+        for axis in axes[1:]:
+            axis.axvspan((a - t0) * 1e-9, (b - t0) * 1e-9, color='0.6', alpha=0.35, lw=0)
+    if len(result.gaps):
+        ax.text(1.0, 1.02, 'grey: no data (gap)', transform=ax.transAxes, ha='right',
+                fontsize=7)
+    ax.text(0.0, 1.02, 'flagged: red = false alarm, green = during a fault or its grace',
+            transform=ax.transAxes, fontsize=7)
     ax.set_yticks([0.25, 0.75])
     ax.set_yticklabels(['flagged', 'labelled'], fontsize=8)
     ax.set_ylim(0, 1)
@@ -457,6 +707,22 @@ def plot_result(result: EvalResult, path: str | Path, *, max_points: int = 6000)
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
+
+
+def figures_line(m: dict[str, Any]) -> str:
+    """The headline figures in one line (for the plot)."""
+    def pct(v: float | None) -> str:
+        return 'n/a' if v is None else f'{100 * v:.1f} %'
+
+    pw, tm, al = m['pointwise'], m['time'], m['alarms']
+    parts = []
+    if pw['f1'] is not None:
+        parts.append(f'F1 {pw["f1"]:.2f} (flag all: {m["flag_everything"]["f1"]:.2f})')
+    parts.append(f'FAR {pct(pw["far"])}')
+    parts.append(f'flagged {pct(tm["flagged_share"])} of time, {pct(tm["flagged_normal_share"])} '
+                 'of normal time')
+    parts.append(f'{al["false_alarms"]} false alarm(s), {duration_text(al["false_alarm_s"])}')
+    return ';  '.join(parts)
 
 
 def _jsonable(value: Any) -> Any:

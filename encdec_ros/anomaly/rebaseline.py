@@ -41,6 +41,7 @@ from encdec_ros.anomaly.scorer import (
     residual_means,
 )
 from encdec_ros.errors import ConfigError, ModelDirError
+from encdec_ros.io.span import Span
 from encdec_ros.io.window import window_ends, windows_at
 from encdec_ros.modeldir import RESERVED, YAML_NAME, ModelDir, check_output_dir, save_model_dir
 
@@ -257,12 +258,13 @@ def _flagged_share(scorer: AnomalyScorer, windows: np.ndarray) -> float:
 
 
 def rebaseline_bag(model: str | Path, bag: str | Path, out: str | Path, *,
-                   last_s: float | None = None,
-                   span: tuple[float | None, float | None] | None = None,
+                   last_s: float | None = None, span: Span | None = None,
                    overwrite: bool = False, progress: bool | None = None) -> RebaselineResult:
     """:func:`rebaseline` on a bag read with the model's spec: its last ``last_s`` seconds,
-    or a ``span`` (seconds from its first sample), or all of it."""
+    or a ``span`` (seconds or rows from its first sample, :mod:`encdec_ros.io.span`), or
+    all of it."""
     from encdec_ros.io.bag import read_bag
+    from encdec_ros.io.span import resolve_span
 
     parent = ModelDir.load(model, task='anomaly')
     from encdec_ros.io.spec import SignalSpec
@@ -279,7 +281,7 @@ def rebaseline_bag(model: str | Path, bag: str | Path, out: str | Path, *,
             raise ConfigError(f'--last must be a positive number of seconds, got {last_s!r}')
         keep &= rel >= rel[-1] - last_s
     if span is not None:
-        lo, hi = span
+        lo, hi = resolve_span(span, rec)
         if lo is not None:
             keep &= rel >= lo - 1e-9
         if hi is not None:

@@ -2,7 +2,7 @@
 
 Each module named in :data:`COMMAND_MODULES` exposes ``register(groups)``, where ``groups``
 maps a group name to an ``argparse`` subparsers object: ``'top'`` for top-level commands
-(``encdec sim``), and ``'train'``, ``'eval'`` and ``'bag'`` for the grouped ones
+(``encdec sim``), and ``'train'``, ``'eval'``, ``'bag'`` and ``'spec'`` for the grouped ones
 (``encdec train anomaly``). A registered parser sets ``func=`` to a callable taking the parsed
 arguments and returning an exit code. Modules keep heavy imports (torch, rclpy, onnxruntime)
 inside those callables so that ``encdec --help`` is instant and the robot needs no torch.
@@ -19,13 +19,14 @@ from typing import Sequence
 
 from encdec_ros.errors import EncdecError
 
-COMMAND_MODULES: tuple[str, ...] = ('sim', 'inspect', 'bag', 'play', 'demo', 'anomaly',
-                                    'allocator', 'denoise')
+COMMAND_MODULES: tuple[str, ...] = ('sim', 'inspect', 'bag', 'spec', 'play', 'demo',
+                                    'anomaly', 'allocator', 'denoise', 'bench')
 
 GROUPS = {
     'train': 'train a model from bags and export it to ONNX (needs torch)',
     'eval': 'replay a bag or held-out data through a model and report figures',
     'bag': 'convert data into rosbag2',
+    'spec': 'write a signal spec from a bag',
 }
 
 
@@ -63,13 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, 'func', None):
         parser.print_help()
         return 2
+    already = len(_saved_model_dirs())
     try:
         return int(args.func(args) or 0)
     except EncdecError as err:
-        print(f'encdec: error: {err}', file=sys.stderr)
+        rank, world = process_rank()
+        if rank and getattr(err, 'all_ranks', False):
+            return 2                     # under torchrun: rank 0 says it once for all
+        where = f' (process {rank} of {world})' if world > 1 else ''
+        print(f'encdec: error{where}: {err}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print('encdec: interrupted', file=sys.stderr)
+        print(f'encdec: {_interrupted(args, _saved_model_dirs()[already:])}', file=sys.stderr)
         return 130
     except BrokenPipeError:              # `encdec inspect BAG | head`: the reader has left
         try:
@@ -77,6 +83,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return 0
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) under torchrun, (0, 1) otherwise."""
+    try:
+        return int(os.environ.get('RANK', '0')), int(os.environ.get('WORLD_SIZE', '1'))
+    except ValueError:
+        return 0, 1
+
+
+def _saved_model_dirs() -> list:
+    """Model directories saved so far (none while modeldir, and numpy, are not imported)."""
+    module = sys.modules.get('encdec_ros.modeldir')
+    return module.saved_model_dirs() if module is not None else []
+
+
+def _interrupted(args: argparse.Namespace, saved: Sequence[os.PathLike]) -> str:
+    """What a Ctrl-C left behind, in one sentence: a model directory is written whole or not
+    at all, so either it was saved (and loads) or nothing of it was written."""
+    if saved:
+        return (f'interrupted after the model directory {saved[-1]} was saved: model.onnx and '
+                'model.yaml are complete and load; what came after them (loss.png, the '
+                'summary) may be missing')
+    if args.command == 'train':
+        return 'interrupted before the model was saved; no model directory was written'
+    return 'interrupted'
 
 
 if __name__ == '__main__':

@@ -24,8 +24,8 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help='effectiveness configuration, e.g. config/quad_x.yaml')
     p.add_argument('--out', required=True, metavar='DIR', help='model directory to write')
     p.add_argument('--bag', action='append', default=[], metavar='BAG',
-                   help='rosbag2 whose commanded wrenches are mixed into training '
-                        '(repeatable)')
+                   help='rosbag2 whose commanded wrenches are mixed into training; or a '
+                        'folder of bags, a quoted glob pattern or a .txt list (repeatable)')
     p.add_argument('--wrench-topic', default='/wrench_cmd', metavar='TOPIC',
                    help='WrenchStamped topic in --bag (default: %(default)s)')
     p.add_argument('--bag-fraction', type=float, default=0.5, metavar='F',
@@ -93,8 +93,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                    'allocator_eval_NAME.json)')
     e.add_argument('--plot', metavar='PNG', help='plot path (default: the report\'s, .png)')
     e.add_argument('--no-timing', action='store_true', help='skip latency and throughput')
-    e.add_argument('--bag', metavar='BAG', help='score the wrenches this bag commanded instead '
-                   'of the held-out set (at most --samples of them, evenly spaced)')
+    e.add_argument('--bag', action='append', metavar='BAG',
+                   help='score the wrenches this bag commanded instead of the held-out set (at '
+                        'most --samples of them, evenly spaced); or those of several (repeat, '
+                        'a folder, a quoted glob pattern or a .txt list)')
     e.add_argument('--wrench-topic', default='/wrench_cmd', metavar='TOPIC',
                    help='WrenchStamped topic in --bag (default: %(default)s)')
     e.set_defaults(func=_eval)
@@ -102,41 +104,53 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from encdec_ros.allocation.allocators import Effectiveness
+    from encdec_ros.cli import process_rank
     from encdec_ros.errors import ConfigError
+    from encdec_ros.io.bagset import expand_bags
     from encdec_ros.modeldir import check_output_dir
 
-    out = check_output_dir(args.out, what='model directory', empty=not args.force)
+    main = process_rank()[0] == 0          # under torchrun only rank 0 writes and prints
+    out = check_output_dir(args.out, what='model directory', empty=not args.force) if main \
+        else Path(args.out)
     try:
         hidden = tuple(int(x) for x in str(args.hidden).split(',') if x.strip())
     except ValueError:
         raise ConfigError(f'--hidden {args.hidden!r} is not a comma-separated list of widths; '
                           'write e.g. 128,128,128') from None
     eff = Effectiveness.load(args.effectiveness)
+    bags = expand_bags(args.bag) if args.bag else []
 
+    from training import distributed
     from training.allocator import (
         AllocatorTrainConfig,
-        bag_wrenches,
         export_allocator,
+        read_bag_wrenches,
         train_allocator,
     )
 
     cfg = AllocatorTrainConfig(hidden=hidden, steps=args.steps, batch=args.batch, lr=args.lr,
                                samples=args.samples, bag_fraction=args.bag_fraction,
                                seed=args.seed, threads=args.threads)
-    bag_v, bag_info = None, {}
-    if args.bag:
-        import numpy as np
-
-        parts = [bag_wrenches(b, args.wrench_topic, eff) for b in args.bag]
-        bag_v = np.concatenate(parts)
-        bag_info = {'paths': [str(b) for b in args.bag], 'topic': args.wrench_topic,
-                    'wrenches': int(len(bag_v))}
-        print(f'{len(bag_v)} commanded wrenches from {", ".join(args.bag)} '
-              f'({args.wrench_topic})')
-    print(eff.describe())
-    t0 = time.perf_counter()
-    result = train_allocator(eff, cfg, bag_v=bag_v, bag_info=bag_info, log=print)
+    dist = distributed.from_env()
+    say = dist.say(print)
+    try:
+        bag_v, bag_info = None, {}
+        if bags:
+            bag_v = read_bag_wrenches(bags, args.wrench_topic, eff, dist=dist)
+            bag_info = {'paths': [str(b) for b in bags], 'topic': args.wrench_topic,
+                        'wrenches': int(len(bag_v))}
+            names = ', '.join(str(b) for b in bags) if len(bags) <= 3 else f'{len(bags)} bags'
+            say(f'{len(bag_v)} commanded wrenches from {names} ({args.wrench_topic})')
+        say(eff.describe())
+        t0 = time.perf_counter()
+        result = train_allocator(eff, cfg, bag_v=bag_v, bag_info=bag_info, log=print,
+                                 dist=dist)
+    finally:
+        dist.close()
+    if not main:
+        return 0
     result.figures['command'] = _command(args)
+    result.figures['processes'] = dist.world
     export = export_allocator(result, out, overwrite=args.force)
     f = result.figures
     print(f'wrote {out}: held-out excess error over the exact optimum mean '
@@ -252,13 +266,16 @@ def _eval(args: argparse.Namespace) -> int:
     if args.bag:
         import numpy as np
 
-        wrenches = bag_wrenches(args.bag, args.wrench_topic, eff)
+        from encdec_ros.io.bagset import expand_bags
+
+        bags = expand_bags(args.bag)
+        wrenches = np.concatenate([bag_wrenches(b, args.wrench_topic, eff) for b in bags])
         if len(wrenches) > args.samples:
             wrenches = wrenches[np.linspace(0, len(wrenches) - 1, args.samples).astype(int)]
     report, curves = evaluate(eff, allocators, samples=args.samples, seed=seed,
                               timing=not args.no_timing, wrenches=wrenches)
     if args.bag:
-        report['samples']['source'] = f'{args.bag} {args.wrench_topic}'
+        report['samples']['source'] = f'{" ".join(args.bag)} {args.wrench_topic}'
     if 'learned' in allocators and 'exact' in report['methods'] and not args.no_timing:
         learned = report['methods']['learned']['latency_b1']['median_us']
         exact = report['methods']['exact']['latency_b1']['median_us']

@@ -6,8 +6,30 @@ import argparse
 import shlex
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from encdec_ros.io.spec import SignalSpec
 
 ARCH_CHOICES = ('mlp', 'lstm', 'gru')          # as training.models.ARCHS, without torch
+BAG_HELP = ('{what}: a rosbag2 directory, .db3/.mcap or ROS 1 .bag, a folder searched for '
+            'bags, a quoted glob pattern or a .txt list of bags (repeatable)')
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The options of how many bags reach training (training.data), shared by commands."""
+    g = parser.add_argument_group('many bags (training.data)')
+    g.add_argument('--cache', metavar='DIR',
+                   help='folder of the cached aligned shards, one per bag and spec (default: '
+                        '.encdec_shards beside --out); does not change the model')
+    g.add_argument('--shuffle-shards', type=int, default=8, metavar='N',
+                   help='bags whose windows are shuffled together each epoch, and held in '
+                        'memory at a time by all processes together; with at most N bags the '
+                        'batches are those of an in-memory run (8)')
+    g.add_argument('--workers', type=int, metavar='N',
+                   help='DataLoader workers reading bags in parallel, per process (default: '
+                        'as many as its CPUs when reading several bags; 0: none); does not '
+                        'change the model')
 ERROR_CHOICES = ('mse', 'channel_max', 'channel_max_flat', 'mahalanobis')
 
 
@@ -19,10 +41,19 @@ def register(groups: dict) -> None:
                     'on held-out normal data and write a model directory (model.onnx, '
                     'model.yaml, loss.png) for `encdec eval anomaly` and the anomaly_detector '
                     'node. Example: encdec train anomaly --bag out/normal --spec '
-                    'config/sim_spec.yaml --arch lstm --out models/my_robot')
+                    'config/sim_spec.yaml --arch lstm --out models/my_robot. Without --spec: '
+                    '--topics /imu,/joint_states infers a spec from those topics of the first '
+                    'bag (as encdec spec init does); with neither, BAG/spec.yaml is used where '
+                    'there is one (encdec bag from-csv writes it), else every numeric topic. '
+                    'Under torchrun (torchrun --nproc_per_node=N -m encdec_ros train anomaly '
+                    '...) N processes train one model together (docs/fleet.md).')
     t.add_argument('--bag', action='append', required=True, metavar='BAG',
-                   help='bag of normal operation (repeatable)')
-    t.add_argument('--spec', required=True, help='signal spec YAML (topics, fields, rate, window)')
+                   help=BAG_HELP.format(what='bag of normal operation'))
+    t.add_argument('--spec', help='signal spec YAML (topics, fields, rate, window); default: '
+                   'inferred, see --topics')
+    t.add_argument('--topics', metavar='/A,/B',
+                   help='infer the spec from these topics of the first bag: every numeric '
+                        'field, rate and window from their rates (encdec spec init)')
     t.add_argument('--arch', choices=ARCH_CHOICES, default='lstm',
                    help='autoencoder (default: %(default)s)')
     t.add_argument('--out', required=True, help='model directory to write')
@@ -54,14 +85,16 @@ def register(groups: dict) -> None:
     g.add_argument('--train-stride', type=int,
                    help="samples between training windows (default: the spec's stride)")
     g.add_argument('--train-span', metavar='START:END',
-                   help='use only this span of each bag, in seconds from its first sample '
-                        '(e.g. :400)')
+                   help='use only this span of each bag: seconds from its first sample '
+                        '(e.g. :400), or rows with a rows suffix (e.g. :400rows, the first 400 '
+                        "messages of the spec's first topic: a CSV's rows)")
     g.add_argument('--keep-labelled', action='store_true',
                    help='also train on windows that overlap labelled intervals of the bag')
     g.add_argument('--seed', type=int, default=0, help='random seed (0)')
     g.add_argument('--time-limit', type=float, metavar='S',
                    help='stop training after S seconds (keeps the best epoch so far)')
     g.add_argument('--threads', type=int, help='torch CPU threads (default: torch decides)')
+    add_data_options(t)
     g = t.add_argument_group('scoring and threshold')
     g.add_argument('--error', choices=ERROR_CHOICES, default='mahalanobis',
                    help='aggregate of per-channel errors: mse (mean over channels), '
@@ -113,7 +146,9 @@ def register(groups: dict) -> None:
                     'F1 (pooled as in SKAB), false and missed alarm rates, detection delay per '
                     'labelled fault. Writes report.json and report.png.')
     e.add_argument('--model', required=True, help='model directory')
-    e.add_argument('--bag', required=True, help='bag to replay')
+    e.add_argument('--bag', action='append', required=True,
+                   help='bag to replay; or several (repeat, a folder, a quoted glob pattern or '
+                        'a .txt list): one report each under --out and the pooled figures')
     e.add_argument('--labels', help="labels CSV (default: the bag's labels.csv or label topic)")
     e.add_argument('--out', help='report directory (default: <bag>_eval beside the bag)')
     e.add_argument('--device', default='cpu', choices=('auto', 'tensorrt', 'cuda', 'cpu'),
@@ -122,7 +157,8 @@ def register(groups: dict) -> None:
                    help="what the point-wise figures count: aligned samples (ticks) or the "
                         "messages of the spec's first topic, e.g. CSV rows (messages)")
     e.add_argument('--eval-span', metavar='START:END',
-                   help='count only points in this span, seconds from the first sample')
+                   help='count only points in this span: seconds from the first sample, or '
+                        'rows with a rows suffix (e.g. 400rows: skips the first 400 rows)')
     e.add_argument('--grace', type=float, metavar='S',
                    help='seconds after a fault in which a flag still detects it and is no false '
                         'alarm (default: one window plus the release time)')
@@ -158,13 +194,19 @@ def register(groups: dict) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from encdec_ros.io.spec import SignalSpec
     from encdec_ros.modeldir import check_output_dir
 
-    # before torch is imported, any bag read or any epoch: an --out that cannot be written
-    # and a spec that is no spec fail at once (the trainer reads the spec again)
-    check_output_dir(args.out, what='model directory', empty=not args.force)
-    SignalSpec.load(args.spec)
+    from encdec_ros.cli import process_rank
+    from encdec_ros.io.bagset import expand_bags
+
+    # before torch is imported, any bag read or any epoch: an --out that cannot be written,
+    # a spec that is no spec and bags that are not there fail at once (the trainer reads the
+    # spec again); under torchrun only rank 0 writes --out and prints
+    main = process_rank()[0] == 0
+    if main:
+        check_output_dir(args.out, what='model directory', empty=not args.force)
+    bags = expand_bags(args.bag)
+    spec = training_spec(args, bags, say=print if main else lambda _line: None)
 
     from encdec_ros.anomaly.evaluate import parse_span
     from training.anomaly import TrainOptions, train_anomaly
@@ -178,18 +220,50 @@ def _train(args: argparse.Namespace) -> int:
         calib_fraction=args.calib_fraction, train_stride=args.train_stride, seed=args.seed,
         error=args.error, threshold_rule=args.threshold, risk=args.risk,
         quantile=args.quantile, init_quantile=args.init_quantile,
-        threshold_scale=args.threshold_scale, margin=args.margin, slow_s=args.slow, debounce_k=args.debounce_k,
-        debounce_n=args.debounce_n, release=args.release,
+        threshold_scale=args.threshold_scale, margin=args.margin, slow_s=args.slow,
+        debounce_k=args.debounce_k, debounce_n=args.debounce_n, release=args.release,
         train_span=parse_span(args.train_span), exclude_labelled=not args.keep_labelled,
         time_limit_s=args.time_limit, threads=args.threads, folds=args.folds,
-        drift_s=args.drift, drift_freeze=args.drift_freeze, drift_accept_s=args.drift_accept)
+        drift_s=args.drift, drift_freeze=args.drift_freeze, drift_accept_s=args.drift_accept,
+        shuffle_shards=args.shuffle_shards, workers=args.workers, cache_dir=args.cache)
     start = time.perf_counter()
-    result = train_anomaly(args.bag, args.spec, args.out, opts, window=args.window,
+    result = train_anomaly(bags, spec, args.out, opts, window=args.window,
                            stride=args.stride, command=_rebuild_command(args),
                            overwrite=args.force, say=print)
-    print(f'wrote {result.path} (model.onnx, model.yaml, loss.png) in '
-          f'{time.perf_counter() - start:.1f} s')
+    if main:
+        print(f'wrote {result.path} (model.onnx, model.yaml, loss.png) in '
+              f'{time.perf_counter() - start:.1f} s')
     return 0
+
+
+def training_spec(args: argparse.Namespace, bags: list[Path], *,
+                  say: Any = print) -> 'SignalSpec':
+    """The spec to train with: --spec, or inferred from --topics of the first bag, or the
+    first bag's spec.yaml, or inferred from all its numeric topics; says which."""
+    from encdec_ros.cli.spec import split_topics
+    from encdec_ros.errors import SpecError
+    from encdec_ros.io.spec import SignalSpec
+    from encdec_ros.io.specinit import starter_spec
+
+    if args.spec and args.topics:
+        raise SpecError('give --spec or --topics, not both: --topics infers a spec from the '
+                        'bag, --spec reads one')
+    if args.spec:
+        return SignalSpec.load(args.spec)
+    bag = Path(bags[0])
+    beside = bag / 'spec.yaml'
+    if not args.topics and bag.is_dir() and beside.is_file():
+        say(f'spec: {beside} (beside the bag; --spec or --topics to choose another)')
+        args.spec = str(beside)
+        return SignalSpec.load(beside)
+    topics = split_topics(args.topics)
+    starter = starter_spec(bag, topics=topics or None, name=bag.stem)
+    how = 'the topics asked' if topics else 'every topic with a numeric field (no --spec)'
+    say(f'spec: inferred from {how} of {bag} (encdec spec init {bag} writes it to a file '
+        'to edit):')
+    for line in starter.summary():
+        say(f'  {line}')
+    return starter.spec
 
 
 def _rebuild_command(args: argparse.Namespace) -> str:
@@ -197,7 +271,11 @@ def _rebuild_command(args: argparse.Namespace) -> str:
     parts = ['encdec', 'train', 'anomaly']
     for bag in args.bag:
         parts += ['--bag', bag]
-    parts += ['--spec', args.spec, '--arch', args.arch, '--out', args.out]
+    if args.spec:
+        parts += ['--spec', args.spec]
+    elif args.topics:
+        parts += ['--topics', args.topics]
+    parts += ['--arch', args.arch, '--out', args.out]
     for key in ('hidden', 'latent', 'layers', 'dropout', 'window', 'stride', 'epochs',
                 'patience', 'batch_size', 'lr', 'weight_decay', 'val_fraction',
                 'calib_fraction', 'train_stride', 'train_span', 'seed', 'time_limit', 'threads',
@@ -214,24 +292,87 @@ def _rebuild_command(args: argparse.Namespace) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     from encdec_ros.anomaly.evaluate import evaluate_bag, parse_span, summary_lines, write_report
+    from encdec_ros.io.bagset import expand_bags
     from encdec_ros.modeldir import check_output_dir
 
-    bag = Path(args.bag)
+    bags = expand_bags(args.bag)
+    if len(bags) > 1:
+        return _eval_set(args, bags)
+    bag = Path(bags[0])
     out = Path(args.out) if args.out else bag.with_name(f'{bag.name}_eval')
     check_output_dir(out, what='report directory')  # before the replay, not after it
     start = time.perf_counter()
-    result = evaluate_bag(args.model, args.bag, labels_csv=args.labels, device=args.device,
+    result = evaluate_bag(args.model, bag, labels_csv=args.labels, device=args.device,
                           points=args.points, eval_span=parse_span(args.eval_span),
                           grace_s=args.grace, debounce_k=args.debounce_k,
                           debounce_n=args.debounce_n, release=args.release,
                           threshold_scale=args.threshold_scale)
     json_path, png = write_report(result, out, model=args.model, plot=not args.no_plot)
-    print(f'model {args.model} on {args.bag} ({result.scorer["provider"]}):')
+    print(f'model {args.model} on {bag} ({result.scorer["provider"]}):')
     for line in summary_lines(result):
         print(f'  {line}')
     print(f'report: {json_path}' + (f'  plot: {png}' if png else '')
           + f'  ({time.perf_counter() - start:.1f} s)')
     return 0
+
+
+def _eval_set(args: argparse.Namespace, bags: list[Path]) -> int:
+    """Evaluate on several bags: a report per bag under --out, pooled figures printed and in
+    summary.json."""
+    import json
+
+    from encdec_ros.anomaly.evaluate import evaluate_bag, parse_span, pooled, write_report
+    from encdec_ros.errors import ConfigError
+    from encdec_ros.io.bagset import unique_names
+    from encdec_ros.modeldir import check_output_dir
+
+    if args.labels:
+        raise ConfigError('--labels names one labels CSV, which fits one bag; with several '
+                          'bags each uses its own labels.csv or label topic')
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / \
+        f'{Path(args.model).name}_eval'
+    check_output_dir(out, what='report directory')
+    names = unique_names(bags)
+    start = time.perf_counter()
+    rows, results = [], []
+    print(f'model {args.model} on {len(bags)} bags; reports in {out}')
+    for bag, name in zip(bags, names):
+        result = evaluate_bag(args.model, bag, device=args.device, points=args.points,
+                              eval_span=parse_span(args.eval_span), grace_s=args.grace,
+                              debounce_k=args.debounce_k, debounce_n=args.debounce_n,
+                              release=args.release, threshold_scale=args.threshold_scale)
+        write_report(result, out / name, model=args.model, plot=not args.no_plot)
+        m = result.metrics
+        events = m['events']
+        times = result.times_ns
+        row = {'bag': str(bag), 'report': str(out / name), 'pointwise': m['pointwise'],
+               'events': len(events), 'detected': sum(e['detected'] for e in events),
+               'false_alarms': m['alarms']['false_alarms'],
+               'hours': (int(times[-1]) - int(times[0])) * 1e-9 / 3600 if times.size else 0.0}
+        rows.append(row)
+        results.append(result)
+        f1 = m['pointwise']['f1']
+        print(f'  {name:<28} F1 {"n/a" if f1 is None else f"{f1:.3f}"}  faults '
+              f'{row["detected"]}/{row["events"]} detected  false alarms '
+              f'{row["false_alarms"]}')
+    pool = pooled(results)
+    hours = sum(r['hours'] for r in rows)
+    false_alarms = sum(r['false_alarms'] for r in rows)
+    summary = {'model': str(args.model), 'bags': rows, 'pooled': pool,
+               'events': sum(r['events'] for r in rows),
+               'detected': sum(r['detected'] for r in rows),
+               'false_alarms': false_alarms,
+               'false_alarms_per_hour': false_alarms / hours if hours else None}
+    (out / 'summary.json').write_text(json.dumps(summary, indent=1, default=float))
+
+    def fmt(v: float | None, pct: bool = False) -> str:
+        return 'n/a' if v is None else (f'{100 * v:.2f} %' if pct else f'{v:.3f}')
+
+    print(f'pooled over {len(bags)} bags ({hours:.2f} h): precision {fmt(pool["precision"])}  '
+          f'recall {fmt(pool["recall"])}  F1 {fmt(pool["f1"])}  FAR {fmt(pool["far"], True)}; '
+          f'faults {summary["detected"]}/{summary["events"]} detected; {false_alarms} false '
+          'alarm(s)' + (f' ({summary["false_alarms_per_hour"]:.1f} per hour)' if hours else ''))
+    print(f'summary: {out / "summary.json"}  ({time.perf_counter() - start:.1f} s)')
 
 
 def _rebaseline(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ import shlex
 import sys
 from typing import Any, Sequence
 
+from encdec_ros.cli.anomaly import BAG_HELP
+
 METHOD_CHOICES = ('model', 'butterworth', 'one_euro', 'kalman')
 NOISE_HELP = ('corruption: a string such as gaussian:0.05,spikes:0.01:2.0,quant:0.01,'
               'bias_walk:1e-4,drop:0.02 (prefix relative, to scale by each channel\'s std) or '
@@ -25,7 +27,7 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     'validation data, exports ONNX (parity-checked) and writes a model '
                     'directory.')
     t.add_argument('--bag', action='append', required=True, metavar='BAG',
-                   help='training bag (repeat for several)')
+                   help=BAG_HELP.format(what='training bag'))
     t.add_argument('--spec', required=True,
                    help='signal spec YAML with ONE topic; rate_hz is its own rate, window N')
     t.add_argument('--out', required=True, help='model directory to write')
@@ -80,7 +82,10 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                     'report, per channel, RMSE against the clean signal and lag (the delay '
                     'maximising the cross-correlation with it), a JSON report and a PNG.')
     e.add_argument('--model', required=True, help='denoise model directory')
-    e.add_argument('--bag', required=True, help='bag to evaluate on')
+    e.add_argument('--bag', action='append', required=True,
+                   help='bag to evaluate on; or several (repeat, a folder, a quoted glob '
+                        'pattern or a .txt list): one report each under --out, and the pooled '
+                        'RMSE')
     ref = e.add_mutually_exclusive_group()
     ref.add_argument('--clean-topic', metavar='TOPIC',
                      help='ground-truth topic (default: <topic>/clean when the bag has it)')
@@ -106,13 +111,18 @@ def _command() -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from encdec_ros.cli import process_rank
+    from encdec_ros.io.bagset import expand_bags
     from encdec_ros.io.spec import SignalSpec
     from encdec_ros.modeldir import check_output_dir
 
-    # before torch is imported, any bag read or any epoch: an --out that cannot be written
-    # and a spec that is no spec fail at once (the trainer reads the spec again)
-    check_output_dir(args.out, what='model directory', empty=not args.force)
+    # before torch is imported, any bag read or any epoch: an --out that cannot be written,
+    # a spec that is no spec and bags that are not there fail at once (the trainer reads the
+    # spec again); under torchrun only rank 0 writes --out
+    if process_rank()[0] == 0:
+        check_output_dir(args.out, what='model directory', empty=not args.force)
     SignalSpec.load(args.spec)
+    bags = expand_bags(args.bag)
 
     from encdec_ros.denoise.evaluate import parse_span
     from encdec_ros.denoise.noise import parse_noise
@@ -128,8 +138,10 @@ def _train(args: argparse.Namespace) -> int:
         learn_offset=args.learn_offset, absolute_input=args.absolute_input,
         train_span=parse_span(args.train_span),
         seed=args.seed, threads=args.threads, time_limit_s=args.time_limit)
-    result = train_denoiser(args.bag, args.spec, args.out, options=options, force=args.force,
+    result = train_denoiser(bags, args.spec, args.out, options=options, force=args.force,
                             command=_command())
+    if process_rank()[0] != 0:
+        return 0
     fig = result.figures
     tr = fig['training']
     print(f'wrote {result.path} ({args.arch}, window {fig["window"]}): '
@@ -178,6 +190,8 @@ def _eval(args: argparse.Namespace) -> int:
     from encdec_ros.denoise.noise import parse_noise
     from encdec_ros.errors import ConfigError
 
+    from encdec_ros.io.bagset import expand_bags
+
     methods = [m.strip() for m in args.methods.split(',') if m.strip()]
     bad = [m for m in methods if m not in METHOD_CHOICES]
     if bad or not methods:
@@ -185,14 +199,17 @@ def _eval(args: argparse.Namespace) -> int:
                           f'{", ".join(METHOD_CHOICES)}, got {args.methods!r}')
     noise = parse_noise(args.add_noise)
     clean: Any = args.clean_topic or ('auto' if noise is None else None)
+    bags = expand_bags(args.bag)
+    if len(bags) > 1:
+        return _eval_set(args, bags, methods=methods, noise=noise, clean=clean)
+    bag = Path(bags[0])
     if args.out:
         out = Path(args.out)
     else:
-        bag = Path(args.bag)
         out = bag.with_name(f'{bag.stem if bag.is_file() else bag.name}_denoise')
         if not os.access(out.parent, os.W_OK):
             out = Path.cwd() / out.name
-    report = evaluate_denoise(args.model, args.bag, clean_topic=clean, add_noise=noise,
+    report = evaluate_denoise(args.model, bag, clean_topic=clean, add_noise=noise,
                               seed=args.seed, span=parse_span(args.eval_span), methods=methods,
                               device=args.device, out_dir=out, plot=not args.no_plot,
                               segment_s=args.segment)
@@ -216,4 +233,54 @@ def _eval(args: argparse.Namespace) -> int:
               f'{"yes" if comp["lag_no_larger"] else "no"}')
     print(f'  report: {report.get("report")}' + (f', plot: {report["png"]}'
                                                  if report.get('png') else ''))
+    return 0
+
+
+def _eval_set(args: argparse.Namespace, bags: list, *, methods: list[str], noise: Any,
+              clean: Any) -> int:
+    """Evaluate on several bags: a report per bag under --out, pooled RMSE printed and in
+    summary.json (each bag weighted by its samples)."""
+    import json
+    from pathlib import Path
+
+    from encdec_ros.denoise.evaluate import evaluate_denoise, parse_span
+    from encdec_ros.io.bagset import unique_names
+    from encdec_ros.modeldir import check_output_dir
+
+    out = Path(args.out) if args.out else Path(args.model).resolve().parent / \
+        f'{Path(args.model).name}_denoise'
+    check_output_dir(out, what='report directory')
+    import numpy as np
+
+    sums: dict[str, np.ndarray] = {}
+    total = 0
+    rows = []
+    print(f'model {args.model} on {len(bags)} bags; reports in {out}')
+    for i, (bag, name) in enumerate(zip(bags, unique_names(bags))):
+        report = evaluate_denoise(args.model, bag, clean_topic=clean, add_noise=noise,
+                                  seed=args.seed + i, span=parse_span(args.eval_span),
+                                  methods=methods, device=args.device, out_dir=out / name,
+                                  plot=not args.no_plot, segment_s=args.segment)
+        n = int(report['samples']) - int(report['skipped'])
+        figs = report['methods']
+        for m, f in figs.items():
+            sums[m] = sums.get(m, 0.0) + n * np.square(np.asarray(f['rmse'], dtype=float))
+        total += n
+        rows.append({'bag': str(bag), 'report': str(out / name), 'samples': n,
+                     'rmse': {m: f['rmse'] for m, f in figs.items()}})
+        print(f'  {name:<28} ' + ', '.join(f'{m} {_fmt(f["rmse_overall"])}'
+                                          for m, f in figs.items()))
+    # pooled per channel (each bag weighted by its samples), then as each report's overall
+    # figure: RMSE over the noisy input's per channel, RMS over the channels
+    rmse = {m: np.sqrt(v / max(total, 1)) for m, v in sums.items()}
+    noisy = rmse['noisy'] > 0
+    overall = {m: float(np.sqrt(np.mean((v[noisy] / rmse['noisy'][noisy]) ** 2)))
+               if noisy.any() else None for m, v in rmse.items()}
+    (out / 'summary.json').write_text(json.dumps(
+        {'model': str(args.model), 'bags': rows, 'samples': total,
+         'pooled_rmse': {m: v.tolist() for m, v in rmse.items()},
+         'pooled_rmse_overall': overall}, indent=1))
+    print(f'pooled over {len(bags)} bags (RMSE / noisy RMSE, RMS over channels): '
+          + ', '.join(f'{m} {_fmt(v)}' for m, v in overall.items()))
+    print(f'summary: {out / "summary.json"}')
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -15,9 +15,16 @@ def register(groups: dict) -> None:
     p = groups['top'].add_parser(
         'inspect', help='list a bag\'s topics, types, counts and rates; check a spec against it',
         description='List the topics of a bag with their types, message counts and rates, and '
-                    'with --spec show which fields of a signal spec resolve and which do not.')
-    p.add_argument('bag', help='rosbag2 directory, .db3/.mcap file or ROS 1 .bag')
-    p.add_argument('--spec', help='a signal spec YAML to check against the bag')
+                    'with --spec show which fields of a signal spec resolve and which do not. '
+                    'Given several bags (or a folder, a quoted glob pattern or a .txt list of '
+                    'bags), sum them up from their metadata: bags, hours, messages per topic, '
+                    'and with --spec in which bags the spec resolves.')
+    p.add_argument('bag', nargs='+',
+                   help='rosbag2 directory, .db3/.mcap file or ROS 1 .bag; or several, a folder '
+                        'of bags, a quoted glob pattern or a .txt list of bags')
+    p.add_argument('--spec', help='a signal spec YAML to check against the bag(s)')
+    p.add_argument('--each', action='store_true',
+                   help='with several bags: also one line per bag (default: up to 20 bags)')
     p.set_defaults(func=_inspect)
 
 
@@ -26,10 +33,14 @@ def _inspect(args: argparse.Namespace) -> int:
 
     from encdec_ros.errors import EncdecError
     from encdec_ros.io.bag import BagSource, bind_spec, read_streams
+    from encdec_ros.io.bagset import expand_bags
     from encdec_ros.io.spec import SignalSpec
 
     spec = SignalSpec.load(args.spec) if args.spec else None
-    with BagSource(args.bag) as bag:
+    bags = expand_bags(args.bag, option='BAG')
+    if len(bags) > 1:
+        return _totals(bags, spec, each=args.each)
+    with BagSource(bags[0]) as bag:
         times: dict[str, list[int]] = {t: [] for t in bag.topics}
         for topic, stamp, _ in bag.raw_messages():
             times[topic].append(stamp)
@@ -63,6 +74,8 @@ def _inspect(args: argparse.Namespace) -> int:
         for text in bag.warnings:
             print(f'warning: {text}')
         if spec is None:
+            print(f'\nno --spec given; `encdec spec init {args.bag}` writes a starter spec with '
+                  'every numeric field of these topics')
             return 0
         print(f'\nspec {args.spec}: {spec.rate_hz:g} Hz, window {spec.window}, '
               f'stride {spec.stride}')
@@ -101,6 +114,79 @@ def _inspect(args: argparse.Namespace) -> int:
                 print(f'  warn  {text}')
         print('all fields resolve')
         return 0
+
+
+def _totals(bags: list, spec: Any, *, each: bool) -> int:
+    """Sum a set of bags up from their metadata and indexes (no message is read)."""
+    from encdec_ros.errors import EncdecError
+    from encdec_ros.io.bag import BagSource, bind_spec
+    from encdec_ros.progress import progress
+
+    topics: dict[str, dict[str, Any]] = {}
+    rows, failed, fits, misfits = [], [], 0, []
+    start, end, seconds, messages = None, None, 0.0, 0
+    kinds: dict[str, int] = {}
+    for path in progress(bags, total=len(bags), desc='bags', unit='bag', min_total=50):
+        try:
+            with BagSource(path) as bag:
+                span = bag.time_range()
+                count = sum(t.count for t in bag.topics.values())
+                length = (span[1] - span[0]) * 1e-9 if span else 0.0
+                kinds[bag.storage_id] = kinds.get(bag.storage_id, 0) + 1
+                for name, info in bag.topics.items():
+                    entry = topics.setdefault(name, {'type': info.type, 'count': 0, 'bags': 0,
+                                                     'seconds': 0.0})
+                    entry['count'] += info.count
+                    entry['bags'] += 1
+                    entry['seconds'] += length
+                if spec is not None:
+                    try:
+                        bind_spec(spec, bag)
+                        fits += 1
+                    except EncdecError as err:
+                        misfits.append((path, str(err)))
+        except EncdecError as err:
+            failed.append((path, str(err)))
+            continue
+        if span:
+            start = span[0] if start is None else min(start, span[0])
+            end = span[1] if end is None else max(end, span[1])
+        seconds += length
+        messages += count
+        rows.append((str(path), length, count))
+    read = len(bags) - len(failed)
+    print(f'bags:     {len(bags)}' + (f' ({len(failed)} unreadable)' if failed else '')
+          + f', {", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))}')
+    print(f'duration: {seconds / 3600:.3f} h in all ({seconds:.1f} s), {messages} messages')
+    if start is not None:
+        first = datetime.fromtimestamp(start * 1e-9, tz=timezone.utc)
+        last = datetime.fromtimestamp(end * 1e-9, tz=timezone.utc)
+        print(f'recorded: {first:%Y-%m-%d %H:%M:%S} to {last:%Y-%m-%d %H:%M:%S} UTC')
+    if each or len(bags) <= 20:
+        width = max(len(r[0]) for r in rows) if rows else 3
+        print(f'\n{"bag":<{width}}  {"seconds":>9} {"messages":>9}')
+        for name, length, count in rows:
+            print(f'{name:<{width}}  {length:>9.1f} {count:>9}')
+    width = max([len(t) for t in topics] + [5])
+    print(f'\n{"topic":<{width}}  {"type":<40} {"messages":>9} {"bags":>5} {"hours":>7} '
+          f'{"rate Hz":>9}')
+    for name in sorted(topics):
+        t = topics[name]
+        rate = t['count'] / t['seconds'] if t['seconds'] > 0 else float('nan')
+        shown = f'{rate:>9.2f}' if rate == rate else f'{"-":>9}'
+        print(f'{name:<{width}}  {t["type"]:<40} {t["count"]:>9} {t["bags"]:>5} '
+              f'{t["seconds"] / 3600:>7.3f} {shown}')
+    for path, text in failed[:5]:
+        print(f'unreadable: {text}')
+    if len(failed) > 5:
+        print(f'... and {len(failed) - 5} more unreadable bags')
+    if spec is not None:
+        print(f'\nspec {spec.source}: resolves in {fits} of {read} readable bags')
+        for path, text in misfits[:5]:
+            print(f'  FAIL  {path}: {text}')
+        if len(misfits) > 5:
+            print(f'  ... and {len(misfits) - 5} more')
+    return 1 if failed or misfits else 0
 
 
 def _rate(stamps_ns: np.ndarray) -> tuple[float, str]:

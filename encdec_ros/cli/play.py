@@ -1,4 +1,4 @@
-"""``encdec play``: publish a rosbag2 on its topics (no ros2cli needed)."""
+"""``encdec play``: publish a rosbag2 or a ROS 1 bag on its topics (no ros2cli needed)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import argparse
 def register(groups: dict) -> None:
     """Add ``play``."""
     p = groups['top'].add_parser(
-        'play', help='publish a rosbag2 on its topics over DDS',
-        description='Publish the stored messages of a rosbag2 on their topics, paced by their '
-                    'log times (like `ros2 bag play`, without needing ros2cli).')
-    p.add_argument('bag', help='rosbag2 directory or .db3/.mcap file')
+        'play', help='publish a bag on its topics over DDS',
+        description='Publish the stored messages of a rosbag2 (or a ROS 1 bag, converted to '
+                    'ROS 2 on the way) on their topics, paced by their log times (like '
+                    '`ros2 bag play`, without needing ros2cli).')
+    p.add_argument('bag', help='rosbag2 directory, .db3/.mcap file or ROS 1 .bag file')
     p.add_argument('--rate', type=float, default=1.0,
                    help='playback speed: 1 real time, 10 ten times faster, 0 as fast as possible')
-    p.add_argument('--topics', help='comma-separated topics to play (default: all)')
+    p.add_argument('--topics', help='comma-separated topics to play (default: all whose '
+                   'message types are installed here)')
     p.add_argument('--remap', action='append', default=[], metavar='FROM:=TO',
                    help='publish topic FROM as TO (repeatable)')
     p.add_argument('--wait-subscribers', type=int, default=0, metavar='N',

@@ -21,7 +21,7 @@ import numpy as np
 
 from encdec_ros.errors import BagError, SpecError
 from encdec_ros.io.align import Stream, align, monotonic, repeats, stalled
-from encdec_ros.io.fields import ShortMessageError, compile_path
+from encdec_ros.io.cdr import MessageDecoder, RawBatch
 from encdec_ros.io.labels import (
     LABEL_TOPIC,
     SIDECAR_NAME,
@@ -29,12 +29,23 @@ from encdec_ros.io.labels import (
     intervals_from_label_messages,
     read_labels_csv,
 )
-from encdec_ros.io.spec import SignalSpec, normalize_type
-from encdec_ros.progress import progress
+from encdec_ros.io.spec import SignalSpec, TopicSpec, normalize_type
+from encdec_ros.progress import Counter
 
 log = logging.getLogger(__name__)
 
 BAG_SUFFIXES = ('.db3', '.mcap', '.bag')
+BATCH_MESSAGES = 65536
+"""Messages of one topic read and decoded together (bounds the memory of raw bytes held)."""
+
+
+@dataclass
+class RawChunk:
+    """Serialised messages of one topic from one storage file, decoded together."""
+
+    log_ns: np.ndarray      # [n] int64 log (receive) times
+    order: np.ndarray       # [n] int64: ties of log_ns are read in this order
+    batch: RawBatch
 
 
 @dataclass
@@ -182,6 +193,20 @@ class BagSource:
                 f'{path.parent}, so only that part is read; pass the directory {path.parent} '
                 'to read the whole bag')
 
+    def time_range(self) -> tuple[int, int] | None:
+        """(first, last) log time in ns from the bag's metadata and indexes, without reading
+        its messages; None for a bag without messages."""
+        starts, ends = [], []
+        for reader in self._readers:
+            try:
+                start, end = int(reader.start_time), int(reader.end_time)
+            except Exception:  # noqa: BLE001 - a storage without an index: no range
+                continue
+            if reader.message_count if hasattr(reader, 'message_count') else end > start:
+                starts.append(start)
+                ends.append(max(start, end - 1))     # rosbags' end is one past the last
+        return (min(starts), max(ends)) if starts else None
+
     # ------------------------------------------------------------------ types
     def definition_source(self, topic: str) -> str:
         """Where the definition of ``topic``'s type comes from: ``in bag``, ``standard`` (the
@@ -283,6 +308,48 @@ class BagSource:
         for topic, stamp, raw in self.raw_messages(list(decoders)):
             yield topic, stamp, decoders[topic](raw)
 
+    def batch_decoder(self, topic: TopicSpec) -> MessageDecoder:
+        """The batch decoder of a resolved spec topic, with this bag's definitions (and its
+        per-message decoder for what the batch decoder cannot lay out)."""
+        return MessageDecoder(topic.type or self.topics[topic.name].type,
+                              [f.path for f in topic.fields],
+                              self.typestore(topic.name).fielddefs,
+                              header_stamp=topic.stamp == 'header', ros1=self.kind == 'ros1',
+                              deserialize=self.decoder(topic.name), where=str(self.path))
+
+    def raw_chunks(self, topics: Sequence[str], *, max_messages: int = BATCH_MESSAGES
+                   ) -> Iterator[tuple[int, str, RawChunk]]:
+        """Yield (storage file index, topic, chunk of the topic's serialised messages).
+
+        The bytes are read straight from the storage (SQL rows, MCAP chunks through their
+        message indexes, ROS 1 chunks through the bag's index), every storage chunk once for
+        all the topics, so no Python object is made per message where the storage allows it.
+        A storage file gives each topic's messages in chunks of at most about
+        ``max_messages``, not necessarily in order: sorted by (log time,
+        :attr:`RawChunk.order`) they come in the order of :meth:`raw_messages`.
+        """
+        wanted = {t: self.topics[t].type for t in topics if t in self.topics}
+        for index, (storage, compressed) in enumerate(self._storages):
+            conns = [c for c in storage.connections
+                     if wanted.get(c.topic) == normalize_type(c.msgtype)]
+            if not conns:
+                continue
+            decompress = (self._decompress or _zstd_decompress(self.path)) if compressed \
+                else None
+            kind = type(storage).__name__
+            if kind.startswith('Sqlite3') and getattr(storage, 'dbconn', None) is not None:
+                chunks = _sqlite_chunks(storage, conns, decompress, max_messages)
+            elif kind.startswith('Mcap') and getattr(storage, 'chunks', None) and \
+                    getattr(storage, 'bio', None) is not None:
+                chunks = _mcap_chunks(storage, conns, decompress)
+            elif self.kind == 'ros1' and hasattr(storage, 'indexes') and \
+                    hasattr(storage, 'chunks') and getattr(storage, 'bio', None) is not None:
+                chunks = _ros1_chunks(storage, conns)
+            else:
+                chunks = _generic_chunks(storage, conns, decompress, max_messages)
+            for topic, chunk in chunks:
+                yield index, topic, chunk
+
     # ------------------------------------------------------------------ lifetime
     def close(self) -> None:
         """Close every storage file."""
@@ -328,6 +395,232 @@ def _conflicts(store: Any, typs: Mapping[str, Any]) -> bool:
             if mine != theirs:
                 return True
     return False
+
+
+# ---------------------------------------------------------------------- raw chunks
+def _split(conns: Sequence[Any], ids: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """Positions of each topic's messages, given the connection id of every message."""
+    topics: dict[str, list[int]] = {}
+    for conn in conns:
+        topics.setdefault(conn.topic, []).append(int(conn.id))
+    if len(topics) == 1:
+        return [(next(iter(topics)), np.arange(ids.size))]
+    return [(topic, np.flatnonzero(np.isin(ids, cids))) for topic, cids in topics.items()]
+
+
+def _batches(conns: Sequence[Any], ids: np.ndarray, datas: Sequence[Any],
+             decompress: Callable[[bytes], bytes] | None
+             ) -> Iterator[tuple[str, np.ndarray, RawBatch]]:
+    """Per topic: the positions of its messages among ``datas`` and a batch of them (views
+    into one buffer holding every message)."""
+    if decompress is not None:
+        datas = [decompress(d) for d in datas]
+    everything = RawBatch.from_messages(datas)
+    for topic, sel in _split(conns, ids):
+        if sel.size == ids.size:
+            yield topic, sel, everything
+        elif sel.size:
+            yield topic, sel, RawBatch(everything.buf, everything.starts[sel],
+                                       everything.sizes[sel])
+
+
+def _sqlite_chunks(storage: Any, conns: Sequence[Any],
+                   decompress: Callable[[bytes], bytes] | None, max_messages: int
+                   ) -> Iterator[tuple[str, RawChunk]]:
+    """Rows of a rosbag2 sqlite3 file in one scan of the table, in insertion order (which
+    breaks ties of log time, as the bag's timestamp index does)."""
+    import itertools
+
+    ids = sorted({int(c.id) for c in conns})
+    marks = ','.join('?' for _ in ids)
+    cursor = storage.dbconn.execute(
+        f'SELECT topic_id, timestamp, data FROM messages WHERE topic_id IN ({marks}) '
+        'ORDER BY id', ids)
+    done = 0
+    while True:
+        rows = list(itertools.islice(cursor, max_messages * len(ids)))
+        if not rows:
+            return
+        tids, stamps, datas = zip(*rows)
+        stamps_a = np.array(stamps, dtype=np.int64)
+        order = np.arange(done, done + len(rows), dtype=np.int64)
+        for topic, sel, batch in _batches(conns, np.array(tids, dtype=np.int64), datas,
+                                          decompress):
+            yield topic, RawChunk(stamps_a[sel], order[sel], batch)
+        done += len(rows)
+
+
+_MCAP_MESSAGE, _MCAP_INDEX, _MCAP_HEAD = 0x05, 0x07, 31   # op codes; message record header
+
+
+def _mcap_chunks(storage: Any, conns: Sequence[Any],
+                 decompress: Callable[[bytes], bytes] | None
+                 ) -> Iterator[tuple[str, RawChunk]]:
+    """Messages of an indexed MCAP file, chunk by chunk: the chunk's message indexes give
+    every record's offset, so the records are found without walking the chunk.
+
+    The order (log time, chunk offset, record offset) is rosbags': a merge of the chunks by
+    log time, each chunk sorted by log time.
+    """
+    import struct
+
+    from rosbags.rosbag2.storage_mcap import decompress as decompress_chunk
+
+    topic_of = {int(c.id): c.topic for c in conns}
+    bio = storage.bio
+    ranked = sorted(storage.chunks, key=lambda c: c.chunk_start_offset)
+    for rank, chunk in enumerate(ranked):
+        wanted = [cid for cid in sorted(topic_of) if chunk.channel_count.get(cid, 0)]
+        if not wanted:
+            continue
+        indexes = {}
+        for cid in wanted:
+            bio.seek(chunk.message_index_offsets[cid])
+            op, _, channel, size = struct.unpack('<BQHI', bio.read(15))
+            pairs = np.frombuffer(bio.read(size), dtype='<u8').reshape(-1, 2)
+            indexes[cid] = pairs.astype(np.int64) if op == _MCAP_INDEX and channel == cid \
+                else None
+        bio.seek(chunk.chunk_start_offset + 9 + 24)
+        crc = struct.unpack('<I', bio.read(4))[0]
+        bio.seek(chunk.chunk_start_offset + 9 + 40 + len(chunk.compression))
+        data = decompress_chunk(bio.read(chunk.compressed_size), chunk.compression,
+                                chunk.uncompressed_size, crc)
+        buf = np.frombuffer(data, dtype=np.uint8)
+        walked = None
+        for cid in wanted:
+            pairs = indexes[cid]
+            found = _mcap_records(buf, pairs, cid) if pairs is not None else None
+            if found is None:                       # the index does not fit: walk the records
+                if walked is None:
+                    walked = _walk_mcap(data, set(wanted))
+                found = walked[cid]
+            log, off, starts, sizes = found
+            batch = RawBatch(buf, starts, sizes)
+            if decompress is not None:
+                batch = RawBatch.from_messages([decompress(batch.message(i))
+                                                for i in range(len(batch))])
+            yield topic_of[cid], RawChunk(log, (rank << 32) + off, batch)
+
+
+def _mcap_records(buf: np.ndarray, pairs: np.ndarray, channel: int
+                  ) -> tuple[np.ndarray, ...] | None:
+    """(log times, record offsets, data starts, data sizes) of the message records that a
+    message index lists, or None when a record there is not the message it says."""
+    log, off = pairs[:, 0], pairs[:, 1]
+    if off.size == 0 or off.min() < 0 or off.max() + _MCAP_HEAD > buf.size:
+        return None
+    head = buf[off[:, None] + np.arange(_MCAP_HEAD)]
+    length = head[:, 1:9].copy().view('<u8')[:, 0].astype(np.int64)
+    fits = (head[:, 0] == _MCAP_MESSAGE) & (length >= 22) & (off + 9 + length <= buf.size) & \
+        (head[:, 9:11].copy().view('<u2')[:, 0] == channel) & \
+        (head[:, 15:23].copy().view('<u8')[:, 0].astype(np.int64) == log)
+    if not fits.all():
+        return None
+    return log, off, off + _MCAP_HEAD, length - 22
+
+
+def _walk_mcap(data: bytes, ids: set[int]) -> dict[int, tuple[np.ndarray, ...]]:
+    """Per channel of ``ids``: log times, record offsets, data starts and sizes of its
+    messages in a chunk, walking the records one by one."""
+    import struct
+
+    head = struct.Struct('<BQ').unpack_from
+    body = struct.Struct('<HIQ').unpack_from
+    found: dict[int, list[tuple[int, int, int, int]]] = {cid: [] for cid in ids}
+    pos, end = 0, len(data)
+    while pos + 9 <= end:
+        op, length = head(data, pos)
+        if op == _MCAP_MESSAGE and length >= 22:
+            channel, _, log = body(data, pos + 9)
+            if channel in found:
+                found[channel].append((log, pos, pos + _MCAP_HEAD, length - 22))
+        pos += 9 + length
+    out = {}
+    for cid, rows in found.items():
+        cols = [np.array(c, dtype=np.int64) for c in zip(*rows)] if rows else \
+            [np.zeros(0, np.int64)] * 4
+        out[cid] = tuple(cols)
+    return out
+
+
+def _ros1_chunks(reader: Any, conns: Sequence[Any]) -> Iterator[tuple[str, RawChunk]]:
+    """Messages of a ROS 1 bag, chunk by chunk through the bag's index; per topic the order
+    of rosbags (a merge of the topic's connections' indexes by time)."""
+    import heapq
+
+    topics: dict[str, list[Any]] = {}
+    for conn in conns:
+        topics.setdefault(conn.topic, []).append(reader.indexes[conn.id])
+    entries = {}
+    for topic, lists in topics.items():
+        merged = lists[0] if len(lists) == 1 else list(heapq.merge(*lists))
+        n = len(merged)
+        entries[topic] = (np.fromiter((e.time for e in merged), dtype=np.int64, count=n),
+                          np.fromiter((e.chunk_pos for e in merged), dtype=np.int64, count=n),
+                          np.fromiter((e.offset for e in merged), dtype=np.int64, count=n))
+    for chunk_pos in np.unique(np.concatenate([w for _, w, _ in entries.values()])).tolist():
+        header = reader.chunks[chunk_pos]
+        reader.bio.seek(header.datapos)
+        data = header.decompressor(reader.bio.read(header.datasize))
+        buf = np.frombuffer(data, dtype=np.uint8)
+        for topic, (times, where, offsets) in entries.items():
+            sel = np.flatnonzero(where == chunk_pos)
+            if sel.size:
+                starts, sizes = _ros1_records(data, offsets[sel].tolist())
+                yield topic, RawChunk(times[sel], sel.astype(np.int64),
+                                      RawBatch(buf, starts, sizes))
+
+
+def _ros1_records(data: bytes, offsets: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Data starts and sizes of the ROS 1 message data records at ``offsets`` (skipping
+    connection records in front of them, as rosbags does)."""
+    import struct
+
+    u32 = struct.Struct('<I').unpack_from
+    starts, sizes = [], []
+    for off in offsets:
+        while True:
+            hlen = u32(data, off)[0]
+            hend = off + 4 + hlen
+            op, pos = -1, off + 4
+            while pos < hend:
+                flen = u32(data, pos)[0]
+                if data[pos + 4:pos + 7] == b'op=':
+                    op = data[pos + 7]
+                    break
+                pos += 4 + flen
+            dlen = u32(data, hend)[0]
+            if op != 0x07:                            # not a connection record
+                break
+            off = hend + 4 + dlen
+        if op != 0x02:
+            msg = 'a ROS 1 bag index points at a record that is not message data; the bag ' \
+                  'is damaged: rebuild its index with `rosbag reindex`'
+            raise BagError(msg)
+        starts.append(hend + 4)
+        sizes.append(dlen)
+    return np.array(starts, dtype=np.int64), np.array(sizes, dtype=np.int64)
+
+
+def _generic_chunks(storage: Any, conns: Sequence[Any],
+                    decompress: Callable[[bytes], bytes] | None, max_messages: int
+                    ) -> Iterator[tuple[str, RawChunk]]:
+    """Messages through the storage's own per-message reader, in its order."""
+    import itertools
+
+    messages = storage.messages(conns)
+    done = 0
+    while True:
+        rows = list(itertools.islice(messages, max_messages))
+        if not rows:
+            return
+        found, stamps, datas = zip(*rows)
+        stamps_a = np.array(stamps, dtype=np.int64)
+        order = np.arange(done, done + len(rows), dtype=np.int64)
+        ids = np.fromiter((int(c.id) for c in found), dtype=np.int64, count=len(rows))
+        for topic, sel, batch in _batches(conns, ids, datas, decompress):
+            yield topic, RawChunk(stamps_a[sel], order[sel], batch)
+        done += len(rows)
 
 
 # ---------------------------------------------------------------------- signals
@@ -379,57 +672,91 @@ def bind_spec(spec: SignalSpec, bag: BagSource) -> SignalSpec:
 def read_streams(bag: BagSource, spec: SignalSpec, *, show_progress: bool | None = None
                  ) -> tuple[dict[str, Stream], list[str]]:
     """Extract the spec's fields from every message; return raw streams and warnings (the
-    bag's own warnings first, such as reading one part of a split bag)."""
+    bag's own warnings first, such as reading one part of a split bag).
+
+    The messages are decoded in batches by :class:`~encdec_ros.io.cdr.MessageDecoder` (the
+    decoder the live nodes use), straight from the storage's bytes.
+    """
     spec.require_resolved()
-    extractors: dict[str, tuple[list[Callable[[Any], Any]], int, bool]] = {}
-    for topic in spec.topics:
-        fns = [compile_path(f.path) for f in topic.fields]
-        extractors[topic.name] = (fns, len(topic.channel_names()), topic.stamp == 'header')
-    stamps: dict[str, list[int]] = {t: [] for t in extractors}
-    rows: dict[str, list[list[float]]] = {t: [] for t in extractors}
-    short: dict[str, int] = {t: 0 for t in extractors}
-    total = sum(bag.topics[t].count for t in extractors)
-    for topic, log_ns, msg in progress(bag.messages(list(extractors)), total=total,
-                                       desc=f'reading {bag.path.name}', unit='msg',
-                                       enable=show_progress):
-        fns, _, use_header = extractors[topic]
-        try:
-            row: list[float] = []
-            for fn in fns:
-                row.extend(fn(msg))
-        except ShortMessageError:
-            short[topic] += 1
-            continue
-        if use_header:
-            st = msg.header.stamp
-            stamps[topic].append(st.sec * 1_000_000_000 + st.nanosec)
-        else:
-            stamps[topic].append(log_ns)
-        rows[topic].append(row)
+    decoders = {t.name: bag.batch_decoder(t) for t in spec.topics}
+    parts: dict[str, list[tuple[int, RawChunk, Any]]] = {t: [] for t in decoders}
+    total = sum(bag.topics[t].count for t in decoders)
+    with Counter(total=total, desc=f'reading {bag.path.name}', unit='msg',
+                 enable=show_progress) as bar:
+        for index, topic, chunk in bag.raw_chunks(list(decoders)):
+            parts[topic].append((index, chunk, decoders[topic].decode(chunk.batch)))
+            bar.update(len(chunk.batch))
     warnings = []
     streams = {}
-    for topic, (_, width, use_header) in extractors.items():
-        info = bag.topics[topic]
-        got = len(stamps[topic]) + short[topic]
-        if info.meta_count is not None and got < info.meta_count:
-            warnings.append(f'{topic}: read {got} of the {info.meta_count} messages that '
-                            f'metadata.yaml lists; the bag may be truncated or its metadata '
-                            'out of date')
-        if short[topic]:
-            warnings.append(f'{topic}: skipped {short[topic]} messages with fewer array '
-                            'elements than the spec asks for')
-        values = np.asarray(rows[topic], dtype=np.float64).reshape(-1, width)
-        stream = monotonic(np.asarray(stamps[topic], dtype=np.int64), values)
-        if stalled(stream.stamps_ns):
-            raise BagError(stalled_message(bag.path, topic, stream.stamps_ns, use_header))
-        if stream.dropped:
-            warnings.append(f'{topic}: dropped {stream.dropped} messages stamped earlier than '
-                            f'one before them ({"header" if use_header else "receive"} time)')
-        bad = int((~np.isfinite(stream.values)).any(axis=1).sum())
-        if bad:
-            warnings.append(f'{topic}: {bad} messages hold NaN or infinite values')
-        streams[topic] = stream
+    for topic in spec.topics:
+        streams[topic.name], notes = _stream(bag, topic, decoders[topic.name].width,
+                                             parts.pop(topic.name))
+        warnings += notes
     return streams, list(bag.warnings) + warnings
+
+
+def _stream(bag: BagSource, topic: TopicSpec, width: int,
+            parts: list[tuple[int, RawChunk, Any]]) -> tuple[Stream, list[str]]:
+    """One topic's decoded chunks put in storage order and cleaned as the live path cleans
+    them; with the warnings to give."""
+    use_header = topic.stamp == 'header'
+    if parts:
+        file = np.concatenate([np.full(len(c.batch), i, dtype=np.int64) for i, c, _ in parts])
+        log_ns = np.concatenate([c.log_ns for _, c, _ in parts])
+        order = np.concatenate([c.order for _, c, _ in parts])
+        data = np.concatenate([d.values for _, _, d in parts]).reshape(-1, width)
+        keep = np.concatenate([d.ok for _, _, d in parts])
+        stamps = np.concatenate([d.header_ns for _, _, d in parts]) if use_header else log_ns
+        short = sum(int(d.short.sum()) for _, _, d in parts)
+        failed = sum(int(d.failed.sum()) for _, _, d in parts)
+        error = next((d.error for _, _, d in parts if d.error), '')
+        if not _in_order(file, log_ns, order):
+            sort = np.lexsort((order, log_ns, file))
+            stamps, data, keep = stamps[sort], data[sort], keep[sort]
+        stamps, data = stamps[keep], data[keep]
+    else:
+        log_ns = stamps = np.zeros(0, np.int64)
+        data = np.zeros((0, width))
+        short = failed = 0
+        error = ''
+
+    notes = []
+    info = bag.topics[topic.name]
+    got = int(log_ns.size)
+    if info.meta_count is not None and got < info.meta_count:
+        notes.append(f'{topic.name}: read {got} of the {info.meta_count} messages that '
+                     f'metadata.yaml lists; the bag may be truncated or its metadata '
+                     'out of date')
+    if short:
+        notes.append(f'{topic.name}: skipped {short} messages with fewer array '
+                     'elements than the spec asks for')
+    if failed:
+        notes.append(f'{topic.name}: skipped {failed} messages that do not decode as '
+                     f'{info.type} ({error}); the bag may be damaged or record another '
+                     'definition of the type')
+    stream = monotonic(stamps, data)
+    if stalled(stream.stamps_ns):
+        raise BagError(stalled_message(bag.path, topic.name, stream.stamps_ns, use_header))
+    if stream.dropped:
+        notes.append(f'{topic.name}: dropped {stream.dropped} messages stamped earlier than '
+                     f'one before them ({"header" if use_header else "receive"} time)')
+    bad = int((~np.isfinite(stream.values)).any(axis=1).sum())
+    if bad:
+        notes.append(f'{topic.name}: {bad} messages hold NaN or infinite values')
+    return stream, notes
+
+
+def _in_order(*keys: np.ndarray) -> bool:
+    """Whether rows are already sorted by the keys (most significant first)."""
+    if keys[0].size < 2:
+        return True
+    equal = np.ones(keys[0].size - 1, dtype=bool)
+    for key in keys:
+        step = np.diff(key)
+        if (step[equal] < 0).any():
+            return False
+        equal &= step == 0
+    return True
 
 
 def stalled_message(path: str | Path, topic: str, stamps_ns: np.ndarray, use_header: bool

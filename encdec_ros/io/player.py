@@ -1,8 +1,10 @@
-"""Play a rosbag2 onto live ROS 2 topics (a small ``ros2 bag play`` that needs no ros2cli).
+"""Play a bag onto live ROS 2 topics (a small ``ros2 bag play`` that needs no ros2cli).
 
-The bag's stored CDR bytes are published as they are (no decode and re-encode), in log-time
-order, at a chosen multiple of real time or as fast as possible. Used by the demo, the node
-tests and ``encdec play``.
+A rosbag2's stored CDR bytes are published as they are (no decode and re-encode), in log-time
+order, at a chosen multiple of real time or as fast as possible. A ROS 1 bag's messages are
+converted to CDR on the way (rosbags' converter: the ROS 1 header's ``seq`` dropped, types
+whose layout changed migrated field by field). Used by the demo, the node tests and
+``encdec play``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from encdec_ros.errors import BagError, ConfigError
-from encdec_ros.io.bag import BagSource
+from encdec_ros.io.bag import BagSource, standard_typestore
 
 
 def message_class(msgtype: str) -> Any:
@@ -43,11 +45,21 @@ class PlayStats:
         return self.bag_s / self.wall_s if self.wall_s > 0 else float('inf')
 
 
+def _installed(msgtype: str) -> bool:
+    try:
+        message_class(msgtype)
+    except ConfigError:
+        return False
+    return True
+
+
 class BagPlayer:
     """Publish a bag's messages on their topics from an rclpy node.
 
-    ``rate`` is the playback speed (1 = real time, 10 = ten times faster, 0 = as fast as
-    possible); ``remap`` renames topics; ``qos`` is a QoS profile or depth for publishers.
+    ``bag`` is a rosbag2 or a ROS 1 bag. ``rate`` is the playback speed (1 = real time, 10 =
+    ten times faster, 0 = as fast as possible); ``topics`` the topics to play (default: every
+    topic whose message type is installed here; the others are named in :attr:`warnings`);
+    ``remap`` renames topics; ``qos`` is a QoS profile or depth for publishers.
     """
 
     def __init__(self, node: Any, bag: str | Path, *, topics: Sequence[str] | None = None,
@@ -60,11 +72,6 @@ class BagPlayer:
         self.path = Path(bag)
         self.rate = rate
         self._bag = BagSource(self.path)
-        if self._bag.kind != 'rosbag2':
-            self._bag.close()
-            msg = f'{self.path} is a ROS 1 bag; convert it first with ' \
-                  f'`rosbags-convert --src {self.path} --dst {self.path.with_suffix("")}`'
-            raise BagError(msg)
         available = self._bag.topics
         wanted = list(topics) if topics is not None else list(available)
         missing = [t for t in wanted if t not in available]
@@ -72,14 +79,42 @@ class BagPlayer:
             self._bag.close()
             msg = f'topic {missing[0]} is not in {self.path}; it has {", ".join(available)}'
             raise BagError(msg)
+        self.warnings = list(self._bag.warnings)    # e.g. only one part of a split bag
+        if topics is None:          # all topics: those this Python cannot publish are named
+            absent = [t for t in wanted if not _installed(available[t].type)]
+            self.warnings.extend(f'topic {t} is not played: its type {available[t].type} is '
+                                 'not installed for Python here' for t in absent)
+            wanted = [t for t in wanted if t not in absent]
         remap = dict(remap or {})
         self.topics = wanted
-        self.warnings = list(self._bag.warnings)    # e.g. only one part of a split bag
+        try:
+            self._convert = {t: self._converter(t) for t in wanted}
+        except BaseException:
+            self._bag.close()
+            raise
         for text in self.warnings:
             node.get_logger().warning(text)
         self._pubs = {t: node.create_publisher(message_class(available[t].type),
                                                remap.get(t, t), qos)
                       for t in wanted}
+
+    def _converter(self, topic: str) -> Callable[[Any], bytes]:
+        """Stored bytes of ``topic`` -> CDR bytes of the installed ROS 2 type."""
+        if self._bag.kind != 'ros1':
+            return bytes
+        from rosbags.convert.converter import is_same_wireformat, migrate_bytes
+
+        msgtype = self._bag.topics[topic].type
+        source, target = self._bag.typestore(topic), standard_typestore()
+        if msgtype not in target.fielddefs:
+            msg = f'{msgtype} of topic {topic} in the ROS 1 bag {self.path} has no ROS 2 ' \
+                  'definition here; leave the topic out with --topics'
+            raise BagError(msg)
+        if is_same_wireformat(source, target, msgtype, msgtype):
+            return lambda raw: bytes(target.ros1_to_cdr(raw, msgtype))
+        cache: dict[str, object] = {}
+        return lambda raw: bytes(migrate_bytes(source, target, msgtype, msgtype, cache,
+                                               src_is2=False, dst_is2=True))
 
     def wait_for_subscribers(self, count: int = 1, *, timeout_s: float = 10.0,
                              spin: Callable[[], None] | None = None) -> bool:
@@ -107,7 +142,13 @@ class BagPlayer:
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            self._pubs[topic].publish(bytes(raw))
+            try:
+                data = self._convert[topic](raw)
+            except Exception as err:  # noqa: BLE001 - rosbags raises several kinds
+                msg = f'a message on {topic} in {self.path} cannot be converted to ROS 2 ' \
+                      f'({type(err).__name__}: {err}); leave the topic out with --topics'
+                raise BagError(msg) from err
+            self._pubs[topic].publish(data)
             per_topic[topic] += 1
             if should_stop is not None and should_stop():
                 break

@@ -5,7 +5,9 @@ Usage::
     ros2 run encdec_ros anomaly_detector --ros-args -p model_dir:=/path/to/model
     ros2 launch encdec_ros anomaly_detector.launch.py model_dir:=/path/to/model
 
-The node subscribes to the topics of the model's signal spec, extracts the spec's fields,
+The node subscribes to the topics of the model's signal spec, taken relative (``/imu`` is
+``imu``, so in namespace ``robot1`` it reads ``/robot1/imu``; remap with ``-r imu:=/imu`` to
+read a topic outside the namespace), extracts the spec's fields,
 stamps each sample with its header stamp (or its receive time, as the spec says), aligns the
 topics onto the spec's clock (:class:`~encdec_ros.io.align.StreamingAligner`), keeps the last
 window (:class:`~encdec_ros.io.window.RingWindow`) and, at every tick index ``k`` with
@@ -46,6 +48,7 @@ from std_msgs.msg import Bool, Float32
 from std_srvs.srv import Trigger
 
 from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer, Decision, check_debounce
+from encdec_ros.engine import DEVICES
 from encdec_ros.errors import ConfigError, EncdecError
 from encdec_ros.io.align import StreamingAligner
 from encdec_ros.io.fields import ShortMessageError, compile_path
@@ -55,18 +58,20 @@ from encdec_ros.nodes.common import (
     DiagnosticsReporter,
     Param,
     declare_parameters,
+    device_param,
     qos_profile,
+    relative_topic,
+    resolve_share_path,
     run_node,
 )
 
-DEVICES = ('auto', 'tensorrt', 'cuda', 'cpu')
 LATENCY_WINDOW = 4096   # recent samples kept per latency kind (a power of two)
 
 PARAMS = (
     Param('model_dir', '', 'Model directory written by `encdec train anomaly` (model.onnx and '
-          'model.yaml)', read_only=True),
-    Param('device', 'auto', 'Inference device: auto (TensorRT > CUDA > CPU), tensorrt, cuda or '
-          'cpu', read_only=True, constraints='one of auto, tensorrt, cuda, cpu'),
+          'model.yaml); a relative path that does not exist is also looked up in the '
+          'installed share directory', read_only=True),
+    device_param('auto'),
     Param('threads', 1, 'ONNX Runtime intra-op threads on the CPU (0: one per core)',
           read_only=True, min=0, max=64),
     Param('stride', 0, 'Ticks between decisions; a decision is taken at tick index k when '
@@ -152,10 +157,11 @@ class AnomalyDetectorNode(Node):
         if p['qos_history'] not in ('keep_last', 'keep_all'):
             raise ConfigError(f'parameter qos_history is {p["qos_history"]!r}; use keep_last '
                               'or keep_all')
+        model_dir = resolve_share_path(p['model_dir'])
         self._scorer_options = {'device': p['device'], 'threads': p['threads'],
                                 'stride': p['stride'] or None}
         self.scorer = AnomalyScorer(
-            p['model_dir'], debounce_k=p['debounce_k'] or None,
+            model_dir, debounce_k=p['debounce_k'] or None,
             debounce_n=p['debounce_n'] or None, release=p['release'] or None,
             threshold_scale=p['threshold_scale'], **self._scorer_options)
         self.model_dir = str(self.scorer.model.path)
@@ -194,16 +200,20 @@ class AnomalyDetectorNode(Node):
             cls = message_class(topic.type)
             fns = [compile_path(f.path) for f in topic.fields]
             callback = self._make_callback(index, fns, topic.stamp == 'header')
-            self._subs.append(self.create_subscription(cls, topic.name, callback, qos))
+            self._subs.append(self.create_subscription(cls, relative_topic(topic.name),
+                                                       callback, qos))
+        self.topic_names: list[str] = [sub.topic_name for sub in self._subs]
+        """The input topics as subscribed: the spec's, in the node's namespace, remapped."""
         self.create_service(Trigger, '~/rebaseline', self._on_rebaseline)
         self.diagnostics = DiagnosticsReporter(
-            self, 'anomaly', ', '.join(spec.topic_names), p['diagnostics_period'],
+            self, 'anomaly', ', '.join(self.topic_names), p['diagnostics_period'],
             stale_after_s=p['stale_after'])
+        self.diagnostics.report_engine(self.scorer.engine)
         self.diagnostics.update('OK', 'waiting for a full window', self._values())
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
-            f'model {p["model_dir"]} on {self.scorer.provider}: {len(self.scorer.channels)} '
-            f'channels from {", ".join(spec.topic_names)} at {spec.rate_hz:g} Hz, window '
+            f'model {model_dir} on {self.scorer.provider}: {len(self.scorer.channels)} '
+            f'channels from {", ".join(self.topic_names)} at {spec.rate_hz:g} Hz, window '
             f'{spec.window}, a decision every {self.stride} tick(s), threshold '
             f'{self.scorer.threshold_:.4g} ({self.scorer.error_kind})')
 
@@ -250,7 +260,7 @@ class AnomalyDetectorNode(Node):
         placed in time, so it is counted and diagnostics say how to fix it."""
         self.counts['unstamped'] += 1
         self.diagnostics.mark_input()          # the topic is alive: ERROR, not STALE
-        topic = self.spec.topics[index].name
+        topic = self.topic_names[index]
         text = (f'{topic} arrives with zero header stamps (its driver leaves them unset), so '
                 f'its messages cannot be timed; make the driver stamp them, or retrain with '
                 f'stamp: receive under {topic} in the spec')

@@ -6,21 +6,34 @@ A node's executable is::
         sys.exit(run_node(AnomalyDetectorNode, args))
 
 :func:`run_node` turns a user mistake raised while the node starts (an
-:class:`~encdec_ros.errors.EncdecError`) into one fatal log line and exit status 1, and
-Ctrl-C or an external shutdown into a clean exit 0.
+:class:`~encdec_ros.errors.EncdecError`, a parameter file that cannot be read) into one fatal
+log line and exit status 1, and Ctrl-C, SIGTERM or an external shutdown into a clean exit 0.
+
+Shutdown on a signal: rclpy's own handlers are not installed (they shut the context down from
+inside the signal, under the feet of a running callback, and rclpy's Python handler raises
+KeyboardInterrupt inside callbacks that the EventsExecutor calls from C++, which aborts the
+process). Instead SIGINT and SIGTERM only *request* shutdown: the spin loop ends after the
+callback in progress, the executor, the node and the context are destroyed in that order, and
+further signals during teardown are ignored. Before the node spins (rclpy.init, loading the
+model) the first signal still interrupts at once.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import rclpy
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 from rclpy.clock import Clock, ClockType
@@ -28,13 +41,15 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 
 from encdec_ros.errors import ConfigError, EncdecError
 
-SPIN_TIMEOUT_S = 0.5
-"""Longest wait inside one spin step; shutdown wakes the executor sooner."""
+SPIN_TIMEOUT_S = 0.1
+"""Longest wait inside one spin step: how soon a requested shutdown is noticed when idle."""
 EXECUTOR_ENV = 'ENCDEC_ROS_EXECUTOR'
 """Set to 'single' to use SingleThreadedExecutor instead of the EventsExecutor."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 # --------------------------------------------------------------------------- run_node
@@ -53,15 +68,78 @@ def make_executor(context: rclpy.Context | None = None) -> Any:
     return SingleThreadedExecutor(context=context)
 
 
-def spin(executor: Any, context: rclpy.Context | None = None) -> None:
-    """Spin until the context shuts down.
+def spin(executor: Any, context: rclpy.Context | None = None, *,
+         should_stop: Callable[[], bool] | None = None) -> None:
+    """Spin until the context shuts down or ``should_stop()`` is true.
 
     Uses ``spin_once`` with a finite timeout: with the rclpy 9.1 wheels, the EventsExecutor's
     ``spin()`` (an infinite wait) runs no callbacks at all, while ``spin_once(timeout_sec=...)``
-    does. Raises ExternalShutdownException or KeyboardInterrupt like ``spin()``.
+    does; the timeout also bounds how long a requested stop waits. Raises
+    ExternalShutdownException or KeyboardInterrupt like ``spin()``.
     """
-    while rclpy.ok(context=context):
+    while rclpy.ok(context=context) and not (should_stop is not None and should_stop()):
         executor.spin_once(timeout_sec=SPIN_TIMEOUT_S)
+
+
+class ShutdownRequest:
+    """SIGINT / SIGTERM handling that only requests shutdown (see the module docstring).
+
+    While :attr:`interruptible` is true (before the node spins) the first signal raises
+    KeyboardInterrupt, so a slow start (a TensorRT engine build) can still be interrupted;
+    afterwards a signal only sets :attr:`requested`. Handlers are installed on entering the
+    ``with`` block (main thread only; elsewhere nothing is installed); the previous ones are
+    restored on leaving it unless a signal came: then the process is exiting, and later
+    signals are ignored (SIG_IGN, which the interpreter keeps while it shuts down).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signals = 0
+        self.interruptible = True
+        self._previous: dict[int, Any] = {}
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signals += 1
+        first = not self.requested
+        self.requested = True
+        if first and self.interruptible:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> 'ShutdownRequest':
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # After a stop signal the process is on its way out, and a second Ctrl-C (ros2
+        # launch forwards its own SIGINT right after the terminal's) must not end it with
+        # KeyboardInterrupt or, once the interpreter has reset its handlers while exiting,
+        # with the signal's default action (exit status -2): ignore them from now on.
+        # Without a signal the caller's handlers come back.
+        for sig, handler in self._previous.items():
+            signal.signal(sig, signal.SIG_IGN if self.signals else handler)
+        self._previous.clear()
+
+
+class _RclpyLogBridge(logging.Handler):
+    """Python log records of ``encdec_ros.*`` (the engine's device fallback, ...) go to rclpy's
+    logger of the node (the console and the ROS log file, like the node's own lines): by the
+    node's name while it is being built, by its logger (namespace included) afterwards."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(logging.INFO)
+        self.node_name = name
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logger = rclpy.logging.get_logger(self.node_name)
+        text = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            logger.error(text)
+        elif record.levelno >= logging.WARNING:
+            logger.warning(text)
+        else:
+            logger.info(text)
 
 
 def run_node(node_cls: Callable[[], Node], args: list[str] | None = None) -> int:
@@ -73,18 +151,47 @@ def run_node(node_cls: Callable[[], Node], args: list[str] | None = None) -> int
         args: Command-line arguments for rclpy (``--ros-args ...``); default ``sys.argv``.
 
     Returns:
-        0 after Ctrl-C or an external shutdown, 1 after an EncdecError (logged as one fatal
-        line, no traceback). Other exceptions are bugs and propagate with their traceback.
+        0 after Ctrl-C, SIGTERM or an external shutdown; 1 after an EncdecError or a
+        parameter file or ROS argument that rclpy cannot read (logged as one fatal line, no
+        traceback). Other exceptions are bugs and propagate with their traceback.
     """
-    rclpy.init(args=args)
-    node: Node | None = None
     name = getattr(node_cls, 'NODE_NAME', None) or getattr(node_cls, '__name__', 'encdec_ros')
+    logger = logging.getLogger('encdec_ros')
+    bridge = _RclpyLogBridge(name)
+    logger.addHandler(bridge)
+    stop = ShutdownRequest()
+    try:
+        with stop:
+            return _run(node_cls, args, name, stop, bridge)
+    except KeyboardInterrupt:       # a signal while rclpy.init was running
+        rclpy.try_shutdown()
+        return 0
+    finally:
+        logger.removeHandler(bridge)
+
+
+def _run(node_cls: Callable[[], Node], args: list[str] | None, name: str,
+         stop: ShutdownRequest, bridge: _RclpyLogBridge) -> int:
+    try:
+        check_ros_args(sys.argv if args is None else args)
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except EncdecError as err:
+        rclpy.logging.get_logger(name).fatal(str(err))
+        return 1
+    except RuntimeError as err:     # rclpy's RCLError: arguments rcl cannot parse
+        rclpy.logging.get_logger(name).fatal(_rcl_message(err))
+        return 1
+    node: Node | None = None
+    executor: Any = None
     try:
         node = node_cls()
         name = node.get_name()
+        bridge.node_name = node.get_logger().name
         executor = make_executor()
         executor.add_node(node)
-        spin(executor)
+        stop.interruptible = False
+        if not stop.requested:
+            spin(executor, should_stop=lambda: stop.requested)
         return 0
     except EncdecError as err:
         rclpy.logging.get_logger(name).fatal(str(err))
@@ -92,9 +199,116 @@ def run_node(node_cls: Callable[[], Node], args: list[str] | None = None) -> int
     except (KeyboardInterrupt, ExternalShutdownException):
         return 0
     finally:
+        stop.interruptible = False
+        stop.requested = True        # later signals are ignored while tearing down
+        if executor is not None:
+            if node is not None:
+                executor.remove_node(node)
+            executor.shutdown()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+
+
+# --------------------------------------------------------------------------- ROS arguments
+
+
+def ros_args_params_files(args: Sequence[str]) -> list[str]:
+    """The ``--params-file`` paths inside the ``--ros-args`` sections of ``args``."""
+    files: list[str] = []
+    in_ros = False
+    items = list(args)
+    for i, item in enumerate(items):
+        if item == '--ros-args':
+            in_ros = True
+        elif item == '--':
+            in_ros = False
+        elif in_ros and item == '--params-file' and i + 1 < len(items):
+            files.append(items[i + 1])
+    return files
+
+
+def check_params_file(path: str | Path) -> None:
+    """Refuse, in one sentence, a parameter file that rcl would fail on with a traceback.
+
+    Raises:
+        ConfigError: The file is missing, not valid YAML, or not shaped like
+            ``<node name>: {ros__parameters: {...}}`` (namespaces may nest above it).
+    """
+    path = Path(path)
+    fix = 'fix it or pass another file (--params-file, or params_file:= to ros2 launch)'
+    try:
+        text = path.read_text(encoding='utf-8')
+    except FileNotFoundError:
+        raise ConfigError(f'parameter file {path} does not exist; pass an existing YAML '
+                          'file (--params-file, or params_file:= to ros2 launch)') from None
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else 'not UTF-8 text'
+        raise ConfigError(f'parameter file {path} cannot be read ({why}); {fix}') from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, 'problem_mark', None)
+        where = f' at line {mark.line + 1}' if mark is not None else ''
+        problem = getattr(err, 'problem', None) or _first_line(err)
+        raise ConfigError(f'parameter file {path} is not valid YAML ({problem}{where}); '
+                          f'{fix}') from None
+    problem = _params_shape_problem(data)
+    if problem:
+        raise ConfigError(f'parameter file {path} is not a ROS 2 parameter file ({problem}); '
+                          'write it as <node name>: {ros__parameters: {name: value}}, like '
+                          'config/anomaly_detector.yaml')
+
+
+def _params_shape_problem(data: Any, where: str = '') -> str:
+    if data is None and not where:
+        return ''                   # an empty file sets nothing; rcl accepts it
+    if not isinstance(data, dict):
+        return f'{where or "the top level"} is not a mapping of node names'
+    if 'ros__parameters' in data:
+        extra = [str(k) for k in data if k != 'ros__parameters']
+        if extra:
+            return f'{where} has {extra[0]!r} beside ros__parameters'
+        if data['ros__parameters'] is not None and not isinstance(data['ros__parameters'], dict):
+            return f'{where}/ros__parameters is not a mapping of parameter names'
+        return ''
+    if where and not data:
+        return f'{where} has no ros__parameters'
+    for key, value in data.items():
+        inner = f'{where}/{key}'.replace('//', '/')
+        if not isinstance(value, dict):
+            return f'{inner} holds a value where ros__parameters was expected'
+        problem = _params_shape_problem(value, inner)
+        if problem:
+            return problem
+    return ''
+
+
+def check_ros_args(args: Sequence[str]) -> None:
+    """Check every ``--params-file`` of ``args`` (see :func:`check_params_file`)."""
+    for path in ros_args_params_files(args):
+        check_params_file(path)
+
+
+def _rcl_message(err: BaseException) -> str:
+    """rcl's init error in one sentence, without its C source locations."""
+    text = _first_line(err)
+    for cut in (', at /', ' at /'):
+        if cut in text:
+            text = text[:text.index(cut)]
+    text = text.removeprefix('failed to initialize rcl: ')
+    return (f'rclpy cannot start with these ROS arguments ({text.rstrip(".")}); check the '
+            '--ros-args, -p name:=value and --params-file options')
+
+
+# --------------------------------------------------------------------------- names
+
+
+def relative_topic(name: str) -> str:
+    """A spec's topic as a node subscribes to it: relative (``/imu`` -> ``imu``), so that the
+    node's namespace and ``-r`` remaps apply (``/imu`` in namespace ``robot1`` is
+    ``/robot1/imu``; ``-r imu:=/imu`` takes it back to the absolute topic)."""
+    return name.lstrip('/')
 
 
 # --------------------------------------------------------------------------- parameters
@@ -143,6 +357,15 @@ class Param:
     step: float = 0
     constraints: str = ''
     type: str | None = None
+
+
+def device_param(default: str) -> Param:
+    """The ``device`` parameter every node takes (the same names as the engine's)."""
+    return Param('device', default, 'Inference device: auto (TensorRT > CUDA > CPU, probed '
+                 'quietly); tensorrt or cuda (that provider, else the next one down with a WARN '
+                 'in the log and /diagnostics); tensorrt_strict or cuda_strict (that provider or '
+                 'the node stops); cpu', read_only=True,
+                 constraints='one of auto, tensorrt, cuda, cpu, tensorrt_strict, cuda_strict')
 
 
 _TYPES = {
@@ -280,6 +503,35 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+class RecentCount:
+    """Events counted over the last ``window_s`` seconds (one-second buckets) and in total,
+    so that a WARN about them clears once they stop."""
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self.total = 0
+        self._buckets: deque[list[int]] = deque()
+
+    def add(self, count: int = 1) -> None:
+        """Count ``count`` events now."""
+        second = int(time.monotonic())
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += count
+        else:
+            self._buckets.append([second, count])
+        self.total += count
+        self._prune(second)
+
+    def recent(self) -> int:
+        """Events in the last ``window_s`` seconds."""
+        self._prune(int(time.monotonic()))
+        return sum(count for _, count in self._buckets)
+
+    def _prune(self, second: int) -> None:
+        while self._buckets and self._buckets[0][0] <= second - self.window_s:
+            self._buckets.popleft()
+
+
 class DiagnosticsReporter:
     """Publish one DiagnosticStatus on ``/diagnostics`` from a steady-clock timer.
 
@@ -290,25 +542,28 @@ class DiagnosticsReporter:
 
     Args:
         node: The node that owns the publisher and the timer.
-        name: Status name; published as ``'<node name>: <name>'``.
+        name: Status name; published as ``'<fully qualified node name>: <name>'``
+            (``/robot1/anomaly_detector: anomaly``), so nodes in two namespaces differ.
         hardware_id: What the status is about (e.g. the input topic or the robot part).
         period_s: Publishing period in seconds.
-        stale_after_s: Seconds without input after which the status is STALE.
+        stale_after_s: Seconds without input after which the status is STALE; None: the
+            node reports the absence of input itself (the allocator's watchdog does).
         topic: Where to publish.
     """
 
     def __init__(self, node: Node, name: str, hardware_id: str, period_s: float = 1.0, *,
-                 stale_after_s: float = 3.0, topic: str = '/diagnostics') -> None:
-        if not period_s > 0 or not stale_after_s > 0:
+                 stale_after_s: float | None = 3.0, topic: str = '/diagnostics') -> None:
+        if not period_s > 0 or not (stale_after_s is None or stale_after_s > 0):
             raise ConfigError(f'diagnostics period ({period_s}) and stale time '
                               f'({stale_after_s}) must be positive seconds')
         self._node = node
-        self.name = f'{node.get_name()}: {name}'
+        self.name = f'{node.get_fully_qualified_name()}: {name}'
         self.hardware_id = hardware_id
         self.stale_after_s = stale_after_s
         self._level = 0
         self._message = 'running'
         self._values: dict[str, Any] = {}
+        self._standing: dict[str, tuple[int, str]] = {}
         self._inputs = 0
         self._last_input: float | None = None
         self._rate_mark = (time.monotonic(), 0)
@@ -329,6 +584,19 @@ class DiagnosticsReporter:
         if values is not None:
             self._values = dict(values)
 
+    def set_standing(self, key: str, level: Any, text: str) -> None:
+        """A condition that holds until cleared (a device fallback): every status is then at
+        least ``level`` and its message ends with ``text``; an empty ``text`` clears ``key``."""
+        if text:
+            self._standing[key] = (_level(level), text)
+        else:
+            self._standing.pop(key, None)
+
+    def report_engine(self, engine: Any) -> None:
+        """Standing WARN naming the provider in use when ``engine`` (an InferenceEngine, or
+        None) does not run on the device asked for."""
+        self.set_standing('device', 'WARN', getattr(engine, 'fallback', '') or '')
+
     @property
     def level(self) -> int:
         """The level the next publication will carry (0 OK … 3 STALE)."""
@@ -336,12 +604,18 @@ class DiagnosticsReporter:
 
     def _current(self) -> tuple[int, str]:
         now = time.monotonic()
-        if self._last_input is None:
-            return 3, 'waiting for the first input'
-        idle = now - self._last_input
-        if idle > self.stale_after_s:
-            return 3, f'no input for {idle:.1f} s'
-        return self._level, self._message
+        if self.stale_after_s is None:
+            level, message = self._level, self._message
+        elif self._last_input is None:
+            level, message = 3, 'waiting for the first input'
+        elif now - self._last_input > self.stale_after_s:
+            level, message = 3, f'no input for {now - self._last_input:.1f} s'
+        else:
+            level, message = self._level, self._message
+        for extra, text in self._standing.values():
+            level = max(level, extra)
+            message = f'{message}; {text}'
+        return level, message
 
     def status(self) -> DiagnosticStatus:
         """Build the DiagnosticStatus that would be published now."""

@@ -12,7 +12,12 @@ Publishes:
     all six axes (``publish_error``);
     ``~/error`` (std_msgs/Float32): the weighted, normalised error as a fraction of the
     largest attainable wrench (``publish_error``);
-    ``/diagnostics``: method in use, fallback reason, watchdog state, error and latency.
+    ``/diagnostics``: method in use, fallback reason, watchdog state, error and latency;
+    WARN before the first wanted wrench and while the watchdog commands the safe output
+    (never STALE: the node is acting), WARN for wrenches with NaN or inf ignored in the last
+    10 s (it clears), ERROR for wanted wrenches so large (near 1e308) that no finite command
+    comes out (ignored, the last command holds); a command whose error overflows is
+    published without ``~/error``.
 
 Methods (parameter ``method``): ``learned`` (an exported model, ``model_dir``), ``exact``
 (weighted box-constrained least squares, warm-started), ``pseudo_inverse``,
@@ -50,17 +55,24 @@ from encdec_ros.allocation.allocators import (
     make_allocator,
     method_name,
 )
-from encdec_ros.errors import ConfigError, EncdecError
+from encdec_ros.errors import ConfigError, EncdecError, EngineError
 from encdec_ros.nodes.common import (
     DiagnosticsReporter,
     Param,
+    RecentCount,
     declare_parameters,
+    device_param,
     qos_profile,
     resolve_share_path,
     run_node,
 )
 
 LATENCY_WINDOW = 1024
+RECENT_S = 10.0
+IDLE_S = 3.0
+"""With the watchdog off, seconds without a wanted wrench before /diagnostics says so."""
+"""Seconds over which ignored wrenches and failed allocations keep /diagnostics at WARN or
+ERROR after they stop."""
 
 PARAMS = [
     Param('effectiveness', '', 'Effectiveness YAML (B, limits, weights); empty: the one stored '
@@ -69,8 +81,7 @@ PARAMS = [
           read_only=True),
     Param('method', 'auto', 'learned, exact, pseudo_inverse, redistribution or auto (learned '
           'when model_dir is set, else exact).', read_only=True),
-    Param('device', 'cpu', 'Inference device for the learned allocator (cpu, cuda, '
-          'tensorrt, auto).', read_only=True),
+    device_param('cpu'),
     Param('exact_solver', 'active_set', 'Solver of the exact method: active_set or bvls.',
           read_only=True),
     Param('timeout_s', 0.5, 'Seconds without a wanted wrench before the safe output is '
@@ -130,9 +141,12 @@ class ControlAllocatorNode(Node):
             self.pub_err = self.create_publisher(Float32, '~/error', qos_out)
         self.sub = self.create_subscription(WrenchStamped, 'wrench_cmd', self._on_wrench,
                                             qos_in)
+        # No STALE from the reporter: before the first wrench and after wrenches stop, the
+        # node is commanding the safe output (or holding its command) and says so as WARN.
         self.diag = DiagnosticsReporter(self, 'control allocation', eff.name,
                                         period_s=float(p['diagnostics_period_s']),
-                                        stale_after_s=max(3.0, 4 * self.timeout_s))
+                                        stale_after_s=None)
+        self.diag.report_engine(getattr(self.core, 'engine', None))
 
         # state
         self._layout = [MultiArrayDimension(label='actuators', size=eff.n_actuators,
@@ -144,7 +158,9 @@ class ControlAllocatorNode(Node):
         self.last_wrench_t: float | None = None
         self.timed_out = False
         self.commands = 0
-        self.rejected = 0
+        self._rejected = RecentCount(RECENT_S)      # wanted wrenches with NaN or inf
+        self._unsolved = RecentCount(RECENT_S)      # allocations that gave no finite command
+        self._bad_error = RecentCount(RECENT_S)     # finite commands whose error overflows
         self.watchdog_trips = 0
         self.rate_limited = 0
         self.frame_mismatch = ''
@@ -183,6 +199,10 @@ class ControlAllocatorNode(Node):
             try:
                 return make_allocator('learned', self.eff, model_dir=resolve_share_path(model_dir),
                                       device=device)
+            except EngineError as err:
+                if device.endswith('_strict'):   # asked to fail rather than fall back
+                    raise
+                return self._fall_back(str(err), solver)
             except EncdecError as err:
                 return self._fall_back(str(err), solver)
         return make_allocator(method, self.eff, solver=solver, warm_start=True)
@@ -194,6 +214,16 @@ class ControlAllocatorNode(Node):
         self.core = ExactAllocator(self.eff, solver=solver, warm_start=True)
         return self.core
 
+    @property
+    def rejected(self) -> int:
+        """Wanted wrenches with NaN or infinite values ignored since the start."""
+        return self._rejected.total
+
+    @property
+    def unsolved(self) -> int:
+        """Wanted wrenches so large that no finite command came out (ignored)."""
+        return self._unsolved.total
+
     # ------------------------------------------------------------------ hot path
 
     def _on_wrench(self, msg: WrenchStamped) -> None:
@@ -201,7 +231,7 @@ class ControlAllocatorNode(Node):
         full = np.array((f.x, f.y, f.z, t.x, t.y, t.z))
         self.diag.mark_input()
         if not np.isfinite(full).all():
-            self.rejected += 1
+            self._rejected.add()
             return
         frame = msg.header.frame_id
         if frame and frame != self.eff.frame_id and not self.frame_mismatch:
@@ -215,15 +245,24 @@ class ControlAllocatorNode(Node):
         if self.limiter is not None:
             lower, upper = self.limiter.bounds(self.prev_u, now - self._prev_t)
         t0 = time.perf_counter()
-        try:
-            u = self.core.allocate(v, lower=lower, upper=upper)
-        except Exception as err:  # noqa: BLE001 - a failing network must not stop the robot
-            if self.core.method != 'learned':
-                raise
-            self._fall_back(f'it failed while running: {type(err).__name__}: {err}')
-            u = self.core.allocate(v, lower=lower, upper=upper)
+        # wanted wrenches near the float limit (1e308) overflow inside the solvers: no numpy
+        # warning on stderr, the result is checked below
+        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+            try:
+                u = self.core.allocate(v, lower=lower, upper=upper)
+            except Exception as err:  # noqa: BLE001 - a failing network must not stop the robot
+                if self.core.method != 'learned':
+                    raise
+                self._fall_back(f'it failed while running: {type(err).__name__}: {err}')
+                u = self.core.allocate(v, lower=lower, upper=upper)
         self._lat[self._lat_n % LATENCY_WINDOW] = time.perf_counter() - t0
         self._lat_n += 1
+        if not np.isfinite(u).all():
+            self._unsolved.add()
+            self.get_logger().error(
+                f'a wanted wrench too large to allocate ({np.abs(v).max():.3g}) gave no finite '
+                'command; it is ignored and the last command holds', throttle_duration_sec=5.0)
+            return
         if lower is not None:
             held = ((u <= lower + 1e-12) & (lower > self.eff.u_min)) | (
                 (u >= upper - 1e-12) & (upper < self.eff.u_max))
@@ -253,13 +292,17 @@ class ControlAllocatorNode(Node):
             js.effort = values
             self.pub_joint.publish(js)
         if self.pub_werr is not None and msg is not None:
-            err = self.eff.achieved_full(u) - full
+            with np.errstate(over='ignore', invalid='ignore'):
+                err = self.eff.achieved_full(u) - full
+                e = float(self.eff.error(u, v))
+            if not (np.isfinite(err).all() and np.isfinite(e)):
+                self._bad_error.add()       # the command is fine; its error cannot be told
+                return
             out = WrenchStamped()
             out.header = msg.header
             out.wrench.force.x, out.wrench.force.y, out.wrench.force.z = err[:3].tolist()
             out.wrench.torque.x, out.wrench.torque.y, out.wrench.torque.z = err[3:].tolist()
             self.pub_werr.publish(out)
-            e = float(self.eff.error(u, v))
             self._last_error = e
             self._err_sum += e
             self.pub_err.publish(Float32(data=e))
@@ -289,6 +332,8 @@ class ControlAllocatorNode(Node):
             'configuration': self.eff.source,
             'commands': self.commands,
             'rejected (non-finite)': self.rejected,
+            'unsolved (too large)': self.unsolved,
+            'error not finite': self._bad_error.total,
             'watchdog trips': self.watchdog_trips,
             'rate limited': self.rate_limited,
             'last error (fraction of largest wrench)': self._last_error,
@@ -298,19 +343,36 @@ class ControlAllocatorNode(Node):
         }
         if self.fallback_reason:
             values['fallback'] = self.fallback_reason
-        problems = []
+        errors, problems = [], []
+        unsolved = self._unsolved.recent()
+        if unsolved:
+            errors.append(f'{unsolved} wanted wrench(es) in the last {RECENT_S:g} s too large '
+                          'to allocate (no finite command): ignored, the last command holds')
         if self.fallback_reason:
             problems.append(self.fallback_reason)
-        if self.timed_out:
+        if self.last_wrench_t is None:
+            problems.append('no wanted wrench received yet' + (
+                ': commanding the safe output' if self.timeout_s > 0 else ''))
+        elif self.timed_out:
             problems.append(f'no wanted wrench for more than {self.timeout_s:g} s: commanding '
                             'the safe output')
-        if self.rejected:
-            problems.append(f'{self.rejected} wrench(es) with NaN or infinite values ignored')
+        elif self.timeout_s <= 0 and time.monotonic() - self.last_wrench_t > IDLE_S:
+            problems.append(f'no wanted wrench for more than {IDLE_S:g} s (watchdog off: '
+                            'the last command holds)')
+        rejected = self._rejected.recent()
+        if rejected:
+            problems.append(f'{rejected} wrench(es) with NaN or infinite values ignored in the '
+                            f'last {RECENT_S:g} s')
+        bad_error = self._bad_error.recent()
+        if bad_error:
+            problems.append(f'{bad_error} command(s) in the last {RECENT_S:g} s whose error '
+                            'overflows (wanted wrench near the float limit): ~/error not '
+                            'published for them')
         if self.frame_mismatch:
             problems.append(f'wrenches arrive in frame {self.frame_mismatch!r}, expected '
                             f'{self.eff.frame_id!r}')
-        if problems:
-            self.diag.update('WARN', '; '.join(problems), values)
+        if errors or problems:
+            self.diag.update('ERROR' if errors else 'WARN', '; '.join(errors + problems), values)
         else:
             self.diag.update('OK', f'{self.core.method}: last error '
                              f'{self._last_error:.2%} of the largest wrench', values)

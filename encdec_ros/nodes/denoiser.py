@@ -41,7 +41,9 @@ from encdec_ros.nodes.common import (
     DiagnosticsReporter,
     Param,
     declare_parameters,
+    device_param,
     qos_profile,
+    relative_topic,
     resolve_share_path,
     run_node,
 )
@@ -60,8 +62,7 @@ PARAMETERS = (
           "node's namespace)", read_only=True),
     Param('output_topic', '', 'Topic of the cleaned messages; empty: <input_topic>/denoised',
           read_only=True),
-    Param('device', 'auto', 'Inference device of the model: auto, tensorrt, cuda or cpu',
-          read_only=True),
+    device_param('cpu'),
     Param('threads', 1, 'ONNX Runtime CPU threads (1 is fastest for small models)',
           read_only=True, min=0, max=64),
     Param('reliability', 'best_effort', 'QoS reliability of the input subscription: '
@@ -123,8 +124,7 @@ class DenoiserNode(Node):
             spec=resolve_share_path(values['spec_file']) or None, device=values['device'],
             threads=values['threads'], params=overrides(values, method))
         topic = self.core.topic
-        # The spec's topic relative, so that the node's namespace applies (/imu -> imu).
-        given = values['input_topic'] or topic.name.lstrip('/')
+        given = values['input_topic'] or relative_topic(topic.name)
         output = values['output_topic'] or f'{given}/denoised'
         msg_cls = message_class(topic.type)
         self._pub = self.create_publisher(
@@ -141,6 +141,7 @@ class DenoiserNode(Node):
         self.provider = str(describe.get('provider', 'numpy'))
         self._diag = DiagnosticsReporter(self, 'denoiser', self.input_topic,
                                          values['diagnostics_period_s'])
+        self._diag.report_engine(getattr(self.core.denoiser, 'engine', None))
         self._diag_timer = self.create_timer(values['diagnostics_period_s'], self._report)
         self._report()
         self.get_logger().info(
