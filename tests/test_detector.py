@@ -252,8 +252,9 @@ def test_node_rebaseline_service_over_dds(robot, rclpy_context, tmp_path):
         assert not early.success and 'no input received yet' in early.message
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_ALL)
+        remap = {t: f'/t{t}' for t in node.spec.topic_names}     # the node's namespace
         with BagPlayer(client, robot['payload'], topics=node.spec.topic_names, rate=8.0,
-                       qos=qos) as player:
+                       qos=qos, remap=remap) as player:
             assert player.wait_for_subscribers(1, timeout_s=10)
             player.play()
         deadline = time.monotonic() + 20
@@ -270,7 +271,7 @@ def test_node_rebaseline_service_over_dds(robot, rclpy_context, tmp_path):
         # the node takes it at its next decision: play the rest again
         node.reset()
         with BagPlayer(client, robot['payload'], topics=node.spec.topic_names, rate=8.0,
-                       qos=qos) as player:
+                       qos=qos, remap=remap) as player:
             player.play()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and node.model_dir != str(new):
