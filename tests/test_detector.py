@@ -10,7 +10,6 @@ the sim's own scenario options.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from encdec_ros.anomaly.scorer import AnomalyScorer, DriftTracker, chi2_as_norma
 from encdec_ros.errors import ConfigError
 from encdec_ros.io.bag import read_bag
 from encdec_ros.io.window import window_ends, windows_at
+from test_anomaly import _spin_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT / 'config' / 'sim_spec.yaml'
@@ -229,14 +229,7 @@ def test_node_rebaseline_service_over_dds(robot, rclpy_context, tmp_path):
     executor = make_executor(rclpy_context)
     executor.add_node(node)
     executor.add_node(client)
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.05)
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
+    stop, thread = _spin_in_thread(executor)
 
     def call() -> object:
         future = service.call_async(Trigger.Request())

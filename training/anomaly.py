@@ -855,26 +855,14 @@ def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str
             'seconds': {'data': round(t_read, 2), 'train': round(t_train, 2)},
             'processes': dist.world,
             'options': _options_dict(opts),
-            'export': {k: export[k] for k in ('exporter', 'opset', 'max_abs_diff', 'atol',
-                                              'batch_sizes', 'file_bytes', 'seconds')},
-            'versions': {**{k: str(v) for k, v in export['versions'].items()},
-                         'python': platform.python_version(),
-                         'numpy': np.__version__},
+            **_export_figures(export),
         }
         calibration = {**fit.section(), 'scale': opts.threshold_scale,
                        'data': 'calibration and validation splits' if opts.calib_fraction > 0
                        else 'validation split'}
-        sections = _model_sections(spec, mean, std, opts, n_params, fit, heldout, figures,
-                                   calibration)
-        from encdec_ros.modeldir import save_model_dir
-
-        save_model_dir(out, onnx_file=onnx_tmp, task='anomaly', sections=sections,
-                       overwrite=overwrite)
-    names = [Path(b).name for b in bags]
-    _loss_png(out / LOSS_PNG, history, best_epoch,
-              f'{opts.model.arch} autoencoder on '
-              + (', '.join(names) if len(names) <= 3 else f'{len(names)} bags'))
-    _say_threshold(say, fit, export)
+        _save(out, onnx_tmp, _model_sections(spec, mean, std, opts, n_params, fit, heldout,
+                                             figures, calibration), overwrite)
+    _finish(out, bags, opts, history, best_epoch, fit, export, say)
     dist.settle({'figures': figures, 'calibration': calibration, 'history': history})
     return TrainResult(out, figures, calibration, history, model, heldout)
 
@@ -1004,6 +992,32 @@ def _model_sections(spec: SignalSpec, mean: np.ndarray, std: np.ndarray, opts: T
     }
 
 
+def _export_figures(export: dict[str, Any]) -> dict[str, Any]:
+    """The export's parity and the versions, for the ``training`` section."""
+    return {'export': {k: export[k] for k in ('exporter', 'opset', 'max_abs_diff', 'atol',
+                                              'batch_sizes', 'file_bytes', 'seconds')},
+            'versions': {**{k: str(v) for k, v in export['versions'].items()},
+                         'python': platform.python_version(), 'numpy': np.__version__}}
+
+
+def _save(out: Path, onnx_file: Path, sections: dict[str, Any], overwrite: bool) -> None:
+    from encdec_ros.modeldir import save_model_dir
+
+    save_model_dir(out, onnx_file=onnx_file, task='anomaly', sections=sections,
+                   overwrite=overwrite)
+
+
+def _finish(out: Path, bags: Sequence[str | Path], opts: TrainOptions,
+            history: list[tuple[float, float]], best_epoch: int, fit: DetectorFit,
+            export: dict[str, Any], say: Callable[[str], None]) -> None:
+    """The loss curve beside the model, and the threshold line."""
+    names = [Path(b).name for b in bags]
+    _loss_png(out / LOSS_PNG, history, best_epoch,
+              f'{opts.model.arch} autoencoder on '
+              + (', '.join(names) if len(names) <= 3 else f'{len(names)} bags'))
+    _say_threshold(say, fit, export)
+
+
 def _say_threshold(say: Callable[[str], None], fit: DetectorFit, export: dict) -> None:
     cal = fit.calibration
     say(f'threshold {fit.threshold:.4g} ({cal.used} rule'
@@ -1104,25 +1118,13 @@ def _train_crossfit(bags: Sequence[Path], spec: SignalSpec, out: Path, opts: Tra
             'seconds': {'data': round(t_read, 2), 'train': round(t_train, 2)},
             'processes': 1,
             'options': _options_dict(opts),
-            'export': {k: export[k] for k in ('exporter', 'opset', 'max_abs_diff', 'atol',
-                                              'batch_sizes', 'file_bytes', 'seconds')},
-            'versions': {**{k: str(v) for k, v in export['versions'].items()},
-                         'python': platform.python_version(),
-                         'numpy': np.__version__},
+            **_export_figures(export),
         }
         calibration = {**fit.section(), 'scale': opts.threshold_scale,
                        'data': f'cross-fitted over {folds} folds'}
-        sections = _model_sections(spec, mean, std, opts, n_params, fit, heldout, figures,
-                                   calibration)
-        from encdec_ros.modeldir import save_model_dir
-
-        save_model_dir(out, onnx_file=onnx_tmp, task='anomaly', sections=sections,
-                       overwrite=overwrite)
-    names = [Path(b).name for b in bags]
-    _loss_png(out / LOSS_PNG, history, best_epoch,
-              f'{opts.model.arch} autoencoder on '
-              + (', '.join(names) if len(names) <= 3 else f'{len(names)} bags'))
-    _say_threshold(say, fit, export)
+        _save(out, onnx_tmp, _model_sections(spec, mean, std, opts, n_params, fit, heldout,
+                                             figures, calibration), overwrite)
+    _finish(out, bags, opts, history, best_epoch, fit, export, say)
     return TrainResult(out, figures, calibration, history, model, heldout)
 
 
