@@ -214,14 +214,19 @@ def test_robust_z_residual_is_the_robust_z_score(baselines):
 # --------------------------------------------------------------------------- losses
 
 
-def test_vae_error_is_the_gaussian_nll_per_channel():
+def test_vae_error_holds_both_terms_of_the_gaussian_nll_per_channel():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(5, 7, 3))
     recon = x + rng.normal(scale=0.3, size=x.shape)
     log_var = rng.normal(scale=0.5, size=x.shape)
     stats = residual_statistics(recon, x, log_var)
-    nll = 0.5 * np.mean(log_var + (recon - x) ** 2 / np.exp(log_var), axis=1)
-    np.testing.assert_allclose(np.log(stats[:, :3]), nll, rtol=1e-10)
+    # log e_c = mean_t 0.5 log s^2 + log mean_t r^2 / s^2: the NLL's terms, the residual's in log
+    want = 0.5 * np.mean(log_var, axis=1) + np.log(
+        np.mean((recon - x) ** 2 / np.exp(log_var), axis=1))
+    np.testing.assert_allclose(np.log(stats[:, :3]), want, rtol=1e-10)
+    # more variance claimed for the same residual raises the first term, lowers the second
+    wider = residual_statistics(recon, x, log_var + 1.0)[:, :3]
+    np.testing.assert_allclose(np.log(wider), np.log(stats[:, :3]) - 0.5, rtol=1e-10)
     # a huge fault scores huge but finite, so the debouncer does not skip it
     assert np.isfinite(residual_statistics(recon + 1e6, x, log_var)).all()
     np.testing.assert_allclose(residual_statistics(recon, x)[:, :3],
