@@ -285,6 +285,12 @@ def test_rate_limits_and_bad_input(rclpy_context, tmp_path):
         peer.send((0, 0, math.nan, 0, 0, 0))
         assert spin_until(ex, lambda: node.rejected == 1)
         assert node.commands == before
+        node._refresh_diagnostics()         # a dead input is named, with its counts
+        status = node.diag.status()
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.WARN and 'in wrench.force.z' in status.message
+        assert values['/alloc_rate/wrench_cmd: non-finite'] == '1'
+        assert values['/alloc_rate/wrench_cmd: received'] == str(before + 1)
         peer.send((0, 0, 10.0, 0, 0, 0), frame='odom')
         assert spin_until(ex, lambda: node.commands == before + 1)
         assert node.frame_mismatch == 'odom'

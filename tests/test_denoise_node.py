@@ -204,3 +204,45 @@ def test_launch_file_compiles_and_config_parses_into_the_node_parameters(
     for arg in ('model_dir', 'method', 'input_topic', 'output_topic', 'namespace',
                 'params_file'):
         assert f"'{arg}'" in text
+
+
+def test_nan_is_passed_on_and_named_and_a_jump_in_time_restarts_the_filter(
+        rclpy_context, bag, tmp_path):
+    """A dead gyro channel (NaN for 0.25 s) and stamps 2 s back, over DDS: the NaN reaches the
+    output as it came (never a made-up value), /diagnostics says ERROR and names the channel,
+    the jump restarts the filter, and every output equals the offline core's."""
+    from rclpy.serialization import serialize_message
+
+    from encdec_ros.io.bagwrite import BagWriter
+
+    with BagSource(bag) as src:
+        msgs = [(log, deserialize_message(bytes(r), Imu)) for _, log, r in
+                src.raw_messages(['/imu'])]
+    for k, (_, msg) in enumerate(msgs):
+        if 200 <= k < 250:
+            msg.angular_velocity.y = float('nan')
+        if k >= 400:
+            msg.header.stamp.sec -= 2                      # a simulator reset: 2 s back
+    faulty = tmp_path / 'faulty'
+    with BagWriter(faulty) as out:
+        out.add_topic('/imu', 'sensor_msgs/msg/Imu')
+        for log, msg in msgs:
+            out.write_raw('/imu', log, serialize_message(msg))
+    spec = tmp_path / 'spec.yaml'
+    spec.write_text(yaml.safe_dump(SPEC))
+    node, raws, got, diags = play_through(
+        rclpy_context, faulty, {'spec_file': str(spec), 'method': 'butterworth',
+                                'input_topic': '/imu'}, '/imu', Imu, '/imu/denoised', 'dn_c')
+    core = build_core('butterworth', spec=spec)
+    noisy = np.array([core.extract(m) for _, m in msgs])
+    stamps = np.array([m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in msgs])
+    want = core.run(noisy, stamps)
+    outs = np.array([core.extract(m) for m in got])
+    np.testing.assert_array_equal(outs, want)
+    assert np.isnan(outs[200:250, 4]).all() and np.isfinite(np.delete(outs, 4, axis=1)).all()
+    assert core.restarts_ == 1 and np.isfinite(outs[250:, 4]).all()
+    statuses = [s for d in diags for s in d.status if s.name.endswith(': denoiser')]
+    assert any(s.level == b'\x02' and '/imu/angular_velocity.y' in s.message for s in statuses)
+    values = {kv.key: kv.value for kv in statuses[-1].values}
+    assert values['/imu: non-finite'] == '50' and values['/imu: jumps back'] == '1'
+    assert values['restarts (gaps, jumps in the stamps)'] == '1'

@@ -550,8 +550,8 @@ def summary_lines(result: EvalResult) -> list[str]:
     if dec['invalid']:
         lines.append(f'NOT SCORED: {dec["invalid"]} of {dec["windows"]} windows '
                      f'({100 * dec["invalid"] / dec["windows"]:.1f} %) held NaN or infinite '
-                     'values; they count as not flagged here (the node reports them as ERROR '
-                     'on /diagnostics)')
+                     'values; they are flagged, as the node flags them (a dead sensor is a '
+                     'fault; ERROR on /diagnostics)')
     tm = m['time']
     if tm['gaps']:
         lines.append(f'gaps: {tm["gaps"]} stretch(es) without data, '

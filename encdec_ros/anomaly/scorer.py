@@ -138,7 +138,9 @@ class Decision:
 
     Attributes:
         score: error / threshold (NaN when the window held non-finite values).
-        flag: The debounced anomaly flag after this window.
+        flag: The debounced anomaly flag after this window; always True for a window that
+            could not be scored (NaN or infinite inputs: a dead sensor is a fault), without
+            touching the debouncer's memory.
         raised: True when the flag rose with this window.
         error: The aggregate error before division by the threshold.
         channel_z: How unusual each channel is in this window [C] (standardised log error,
@@ -160,7 +162,7 @@ class BatchScores:
 
     Attributes:
         scores: [N] error / threshold (NaN for windows with non-finite inputs).
-        flags: [N] debounced flags.
+        flags: [N] debounced flags (True where the score is not finite).
         errors: [N] aggregate errors.
         channel_errors: [N, 2C] per-channel mean squared errors, then input roughness
             (normalised units).
@@ -313,6 +315,7 @@ class AnomalyScorer:
                                 f'spec needs [batch, {want[0]}, {want[1]}]; re-export the model')
         self._inv_std = (1.0 / self.std_).astype(np.float32)
         self._batch1 = np.empty((1, self.window, n_ch), dtype=np.float32)
+        self._flag = False       # the flag of the last decision (forced up for unscored ones)
 
     # ------------------------------------------------------------------ parts
 
@@ -362,10 +365,11 @@ class AnomalyScorer:
         """Score one window [W, C] (raw units, oldest row first) and update the flag."""
         batch = self._batch1
         batch[0] = window
-        before = self.debouncer.flag
+        before = self._flag
         if not np.isfinite(batch).all():
             self.drift.observe(None, None)
-            return Decision(math.nan, before, False, math.nan,
+            self._flag = True
+            return Decision(math.nan, True, not before, math.nan,
                             np.full(len(self.channels), np.nan), valid=False)
         xn = (batch - self.mean_) * self._inv_std
         if self.drift.active:
@@ -378,7 +382,8 @@ class AnomalyScorer:
                                z[0] >= self.drift.freeze * self.threshold_)
         error = float(errors[0])
         score = error / self.threshold_
-        flag = self.debouncer.update(score)
+        flag = self.debouncer.update(score) or not math.isfinite(score)
+        self._flag = flag
         return Decision(score, flag, flag and not before, error, z[0])
 
     def score_windows(self, windows: np.ndarray, *, batch: int = DEFAULT_BATCH,
@@ -403,7 +408,9 @@ class AnomalyScorer:
             ch_err = self.channel_errors(windows, batch=batch)
         errors, z = self.aggregate(ch_err)
         scores = errors / self.threshold_
-        flags = self.debouncer.run(scores)
+        flags = self.debouncer.run(scores) | ~np.isfinite(scores)
+        if len(flags):
+            self._flag = bool(flags[-1])
         return BatchScores(scores, flags, errors, ch_err, z)
 
     def _score_tracking(self, windows: np.ndarray, *, batch: int,
@@ -439,7 +446,9 @@ class AnomalyScorer:
                 else:
                     self.drift.observe(None, None)
         scores = errors / self.threshold_
-        flags = self.debouncer.run(scores)
+        flags = self.debouncer.run(scores) | ~np.isfinite(scores)
+        if len(flags):
+            self._flag = bool(flags[-1])
         return BatchScores(scores, flags, errors, ch_err, z)
 
     def reset(self) -> None:
@@ -448,6 +457,7 @@ class AnomalyScorer:
         self.debouncer.reset()
         self.slow.reset()
         self.drift.reset()
+        self._flag = False
 
     def describe(self) -> dict[str, Any]:
         """A plain dict for diagnostics and reports."""
@@ -710,7 +720,12 @@ def aggregate_errors(channel_errors: np.ndarray, kind: str, stats: ChannelStats,
         if joint is not None:
             others = np.where(np.isnan(others), others, np.fmax(others, zs))
     if joint is not None:
-        return np.fmax(joint, others.max(axis=1)), z
+        # a row with any NaN stays NaN (the callers flag it as a fault); an infinite error
+        # makes the row +inf even where the joint distance came out NaN (inf - inf)
+        out = np.fmax(joint, others.max(axis=1))
+        out[np.isinf(u[:, :c]).any(axis=1) & ~np.isnan(ch).any(axis=1)] = np.inf
+        out[np.isnan(ch).any(axis=1)] = np.nan
+        return out, z
     return z.max(axis=1), z
 
 

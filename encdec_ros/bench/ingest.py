@@ -107,7 +107,7 @@ def _timed(fn: Any) -> tuple[Any, float, float]:
 
 def compare(name: str, path: Path, spec: SignalSpec, rounds: int) -> dict[str, Any]:
     """Time both readers on one bag; check that they give the same arrays."""
-    from encdec_ros.io.align import monotonic
+    from encdec_ros.io.align import clean
     from encdec_ros.io.bag import BagSource, bind_spec, read_bag
 
     with BagSource(path) as bag:
@@ -128,12 +128,13 @@ def compare(name: str, path: Path, spec: SignalSpec, rounds: int) -> dict[str, A
                 ours_wall.append(wall)
     identical = True
     for topic, (stamps, values) in floor.items():
-        clean = monotonic(stamps, values)
+        want = clean(stamps, values, resolved.period_ns,
+                     max_hold_ns=resolved.topic(topic).max_hold_ns)
         got = rec.streams[topic]
-        identical &= bool(np.array_equal(got.stamps_ns, clean.stamps_ns) and
-                          got.values.shape == clean.values.shape and
+        identical &= bool(np.array_equal(got.stamps_ns, want.stamps_ns) and
+                          got.values.shape == want.values.shape and
                           np.array_equal(got.values.view(np.uint64),
-                                         clean.values.view(np.uint64)))
+                                         want.values.view(np.uint64)))
     f_cpu, o_cpu = float(np.median(floor_cpu)), float(np.median(ours_cpu))
     return {'name': name, 'path': str(path), 'messages': count,
             'floor_msgs_per_s': count / f_cpu, 'ours_msgs_per_s': count / o_cpu,
@@ -165,8 +166,8 @@ def breakdown(path: Path, spec: SignalSpec) -> dict[str, float]:
             parts[topic].append((index, chunk, decoders[topic].decode(chunk.batch)))
         t4 = clock()
         with Counter(enable=False):
-            streams = [_stream(bag, t, decoders[t.name].width, parts[t.name])[0]
-                       for t in resolved.topics]
+            streams = [_stream(bag, t, decoders[t.name].width, parts[t.name],
+                               resolved.period_ns)[0] for t in resolved.topics]
         align(streams, resolved.period_ns)
         t5 = clock()
         count = sum(len(c.batch) for _, _, c in chunks)

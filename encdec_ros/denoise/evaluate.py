@@ -367,8 +367,8 @@ def evaluate_cores(cores: dict[str, DenoiseCore], pair: Pair, *, rate_hz: float,
     estimates: dict[str, np.ndarray] = {'noisy': pair.noisy}
     figures = {'noisy': score(pair.noisy[skip:], clean, noise_rmse, rate_hz, max_lag)}
     for method, core in cores.items():
-        core.denoiser.reset()
-        est = core.run(pair.noisy)
+        core.reset()
+        est = core.run(pair.noisy, pair.stamps_ns)   # restarts where the stamps jump, as live
         estimates[method] = est
         figures[method] = score(est[skip:], clean, noise_rmse, rate_hz, max_lag)
         figures[method]['describe'] = core.denoiser.describe()

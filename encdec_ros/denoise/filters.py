@@ -17,13 +17,18 @@ the clean *current* sample from the samples seen so far (causal, so usable onlin
 Each class has :meth:`Denoiser.step` (one sample, what the node calls per message) and
 :meth:`Denoiser.run` (many samples, what ``encdec eval denoise`` calls); ``run`` gives the
 same numbers as calling ``step`` on each row (tests/test_denoise.py proves it). A
-non-finite input value is replaced by the channel's last finite value (counted in
-``nonfinite_``), so one NaN does not poison a filter's state.
+non-finite input value is replaced by the channel's last finite value inside the filter
+(counted in ``nonfinite_``), so one NaN does not poison a filter's state.
 
 :class:`DenoiseCore` binds a denoiser to the spec's fields: it extracts the numbers from a
 message, denoises them and writes them back in place
-(:func:`~encdec_ros.io.fields.compile_setter`), leaving every other field as it was. The
-tuning functions pick the baselines' parameters on validation data (at training time).
+(:func:`~encdec_ros.io.fields.compile_setter`), leaving every other field as it was. Two rules
+keep it honest: a NaN or infinite input value is passed on as it came (a dead sensor is a
+fault that the consumer must see, not a value to make up), and where the topic's stamps jump
+back or stop for more than :data:`RESTART_PERIODS` periods (the time model of
+:mod:`encdec_ros.io.align`), the denoiser starts again from the next sample instead of
+running on stale state. The tuning functions pick the baselines' parameters on validation
+data (at training time).
 This module never imports torch; scipy is used to design the Butterworth filters.
 """
 
@@ -36,6 +41,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from encdec_ros.errors import ConfigError, ModelDirError, SpecError
+from encdec_ros.io.align import TopicClock
 from encdec_ros.io.fields import ShortMessageError, compile_path, compile_setter
 from encdec_ros.io.spec import SignalSpec
 
@@ -43,6 +49,8 @@ METHODS: tuple[str, ...] = ('model', 'butterworth', 'one_euro', 'kalman')
 BASELINES: tuple[str, ...] = ('butterworth', 'one_euro', 'kalman')
 RUN_BATCH = 1024
 """Windows per ONNX call in :meth:`ModelDenoiser.run`."""
+RESTART_PERIODS = 10
+"""A gap in the stamps longer than this many periods of the topic restarts the denoiser."""
 
 
 def default_params(method: str, rate_hz: float) -> dict[str, float]:
@@ -119,6 +127,10 @@ class Denoiser:
         self.nonfinite_ = 0
         self.samples_ = 0
         self._last_good = np.zeros(self.channels)
+        self._reset()
+
+    def restart(self) -> None:
+        """Forget the past samples but keep the counters (after a gap or a jump in time)."""
         self._reset()
 
     def step(self, values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -521,6 +533,11 @@ class DenoiseCore:
         self._setters = [compile_setter(f.path) for f in self.topic.fields]
         self._widths = [len(f.path.element_texts()) for f in self.topic.fields]
         self.short_ = 0
+        self.nonfinite_messages_ = 0      # messages passed on with NaN / inf in them
+        self.bad_channels: list[str] = []  # where the last such message had them
+        self.restarts_ = 0                # restarts after gaps or jumps in the stamps
+        self._period_ns = int(round(1e9 / spec.rate_hz))
+        self.clock = TopicClock(self._period_ns)
 
     @property
     def method(self) -> str:
@@ -541,19 +558,70 @@ class DenoiseCore:
             put(msg, values[at:at + width])
             at += width
 
-    def process(self, msg: Any) -> bool:
-        """Denoise one message in place; False (message untouched) when it is too short."""
+    def process(self, msg: Any, stamp_ns: int | None = None) -> bool:
+        """Denoise one message in place; False (message untouched) when it is too short.
+
+        With its stamp, a gap or a jump back in time restarts the denoiser first (see the
+        module's docstring); NaN or infinite values are passed on where they came.
+        """
         try:
             values = self.extract(msg)
         except ShortMessageError:
             self.short_ += 1
             return False
-        self.write(msg, self.denoiser.step(values))
+        if stamp_ns is not None and self.starts_again(stamp_ns):
+            self.denoiser.restart()
+        out = self.denoiser.step(values)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            out = np.where(bad, values, out)
+            self.nonfinite_messages_ += 1
+            self.bad_channels = [c for c, b in zip(self.channels, bad) if b]
+        self.write(msg, out)
         return True
 
-    def run(self, values: np.ndarray) -> np.ndarray:
-        """Denoise an array of samples [n, C] (the offline path)."""
-        return self.denoiser.run(values)
+    def reset(self) -> None:
+        """Start afresh: the denoiser, the topic's clock and the counts."""
+        self.denoiser.reset()
+        self.clock = TopicClock(self._period_ns)
+        self.short_ = self.nonfinite_messages_ = self.restarts_ = 0
+        self.bad_channels = []
+
+    def starts_again(self, stamp_ns: int) -> bool:
+        """Give the next stamp to the topic's clock; whether the denoiser must restart before
+        this sample: the stamps went forward by more than :data:`RESTART_PERIODS` periods (at
+        once, not waiting for the next stamp), or a jump back was confirmed."""
+        clock = self.clock
+        last = clock.last
+        clock.offer(int(stamp_ns))
+        events = clock.take_events()
+        period = max(clock.cadence.ref_ns or self._period_ns, 1)
+        restart = any(kind == 'back' for kind, _, _ in events) or (
+            last is not None and clock.pending is not None and
+            clock.pending[0] - last > max(RESTART_PERIODS * period, clock.hold_ns))
+        self.restarts_ += restart
+        return restart
+
+    def run(self, values: np.ndarray, stamps_ns: np.ndarray | None = None) -> np.ndarray:
+        """Denoise an array of samples [n, C] (the offline path): the same numbers as
+        :meth:`process` on each (restarts where the stamps tell, NaN passed on)."""
+        values = np.asarray(values, dtype=np.float64)
+        cuts = [0]
+        if stamps_ns is not None:
+            cuts += [i for i, s in enumerate(np.asarray(stamps_ns, np.int64).tolist())
+                     if self.starts_again(s)]
+        cuts.append(values.shape[0])
+        parts = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            if a > 0:
+                self.denoiser.restart()
+            parts.append(self.denoiser.run(values[a:b]))
+        out = np.vstack(parts) if parts else np.zeros((0, len(self.channels)))
+        bad = ~np.isfinite(values)
+        if bad.any():
+            out[bad] = values[bad]
+            self.nonfinite_messages_ += int(bad.any(axis=1).sum())
+        return out
 
 
 def one_topic_spec(spec: SignalSpec) -> SignalSpec:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from encdec_ros.errors import BagError, SpecError
-from encdec_ros.io.align import Stream, align, monotonic, repeats, stalled
+from encdec_ros.io.align import Stream, align, clean, repeats, stalled
 from encdec_ros.io.cdr import MessageDecoder, RawBatch
 from encdec_ros.io.labels import (
     LABEL_TOPIC,
@@ -690,15 +690,15 @@ def read_streams(bag: BagSource, spec: SignalSpec, *, show_progress: bool | None
     streams = {}
     for topic in spec.topics:
         streams[topic.name], notes = _stream(bag, topic, decoders[topic.name].width,
-                                             parts.pop(topic.name))
+                                             parts.pop(topic.name), spec.period_ns)
         warnings += notes
     return streams, list(bag.warnings) + warnings
 
 
 def _stream(bag: BagSource, topic: TopicSpec, width: int,
-            parts: list[tuple[int, RawChunk, Any]]) -> tuple[Stream, list[str]]:
+            parts: list[tuple[int, RawChunk, Any]], period_ns: int) -> tuple[Stream, list[str]]:
     """One topic's decoded chunks put in storage order and cleaned as the live path cleans
-    them; with the warnings to give."""
+    them (:func:`encdec_ros.io.align.clean`); with the warnings to give."""
     use_header = topic.stamp == 'header'
     if parts:
         file = np.concatenate([np.full(len(c.batch), i, dtype=np.int64) for i, c, _ in parts])
@@ -734,12 +734,17 @@ def _stream(bag: BagSource, topic: TopicSpec, width: int,
         notes.append(f'{topic.name}: skipped {failed} messages that do not decode as '
                      f'{info.type} ({error}); the bag may be damaged or record another '
                      'definition of the type')
-    stream = monotonic(stamps, data)
-    if stalled(stream.stamps_ns):
-        raise BagError(stalled_message(bag.path, topic.name, stream.stamps_ns, use_header))
-    if stream.dropped:
-        notes.append(f'{topic.name}: dropped {stream.dropped} messages stamped earlier than '
-                     f'one before them ({"header" if use_header else "receive"} time)')
+    unstamped = int((stamps == 0).sum()) if use_header else 0
+    if unstamped:           # never filled in: cannot be timed (the node skips them too)
+        if unstamped == stamps.size:
+            raise BagError(stalled_message(bag.path, topic.name, stamps, use_header))
+        notes.append(f'{topic.name}: skipped {unstamped} messages whose header stamp is zero '
+                     '(never filled in)')
+        stamps, data = stamps[stamps != 0], data[stamps != 0]
+    if stalled(stamps):
+        raise BagError(stalled_message(bag.path, topic.name, stamps, use_header))
+    stream = clean(stamps, data, period_ns, max_hold_ns=topic.max_hold_ns)
+    notes.extend(time_warnings(topic.name, stream, use_header))
     bad = int((~np.isfinite(stream.values)).any(axis=1).sum())
     if bad:
         notes.append(f'{topic.name}: {bad} messages hold NaN or infinite values')
@@ -757,6 +762,24 @@ def _in_order(*keys: np.ndarray) -> bool:
             return False
         equal &= step == 0
     return True
+
+
+def time_warnings(topic: str, stream: Stream, use_header: bool) -> list[str]:
+    """What the time model (:mod:`encdec_ros.io.align`) made of a topic's stamps, in words."""
+    kind = 'header' if use_header else 'receive'
+    out = []
+    if stream.dropped:
+        out.append(f'{topic}: dropped {stream.dropped} messages whose {kind} stamps jump away '
+                   'from the ones around them (the next stamp went on from the old ones)')
+    if stream.gaps:
+        jumps = f', {stream.jumps_forward} of them jumps of the clock' \
+            if stream.jumps_forward else ''
+        out.append(f'{topic}: {stream.gaps} gaps longer than the topic holds a sample{jumps}; '
+                   'no tick (and no window) spans them')
+    if stream.jumps_back:
+        out.append(f'{topic}: its {kind} stamps jump back in time {stream.jumps_back} times; '
+                   'the aligned signal starts again after each')
+    return out
 
 
 def stalled_message(path: str | Path, topic: str, stamps_ns: np.ndarray, use_header: bool

@@ -11,6 +11,8 @@ and the window length and stride the models see::
         type: sensor_msgs/msg/Imu     # optional when a bag tells the type
         stamp: header                 # header (default when the type has one) | receive
         fields: [angular_velocity.x, angular_velocity.y, linear_acceleration.z]
+        max_hold_s: 0.05              # optional: hold a sample at most this long (default:
+                                      # 4 of the topic's measured periods, see io/align.py)
       /motors:
         type: sensor_msgs/msg/JointState
         fields: ['velocity[*]', {path: 'effort[0]', name: current_0}]
@@ -30,11 +32,12 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from encdec_ros.errors import SpecError
+from encdec_ros.io.align import MAX_HOLD_S
 from encdec_ros.io.fields import FieldPath, check_path, parse_path
 
 STAMP_CHOICES = ('header', 'receive')
 _TOP_KEYS = ('rate_hz', 'window', 'stride', 'topics', 'name', 'description')
-_TOPIC_KEYS = ('type', 'stamp', 'fields')
+_TOPIC_KEYS = ('type', 'stamp', 'fields', 'max_hold_s')
 
 
 def normalize_type(name: str) -> str:
@@ -69,6 +72,12 @@ class TopicSpec:
     fields: tuple[FieldSpec, ...]
     type: str | None = None
     stamp: str | None = None      # None until bound: header when the type has one
+    max_hold_s: float | None = None   # None: measured from the topic's period (io/align.py)
+
+    @property
+    def max_hold_ns(self) -> int | None:
+        """The fixed hold in nanoseconds, or None when it is measured."""
+        return None if self.max_hold_s is None else int(round(self.max_hold_s * 1e9))
 
     def channel_names(self) -> list[str]:
         """Channel names of a resolved topic, e.g. ``/imu/linear_acceleration.x``."""
@@ -180,6 +189,8 @@ class SignalSpec:
                 entry['type'] = topic.type
             if topic.stamp:
                 entry['stamp'] = topic.stamp
+            if topic.max_hold_s is not None:
+                entry['max_hold_s'] = topic.max_hold_s
             entry['fields'] = [f.to_yaml() for f in topic.fields]
             out['topics'][topic.name] = entry
         return out
@@ -195,6 +206,11 @@ class SignalSpec:
     def period_ns(self) -> int:
         """Sample period of the common clock, in nanoseconds."""
         return int(round(1e9 / self.rate_hz))
+
+    @property
+    def max_holds_ns(self) -> list[int | None]:
+        """Per topic, the fixed hold of the spec in nanoseconds (None: measured)."""
+        return [t.max_hold_ns for t in self.topics]
 
     @property
     def topic_names(self) -> list[str]:
@@ -296,7 +312,8 @@ class SignalSpec:
                                'only known from data; give an explicit slice such as [0:4]')
                     raise SpecError(msg)
                 entries.append(replace(entry, path=path))
-            topics.append(TopicSpec(topic.name, tuple(entries), actual, stamp))
+            topics.append(TopicSpec(topic.name, tuple(entries), actual, stamp,
+                                    topic.max_hold_s))
         spec = replace(self, topics=tuple(topics), resolved=True)
         spec._check_channel_names()
         return spec
@@ -375,6 +392,13 @@ def _topic_from_dict(name: Any, entry: Any, source: str) -> TopicSpec:
         msg = (f'{source}: topic {name} has stamp {stamp!r}; use header (the message\'s '
                'header.stamp) or receive (the time it was received or recorded)')
         raise SpecError(msg)
+    hold = entry.get('max_hold_s')
+    if hold is not None and (isinstance(hold, bool) or not isinstance(hold, (int, float)) or
+                             not (math.isfinite(hold) and 0 < hold <= MAX_HOLD_S)):
+        msg = (f'{source}: topic {name} has max_hold_s {hold!r}; give the longest time in '
+               f'seconds a sample may stand for later ticks, above 0 and at most {MAX_HOLD_S:g} '
+               '(e.g. max_hold_s: 0.05), or leave it out to use four of its measured periods')
+        raise SpecError(msg)
     raw_fields = entry.get('fields')
     if isinstance(raw_fields, (str, Mapping)):
         raw_fields = [raw_fields]
@@ -389,7 +413,8 @@ def _topic_from_dict(name: Any, entry: Any, source: str) -> TopicSpec:
         except SpecError as err:
             msg = f'{source}: topic {name}: {err}'
             raise SpecError(msg) from None
-    return TopicSpec(name=name, fields=tuple(fields), type=msgtype, stamp=stamp)
+    return TopicSpec(name=name, fields=tuple(fields), type=msgtype, stamp=stamp,
+                     max_hold_s=None if hold is None else float(hold))
 
 
 def _field_from_yaml(item: Any) -> FieldSpec:

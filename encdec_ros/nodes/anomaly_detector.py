@@ -55,7 +55,9 @@ from encdec_ros.io.fields import ShortMessageError, compile_path
 from encdec_ros.io.player import message_class
 from encdec_ros.io.window import RingWindow
 from encdec_ros.nodes.common import (
+    LEVELS,
     DiagnosticsReporter,
+    InputMonitor,
     Param,
     declare_parameters,
     device_param,
@@ -66,6 +68,8 @@ from encdec_ros.nodes.common import (
 )
 
 LATENCY_WINDOW = 4096   # recent samples kept per latency kind (a power of two)
+LOG_EVERY_S = 10.0      # the same kind of time event on one topic is logged at most this often
+TIME_DISAGREE_S = 5.0   # stamps of one input this far from the others' cannot be aligned
 
 PARAMS = (
     Param('model_dir', '', 'Model directory written by `encdec train anomaly` (model.onnx and '
@@ -87,7 +91,8 @@ PARAMS = (
     Param('qos_reliability', 'best_effort', 'Input QoS reliability: best_effort (sensor data) '
           'or reliable', read_only=True, constraints='one of best_effort, reliable'),
     Param('qos_history', 'keep_last', 'Input QoS history: keep_last (qos_depth) or keep_all '
-          '(with reliable, no message is dropped: for replaying bags)', read_only=True,
+          '(with reliable: for replaying bags; any loss is reported on /diagnostics)',
+          read_only=True,
           constraints='one of keep_last, keep_all'),
     Param('qos_depth', 50, 'Input QoS history depth per topic', read_only=True, min=1,
           max=100_000),
@@ -96,6 +101,9 @@ PARAMS = (
     Param('diagnostics_period', 1.0, 'Seconds between /diagnostics messages', read_only=True,
           min=0.01, max=3600.0),
     Param('stale_after', 3.0, 'Seconds without input after which diagnostics turn STALE',
+          read_only=True, min=0.01, max=3600.0),
+    Param('input_timeout', 0.5, 'Seconds without a message on one input (and at least four '
+          'of its periods) after which diagnostics report that input as ERROR',
           read_only=True, min=0.01, max=3600.0),
     Param('top_channels', 3, 'Channels named in diagnostics as contributing most', min=1,
           max=100),
@@ -169,17 +177,25 @@ class AnomalyDetectorNode(Node):
         self.spec = spec
         self.stride: int = self.scorer.stride
         self._period = spec.period_ns
-        self._aligner = StreamingAligner(spec.channel_counts, spec.period_ns)
+        self._aligner = StreamingAligner(spec.channel_counts, spec.period_ns,
+                                         max_hold_ns=spec.max_holds_ns)
         self._ring = RingWindow(spec.window, len(self.scorer.channels))
+        offsets = np.cumsum([0, *spec.channel_counts])
+        self._topic_channels = [self.scorer.channels[a:b]
+                                for a, b in zip(offsets[:-1], offsets[1:])]
+        self._logged: dict[tuple[int, str], float] = {}
+        self._dropped_seen = [0] * len(spec.topics)
         self._flag_level = p['flag_level']
         self._top = p['top_channels']
         self.record = record
         self.decisions: list[tuple[int, float, bool]] = []
         self.counts = {'messages': 0, 'short': 0, 'ticks': 0, 'decisions': 0, 'flagged': 0,
-                       'invalid': 0, 'raised': 0, 'unstamped': 0}
+                       'invalid': 0, 'raised': 0, 'unstamped': 0, 'burst': 0}
         self.latency = _Latency()          # message received -> decision published
         self.handling = _Latency()         # every message: received -> callback done
         self._last: Decision | None = None
+        self._bad: list[str] = []          # channels with NaN / inf in the last window
+        self._logged_bad = False
         self._error = ''
         keep = max(spec.window, int(p['rebaseline_minutes'] * 60 * spec.rate_hz))
         self._recent: deque[tuple[int, np.ndarray]] = deque(maxlen=keep)
@@ -196,20 +212,25 @@ class AnomalyDetectorNode(Node):
         self.pub_flag = self.create_publisher(Bool, '~/anomaly', out_qos)
         self.pub_score = self.create_publisher(Float32, '~/score', out_qos)
         self._subs = []
+        self.monitor = InputMonitor(
+            self, [(self.resolve_topic_name(relative_topic(t.name)), t.type)
+                   for t in spec.topics], silent_after_s=p['input_timeout'])
         for index, topic in enumerate(spec.topics):
             cls = message_class(topic.type)
             fns = [compile_path(f.path) for f in topic.fields]
             callback = self._make_callback(index, fns, topic.stamp == 'header')
-            self._subs.append(self.create_subscription(cls, relative_topic(topic.name),
-                                                       callback, qos))
+            self._subs.append(self.create_subscription(
+                cls, relative_topic(topic.name), callback, qos,
+                event_callbacks=self.monitor.event_callbacks(index)))
         self.topic_names: list[str] = [sub.topic_name for sub in self._subs]
         """The input topics as subscribed: the spec's, in the node's namespace, remapped."""
         self.create_service(Trigger, '~/rebaseline', self._on_rebaseline)
+        for item, name in zip(self.monitor.inputs, self.topic_names):
+            item.name = name
         self.diagnostics = DiagnosticsReporter(
             self, 'anomaly', ', '.join(self.topic_names), p['diagnostics_period'],
-            stale_after_s=p['stale_after'])
+            stale_after_s=p['stale_after'], source=self._status)
         self.diagnostics.report_engine(self.scorer.engine)
-        self.diagnostics.update('OK', 'waiting for a full window', self._values())
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
             f'model {model_dir} on {self.scorer.provider}: {len(self.scorer.channels)} '
@@ -221,68 +242,104 @@ class AnomalyDetectorNode(Node):
 
     def _make_callback(self, index: int, fns: list[Callable[[Any], Any]],
                        header: bool) -> Callable[[Any], None]:
+        monitor, aligner, ring = self.monitor, self._aligner, self._ring
+        names = self._topic_channels[index]
+        isfinite = math.isfinite
+
         def callback(msg: Any) -> None:
             t0 = time.perf_counter()
+            monitor.arrived(index)
+            self.diagnostics.mark_input()        # the topic is alive: ERROR, not STALE
             try:
                 values: list[float] = []
                 for fn in fns:
                     values.extend(fn(msg))
             except ShortMessageError:
                 self.counts['short'] += 1
+                monitor.add(index, 'short')
                 return
             if header:
                 st = msg.header.stamp
                 stamp = st.sec * 1_000_000_000 + st.nanosec
                 if stamp == 0:
-                    self._unstamped(index)
+                    self.counts['unstamped'] += 1
+                    monitor.add(index, 'unstamped')
                     return
             else:
                 stamp = self.get_clock().now().nanoseconds
+            if not all(map(isfinite, values)):
+                monitor.nonfinite(index, [n for n, v in zip(names, values) if not isfinite(v)])
+            monitor.stamp(index, stamp)
             self.counts['messages'] += 1
-            self.diagnostics.mark_input()
-            ticks, rows = self._aligner.push(index, stamp, values)
-            decided = False
-            for tick, row in zip(ticks, rows):
-                self._ring.push(row)
-                self._recent.append((int(tick), row))
+            ticks, rows, starts = aligner.push(index, stamp, values)
+            clock = aligner.clocks[index]
+            if clock.events or clock.dropped != self._dropped_seen[index]:
+                self._log_time(index)
+            decided = 0
+            for tick, row, start in zip(ticks.tolist(), rows, starts):
+                if start:
+                    ring.reset()
+                ring.push(row)
+                self._recent.append((tick, row))
                 self.counts['ticks'] += 1
-                if self._ring.full and (int(tick) // self._period) % self.stride == 0:
-                    self._decide(int(tick))
-                    decided = True
+                if ring.full and (tick // self._period) % self.stride == 0:
+                    self._decide(tick)
+                    decided += 1
             done = time.perf_counter() - t0
             self.handling.add(done)
             if decided:
                 self.latency.add(done)
+                if decided > self.counts['burst']:
+                    self.counts['burst'] = decided
         return callback
 
-    def _unstamped(self, index: int) -> None:
-        """A message whose header stamp is zero (its driver leaves it unset): it cannot be
-        placed in time, so it is counted and diagnostics say how to fix it."""
-        self.counts['unstamped'] += 1
-        self.diagnostics.mark_input()          # the topic is alive: ERROR, not STALE
+    def _log_time(self, index: int) -> None:
+        """Log what the time model did with a topic's stamps: once per kind, then at most
+        every LOG_EVERY_S seconds (the counts are on /diagnostics)."""
         topic = self.topic_names[index]
-        text = (f'{topic} arrives with zero header stamps (its driver leaves them unset), so '
-                f'its messages cannot be timed; make the driver stamp them, or retrain with '
-                f'stamp: receive under {topic} in the spec')
-        if text != self._error:
-            self.get_logger().error(text)
-            self._error = text
-        self.diagnostics.update('ERROR', text, self._values())
+        clock = self._aligner.clocks[index]
+        lines = []
+        if clock.dropped != self._dropped_seen[index]:
+            self._dropped_seen[index] = clock.dropped
+            lines.append(('dropped', f'{topic}: dropped a message whose stamp jumps away from '
+                          f'the ones around it ({clock.dropped} so far)'))
+        for kind, a, b in clock.take_events():
+            dt = abs(b - a) * 1e-9
+            if kind == 'back':
+                text = (f'{topic}: stamps jumped {dt:.3f} s back in time (a bag loop, a '
+                        'simulator reset?): the time line starts again once every input has '
+                        'jumped; no window spans the jump')
+            elif kind == 'jump':
+                text = (f'{topic}: stamps jumped {dt:.1f} s forward: no tick is made up for '
+                        'the jump; the window starts again after it')
+            else:
+                text = (f'{topic}: no message stamped for {dt:.3f} s (longer than the '
+                        f'{clock.hold_ns * 1e-9:.3f} s it may be held): no decision across the '
+                        'gap; the window starts again after it')
+            lines.append((kind, text))
+        now = time.monotonic()
+        for kind, text in lines:
+            if now - self._logged.get((index, kind), -math.inf) >= LOG_EVERY_S:
+                self._logged[(index, kind)] = now
+                self.get_logger().warning(text)
 
     def _decide(self, tick_ns: int) -> None:
         if self._pending is not None:
             self._switch()
+        window = self._ring.view()
         try:
-            decision = self.scorer.step(self._ring.view())
+            decision = self.scorer.step(window)
         except EncdecError as err:
             if str(err) != self._error:
                 self.get_logger().error(str(err))
             self._error = str(err)
-            self.diagnostics.update('ERROR', f'cannot score: {err}', self._values())
             return
         self._error = ''
         self.pub_flag.publish(Bool(data=decision.flag))
-        self.pub_score.publish(Float32(data=float(decision.score)))
+        # a window that cannot be scored is flagged, and its score is +inf, so that a
+        # consumer testing score >= 1 sees the fault too
+        score = float(decision.score) if decision.valid else math.inf
+        self.pub_score.publish(Float32(data=score))
         c = self.counts
         c['decisions'] += 1
         c['flagged'] += decision.flag
@@ -292,24 +349,87 @@ class AnomalyDetectorNode(Node):
             self.decisions.append((tick_ns, decision.score, decision.flag))
         if not decision.valid:
             c['invalid'] += 1
-            self.diagnostics.update('ERROR', 'a window holds NaN or infinite values; check the '
-                                    'input topics', self._values())
-        elif decision.flag:
+            bad = np.flatnonzero(~np.isfinite(window).all(axis=0))
+            self._bad = [self.scorer.channels[i] for i in bad]
+            if decision.raised or not self._logged_bad:
+                self._logged_bad = True
+                self.get_logger().error(f'fault: NaN or infinite values in {self._bad_text()} '
+                                        '(a dead sensor?): flagged')
+        elif decision.flag and decision.raised:
             top = ', '.join(n for n, _ in self.scorer.top_channels(decision.channel_z, 2))
-            if decision.raised:
-                self.get_logger().warning(f'anomaly: score {decision.score:.2f}, most unusual: '
-                                       f'{top}')
-            self.diagnostics.update(self._flag_level, f'anomaly (score {decision.score:.2f}): '
-                                    f'{top}', self._values())
+            self.get_logger().warning(f'anomaly: score {decision.score:.2f}, most unusual: '
+                                      f'{top}')
+
+    def _bad_text(self) -> str:
+        return ', '.join(self._bad[:4]) + (' ...' if len(self._bad) > 4 else '')
+
+    def _status(self) -> tuple[int, str, dict[str, Any]]:
+        """(level, message, values) for /diagnostics, built when they are published."""
+        monitor = self.monitor
+        for index, clock in enumerate(self._aligner.clocks):
+            monitor.set(index, 'used', clock.accepted)
+            monitor.set(index, 'dropped (stamps)', clock.dropped)
+            monitor.set(index, 'pending', clock.pending is not None)
+            monitor.set(index, 'missing (stamp gaps)', clock.missing)
+            monitor.set(index, 'gaps', clock.gaps)
+            monitor.set(index, 'jumps back', clock.jumps_back)
+            monitor.set(index, 'jumps forward', clock.jumps_forward)
+            ref = clock.cadence.ref_ns
+            monitor.expect_period(index, ref * 1e-9 if ref else None)
+        level, problems, inputs = monitor.report()
+        monitor.log_started(self.get_logger(), skip=('dropped', 'back', 'forward'))
+        cross = self._time_problems()
+        if cross:
+            level = max(level, LEVELS['ERROR'])
+            problems = cross + problems
+        values = self._values()
+        values.update(inputs)
+        d = self._last
+        if self._error:
+            level, own = LEVELS['ERROR'], f'cannot score: {self._error}'
+        elif d is None:
+            own = 'waiting for a full window'
+        elif not d.valid:
+            level = LEVELS['ERROR']
+            own = f'fault: NaN or infinite values in {self._bad_text()} (a dead sensor?): flagged'
+        elif d.flag:
+            level = max(level, LEVELS[self._flag_level])
+            top = ', '.join(n for n, _ in self.scorer.top_channels(d.channel_z, 2))
+            own = f'anomaly (score {d.score:.2f}): {top}'
         else:
-            self.diagnostics.update('OK', 'normal', self._values())
+            own = 'normal'
+        message = '; '.join(problems + [own]) if problems else own
+        return level, message, values
+
+    def _time_problems(self) -> list[str]:
+        """Inputs whose stamps cannot be aligned with the others' (a clock of its own)."""
+        clocks = self._aligner.clocks
+        names = self.topic_names
+        if any(c.last is None for c in clocks):
+            return []
+        top = max(c.segment for c in clocks)
+        behind = [n for n, c in zip(names, clocks) if c.segment < top]
+        if behind:
+            jumped = [n for n, c in zip(names, clocks) if c.segment == top]
+            return [f'the stamps of {", ".join(jumped)} jumped back in time and '
+                    f'{", ".join(behind)} did not follow: no decision until they agree']
+        lasts = np.array([c.last for c in clocks], dtype=np.float64)
+        mid = float(np.median(lasts))
+        bound = max(TIME_DISAGREE_S * 1e9, 10 * max(c.hold_ns for c in clocks))
+        out = []
+        for name, last in zip(names, lasts):
+            if abs(last - mid) > bound:
+                others = [n for n in names if n != name]
+                out.append(f'the stamps of {name} run {(last - mid) * 1e-9:+.1f} s from '
+                           f'those of {", ".join(others)}: no decision until they agree')
+        return out
 
     def _values(self) -> dict[str, Any]:
         d = self._last
         s = self.scorer
         lat = self.latency.summary()
         values: dict[str, Any] = {
-            'score': d.score if d is not None else math.nan,
+            'score': (d.score if d.valid else math.inf) if d is not None else math.nan,
             'threshold': s.threshold_,
             'flag': bool(d.flag) if d is not None else False,
             'provider': s.provider,
@@ -317,8 +437,11 @@ class AnomalyDetectorNode(Node):
             'latency p99 (ms)': lat['p99'],
             'decisions': self.counts['decisions'],
             'flagged decisions': self.counts['flagged'],
-            'dropped (stamp back in time)': int(sum(self._aligner.dropped)),
-            'unstamped (zero header stamp)': self.counts['unstamped'],
+            'unscored decisions (NaN / inf)': self.counts['invalid'],
+            'ticks': self.counts['ticks'],
+            'ticks left out (gaps)': self._aligner.skipped,
+            'most decisions from one message': self.counts['burst'],
+            'samples kept': sum(self._aligner.kept()),
             'model': self.model_dir,
         }
         if self._rebaseline_note:
@@ -440,15 +563,18 @@ class AnomalyDetectorNode(Node):
         self.get_logger().info(result.summary())
 
     def reset(self) -> None:
-        """Start afresh: forget the aligned samples, the window, the flag state and the
-        latencies (e.g. before replaying a bag whose stamps start earlier than what was
+        """Start afresh: forget the aligned samples, the window, the flag state, the counts
+        and the latencies (e.g. before replaying a bag whose stamps start earlier than what was
         received)."""
         self._aligner.reset()
         self._ring.reset()
         self._recent.clear()
         self.scorer.reset()
         self._last = None
+        self._bad = []
+        self._dropped_seen = [0] * len(self.spec.topics)
         self.decisions.clear()
+        self.monitor.reset()
         self.latency, self.handling = _Latency(), _Latency()
 
     # ------------------------------------------------------------------ figures

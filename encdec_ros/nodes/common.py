@@ -535,10 +535,11 @@ class RecentCount:
 class DiagnosticsReporter:
     """Publish one DiagnosticStatus on ``/diagnostics`` from a steady-clock timer.
 
-    The node reports its state with :meth:`update` and calls :meth:`mark_input` for each
-    message it handles (cheap: a timestamp and a counter). When no input has come for
-    ``stale_after_s`` the status turns STALE by itself; ``inputs`` and ``input rate (Hz)``
-    are added to the values.
+    The node reports its state with :meth:`update`, or gives ``source``, a function returning
+    ``(level, message, values)`` that is asked just before each publication (so that nothing
+    is computed per message), and calls :meth:`mark_input` for each message it handles (cheap:
+    a timestamp and a counter). When no input has come for ``stale_after_s`` the status turns
+    STALE by itself; ``inputs`` and ``input rate (Hz)`` are added to the values.
 
     Args:
         node: The node that owns the publisher and the timer.
@@ -549,14 +550,18 @@ class DiagnosticsReporter:
         stale_after_s: Seconds without input after which the status is STALE; None: the
             node reports the absence of input itself (the allocator's watchdog does).
         topic: Where to publish.
+        source: Asked for (level, message, values) before each publication.
     """
 
     def __init__(self, node: Node, name: str, hardware_id: str, period_s: float = 1.0, *,
-                 stale_after_s: float | None = 3.0, topic: str = '/diagnostics') -> None:
+                 stale_after_s: float | None = 3.0, topic: str = '/diagnostics',
+                 source: Callable[[], tuple[Any, str, Mapping[str, Any]]] | None = None
+                 ) -> None:
         if not period_s > 0 or not (stale_after_s is None or stale_after_s > 0):
             raise ConfigError(f'diagnostics period ({period_s}) and stale time '
                               f'({stale_after_s}) must be positive seconds')
         self._node = node
+        self._source = source
         self.name = f'{node.get_fully_qualified_name()}: {name}'
         self.hardware_id = hardware_id
         self.stale_after_s = stale_after_s
@@ -619,6 +624,8 @@ class DiagnosticsReporter:
 
     def status(self) -> DiagnosticStatus:
         """Build the DiagnosticStatus that would be published now."""
+        if self._source is not None:
+            self.update(*self._source())
         now = time.monotonic()
         then, count = self._rate_mark
         if now - then >= 0.5:
@@ -644,3 +651,246 @@ class DiagnosticsReporter:
         """Stop the timer and the publisher."""
         self._node.destroy_timer(self._timer)
         self._node.destroy_publisher(self._pub)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+RECENT_S = 5.0
+"""How long a WARN or ERROR about an input stays up after the last event that caused it."""
+TYPE_CHECK_S = 1.0
+"""Seconds between checks of the ROS graph for publishers of another type."""
+COUNTS = ('received', 'used', 'dropped (stamps)', 'pending', 'short', 'unstamped',
+          'non-finite', 'missing (stamp gaps)', 'lost (rmw)', 'gaps', 'jumps back',
+          'jumps forward')
+"""The counters kept per input topic, in the order /diagnostics shows them. Every message
+received is counted once in ``used``, ``dropped (stamps)``, ``pending`` (held back until the
+next stamp), ``short`` (arrays shorter than the spec) or ``unstamped`` (zero header stamp);
+``non-finite`` counts the used ones holding NaN or infinite values; ``missing`` and ``lost``
+estimate messages that never arrived (from the gaps in the stamps, and from the middleware)."""
+
+
+class _Input:
+    __slots__ = ('name', 'type', 'counts', 'seen', 'last_arrival', 'last_stamp_ns',
+                 'period_s', 'bad_channels', 'wrong', 'qos', 'rate', 'mark', 'changed')
+
+    def __init__(self, name: str, msgtype: str) -> None:
+        self.name = name
+        self.type = msgtype
+        self.counts = dict.fromkeys(COUNTS, 0)
+        self.seen = dict(self.counts)          # the counts at the last report
+        self.changed: dict[str, float] = {}    # counter -> when it last grew
+        self.last_arrival: float | None = None
+        self.last_stamp_ns: int | None = None
+        self.period_s: float | None = None
+        self.bad_channels: list[str] = []
+        self.wrong: list[str] = []             # 'type by node' of publishers of another type
+        self.qos = 0                           # incompatible QoS events
+        self.rate = 0.0
+        self.mark: tuple[float, int] | None = None
+
+
+class InputMonitor:
+    """Per input topic of a node: arrivals, what became of each message, and what is wrong.
+
+    The node calls :meth:`arrived` for every message (cheap), :meth:`add` or :meth:`set` for
+    the counters of :data:`COUNTS`, and :meth:`report` just before publishing diagnostics:
+    it returns the worst level, one sentence per problem (each naming its topic) and the
+    values ``'<topic>: rate (Hz)'``, ``'<topic>: last stamp age (s)'``, ``'<topic>: silent
+    for (s)'`` and ``'<topic>: <counter>'``. A subscription of the wrong type receives
+    nothing at all, so the ROS graph is checked for publishers of another type
+    (``get_publishers_info_by_topic``), and the middleware's incompatible-QoS and
+    message-lost events are counted (:meth:`event_callbacks`).
+
+    Args:
+        node: The node (for its clock and the graph).
+        inputs: (resolved topic name, message type ``pkg/msg/Name``) per input.
+        silent_after_s: An input without a message for this long (and for at least four of
+            its periods, see :meth:`expect_period`) is an ERROR; None: not checked.
+        quiet: Kinds of problem the node words itself (e.g. 'non-finite'): counted and shown
+            in the values, but not made a sentence here.
+    """
+
+    def __init__(self, node: Node, inputs: Iterable[tuple[str, str]], *,
+                 silent_after_s: float | None = 0.5, quiet: Iterable[str] = ()) -> None:
+        self._node = node
+        self.inputs = [_Input(name, msgtype) for name, msgtype in inputs]
+        self.silent_after_s = silent_after_s
+        self.quiet = frozenset(quiet)
+        self._start = time.monotonic()
+        self._checked = 0.0
+        self._active: set[tuple[str, str]] = set()
+        self.started: list[tuple[int, str, str]] = []   # problems that began, for the log
+
+    def reset(self) -> None:
+        """Forget the counts and arrivals (a fresh start)."""
+        self.inputs = [_Input(i.name, i.type) for i in self.inputs]
+        self._start = time.monotonic()
+        self._active = set()
+
+    def log_started(self, logger: Any, *, skip: Iterable[str] = ()) -> None:
+        """Log each problem once, when it begins (WARN or ERROR as on /diagnostics), but
+        for the kinds in ``skip`` (that the node logs in more detail itself)."""
+        skip = set(skip)
+        for level, kind, text in self.started:
+            if kind in skip:
+                continue
+            if level >= 2:      # rclpy wants one severity per call site
+                logger.error(text)
+            else:
+                logger.warning(text)
+        self.started.clear()
+
+    # ------------------------------------------------------------------ the hot path
+
+    def arrived(self, index: int) -> None:
+        """One message of input ``index`` was delivered."""
+        item = self.inputs[index]
+        item.counts['received'] += 1
+        item.last_arrival = time.monotonic()
+
+    def add(self, index: int, key: str, count: int = 1) -> None:
+        """Add to one counter of input ``index``."""
+        self.inputs[index].counts[key] += count
+
+    def set(self, index: int, key: str, value: int) -> None:
+        """Set one counter (kept by a core, e.g. the aligner's)."""
+        self.inputs[index].counts[key] = int(value)
+
+    def stamp(self, index: int, stamp_ns: int) -> None:
+        """The newest stamp of input ``index``."""
+        self.inputs[index].last_stamp_ns = stamp_ns
+
+    def nonfinite(self, index: int, channels: list[str]) -> None:
+        """A used message of input ``index`` held NaN or inf in these channels."""
+        item = self.inputs[index]
+        item.counts['non-finite'] += 1
+        item.bad_channels = channels
+
+    def expect_period(self, index: int, seconds: float | None) -> None:
+        """The input's measured period (its silence is judged against four of them)."""
+        self.inputs[index].period_s = seconds
+
+    def event_callbacks(self, index: int) -> Any:
+        """SubscriptionEventCallbacks counting lost messages and incompatible QoS offers."""
+        from rclpy.event_handler import SubscriptionEventCallbacks
+
+        def lost(info: Any) -> None:
+            self.inputs[index].counts['lost (rmw)'] = int(info.total_count)
+
+        def qos(info: Any) -> None:
+            self.inputs[index].qos = int(info.total_count)
+
+        return SubscriptionEventCallbacks(message_lost=lost, incompatible_qos=qos)
+
+    # ------------------------------------------------------------------ reporting
+
+    def check_types(self) -> None:
+        """Look in the ROS graph for publishers of another type on each input."""
+        self._checked = time.monotonic()
+        for item in self.inputs:
+            try:
+                infos = self._node.get_publishers_info_by_topic(item.name)
+            except Exception:  # noqa: BLE001 - a graph query must never stop the node
+                continue
+            item.wrong = [f'{info.topic_type} by {info.node_namespace.rstrip("/")}/'
+                          f'{info.node_name}' for info in infos if info.topic_type != item.type]
+
+    def report(self) -> tuple[int, list[str], dict[str, Any]]:
+        """(worst level 0-2, one sentence per problem, values) for /diagnostics; problems
+        that began since the last report are also added to :attr:`started` (for the log)."""
+        now = time.monotonic()
+        if now - self._checked >= TYPE_CHECK_S:
+            self.check_types()
+        clock_ns = self._node.get_clock().now().nanoseconds
+        arrivals = [i.last_arrival for i in self.inputs if i.last_arrival is not None]
+        # silence is an input's fault only while another one still arrives (when all stop,
+        # the status turns STALE instead)
+        others = now - max(arrivals) if arrivals else math.inf
+        level, problems, values = 0, [], {}
+        active: set[tuple[str, str]] = set()
+        for item in self.inputs:
+            c = item.counts
+            grew = {key for key, value in c.items() if value > item.seen[key]}
+            for key in grew:
+                item.changed[key] = now
+            item.seen = dict(c)
+            if item.mark is not None and now - item.mark[0] >= 0.5:
+                item.rate = (c['received'] - item.mark[1]) / (now - item.mark[0])
+                item.mark = (now, c['received'])
+            elif item.mark is None:
+                item.mark = (now, c['received'])
+            idle = now - (item.last_arrival if item.last_arrival is not None else self._start)
+            recent = {k for k, t in item.changed.items() if now - t <= RECENT_S}
+            for lvl, kind, text in self._problems(item, idle, others, recent, grew):
+                if kind in self.quiet:
+                    continue
+                level = max(level, lvl)
+                problems.append(text)
+                active.add((item.name, kind))
+                if (item.name, kind) not in self._active:
+                    self.started.append((lvl, kind, text))
+            name = item.name
+            values[f'{name}: rate (Hz)'] = round(item.rate, 3)
+            values[f'{name}: last stamp age (s)'] = \
+                round((clock_ns - item.last_stamp_ns) * 1e-9, 3) \
+                if item.last_stamp_ns is not None else 'none'
+            values[f'{name}: silent for (s)'] = round(idle, 3)
+            for key, value in c.items():
+                values[f'{name}: {key}'] = value
+            values[f'{name}: publishers of another type'] = len(item.wrong)
+        self._active = active
+        return level, problems, values
+
+    def _problems(self, item: _Input, idle: float, others: float, recent: set[str],
+                  grew: set[str]) -> list[tuple[int, str, str]]:
+        name, c = item.name, item.counts
+        out: list[tuple[int, str, str]] = []
+        if item.wrong:
+            right = c['received'] > 0 and idle <= RECENT_S
+            out.append((1 if right else 2, 'wrong type',
+                        f'{name} is published as {", ".join(item.wrong)}, but {item.type} is '
+                        f'expected: those messages never arrive; publish {item.type} there or '
+                        'remap the input'))
+        if item.qos:
+            out.append((2 if c['received'] == 0 else 1, 'qos',
+                        f'{name} has a publisher with incompatible QoS (e.g. best_effort '
+                        'while this node asks for reliable): its messages never arrive; match '
+                        'the reliability'))
+        limit = self.silent_after_s
+        if limit is not None and not item.wrong:
+            limit = max(limit, 4 * (item.period_s or 0.0))
+            if idle > limit and others <= limit:
+                out.append((2, 'silent', f'no message on {name} yet' if c['received'] == 0
+                            else f'no message on {name} for {idle:.1f} s'))
+        if 'non-finite' in recent:
+            channels = ', '.join(item.bad_channels[:4]) + \
+                (' ...' if len(item.bad_channels) > 4 else '')
+            out.append((2, 'non-finite',
+                        f'{name} holds NaN or infinite values in {channels} (a dead sensor?)'))
+        if 'unstamped' in recent:
+            out.append((2, 'unstamped',
+                        f'{name} arrives with zero header stamps (its driver leaves them unset), '
+                        'so its messages cannot be timed; make the driver stamp them, or use '
+                        f'stamp: receive under {name} in the spec'))
+        if 'short' in recent:
+            only = 'short' in grew and 'used' not in grew      # since the last report
+            out.append((2 if only else 1, 'short',
+                        f'{name}: {c["short"]} messages with fewer array elements than the '
+                        'spec needs were not used' + ('; none is usable now' if only else '')))
+        if 'dropped (stamps)' in recent:
+            out.append((1, 'dropped',
+                        f'{name}: {c["dropped (stamps)"]} messages dropped whose stamps jump '
+                        'away from the ones around them'))
+        if recent & {'missing (stamp gaps)', 'lost (rmw)'}:
+            out.append((1, 'missing',
+                        f'{name}: about {c["missing (stamp gaps)"] + c["lost (rmw)"]} messages '
+                        'missing so far (gaps in its stamps: a full queue, a lossy link or a '
+                        'slow publisher); no decision spans a long gap'))
+        if 'jumps back' in recent:
+            out.append((1, 'back', f'{name}: its stamps jumped back in time '
+                                   f'({c["jumps back"]} so far): the time line starts again'))
+        if 'jumps forward' in recent:
+            out.append((1, 'forward',
+                        f'{name}: its stamps jumped forward ({c["jumps forward"]} so far)'))
+        return out

@@ -56,8 +56,11 @@ from encdec_ros.allocation.allocators import (
     method_name,
 )
 from encdec_ros.errors import ConfigError, EncdecError, EngineError
+from encdec_ros.io.align import TopicClock
 from encdec_ros.nodes.common import (
+    LEVELS,
     DiagnosticsReporter,
+    InputMonitor,
     Param,
     RecentCount,
     declare_parameters,
@@ -68,11 +71,12 @@ from encdec_ros.nodes.common import (
 )
 
 LATENCY_WINDOW = 1024
+AXES = ('force.x', 'force.y', 'force.z', 'torque.x', 'torque.y', 'torque.z')
 RECENT_S = 10.0
-IDLE_S = 3.0
-"""With the watchdog off, seconds without a wanted wrench before /diagnostics says so."""
 """Seconds over which ignored wrenches and failed allocations keep /diagnostics at WARN or
 ERROR after they stop."""
+IDLE_S = 3.0
+"""With the watchdog off, seconds without a wanted wrench before /diagnostics says so."""
 
 PARAMS = [
     Param('effectiveness', '', 'Effectiveness YAML (B, limits, weights); empty: the one stored '
@@ -139,8 +143,12 @@ class ControlAllocatorNode(Node):
         if p['publish_error']:
             self.pub_werr = self.create_publisher(WrenchStamped, '~/wrench_error', qos_out)
             self.pub_err = self.create_publisher(Float32, '~/error', qos_out)
+        self.monitor = InputMonitor(
+            self, [(self.resolve_topic_name('wrench_cmd'), 'geometry_msgs/msg/WrenchStamped')],
+            silent_after_s=None, quiet=('non-finite',))   # the watchdog's and below
+        self._stamps = TopicClock(10_000_000)   # counts jumps in the wrench stamps
         self.sub = self.create_subscription(WrenchStamped, 'wrench_cmd', self._on_wrench,
-                                            qos_in)
+                                            qos_in, event_callbacks=self.monitor.event_callbacks(0))
         # No STALE from the reporter: before the first wrench and after wrenches stop, the
         # node is commanding the safe output (or holding its command) and says so as WARN.
         self.diag = DiagnosticsReporter(self, 'control allocation', eff.name,
@@ -230,8 +238,15 @@ class ControlAllocatorNode(Node):
         f, t = msg.wrench.force, msg.wrench.torque
         full = np.array((f.x, f.y, f.z, t.x, t.y, t.z))
         self.diag.mark_input()
+        self.monitor.arrived(0)
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if stamp:
+            self.monitor.stamp(0, stamp)
+            self._stamps.offer(stamp)
         if not np.isfinite(full).all():
             self._rejected.add()
+            self.monitor.nonfinite(0, [f'wrench.{a}' for a, ok in zip(AXES, np.isfinite(full))
+                                       if not ok])
             return
         frame = msg.header.frame_id
         if frame and frame != self.eff.frame_id and not self.frame_mismatch:
@@ -343,6 +358,13 @@ class ControlAllocatorNode(Node):
         }
         if self.fallback_reason:
             values['fallback'] = self.fallback_reason
+        monitor, clock = self.monitor, self._stamps
+        monitor.set(0, 'used', self.commands)
+        monitor.set(0, 'jumps back', clock.jumps_back)
+        monitor.set(0, 'jumps forward', clock.jumps_forward)
+        level, inputs, input_values = monitor.report()
+        monitor.log_started(self.get_logger())
+        values.update(input_values)
         errors, problems = [], []
         unsolved = self._unsolved.recent()
         if unsolved:
@@ -361,8 +383,9 @@ class ControlAllocatorNode(Node):
                             'the last command holds)')
         rejected = self._rejected.recent()
         if rejected:
+            axes = ', '.join(self.monitor.inputs[0].bad_channels)
             problems.append(f'{rejected} wrench(es) with NaN or infinite values ignored in the '
-                            f'last {RECENT_S:g} s')
+                            f'last {RECENT_S:g} s (last in {axes})')
         bad_error = self._bad_error.recent()
         if bad_error:
             problems.append(f'{bad_error} command(s) in the last {RECENT_S:g} s whose error '
@@ -371,8 +394,9 @@ class ControlAllocatorNode(Node):
         if self.frame_mismatch:
             problems.append(f'wrenches arrive in frame {self.frame_mismatch!r}, expected '
                             f'{self.eff.frame_id!r}')
-        if errors or problems:
-            self.diag.update('ERROR' if errors else 'WARN', '; '.join(errors + problems), values)
+        if errors or problems or inputs:
+            level = max(level, LEVELS['ERROR'] if errors else LEVELS['WARN'])
+            self.diag.update(level, '; '.join(errors + inputs + problems), values)
         else:
             self.diag.update('OK', f'{self.core.method}: last error '
                              f'{self._last_error:.2%} of the largest wrench', values)

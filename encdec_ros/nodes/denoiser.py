@@ -15,14 +15,21 @@ message on ``<input_topic>/denoised`` (or ``output_topic``): one output per inpu
 queued, header, frame_id, covariances, names and all other fields as they came. The spec's
 topic is taken relative to the node's namespace (``/imu`` in namespace ``drone1`` is
 ``/drone1/imu``); an explicit ``input_topic`` is used as given. A message
-whose arrays are shorter than the spec needs is passed on unchanged (counted, WARN).
+whose arrays are shorter than the spec needs is passed on unchanged (counted, WARN). A NaN or
+infinite input value is passed on as it came, never replaced by a made-up one: the
+consumer must see a dead sensor; /diagnostics turns ERROR and names the channel. Where the
+topic's stamps (header, or receive time) jump back or stop for more than ten periods, the
+denoiser starts again from the next message instead of running on stale state (counted and
+logged).
 
 The work is done by :class:`encdec_ros.denoise.filters.DenoiseCore`, the class
 ``encdec eval denoise``
 runs offline. ``method`` picks the learned model or a classical filter (butterworth,
 one_euro, kalman), whose parameters come from the model directory (tuned at training time)
 or sensible defaults, and can be overridden here. Diagnostics on ``/diagnostics``: method,
-provider, per-message latency (callback, denoise and publish), messages, pass-throughs.
+provider, per-message latency (callback, denoise and publish), messages, pass-throughs, and
+the input's counters (rate, last stamp age, short, non-finite, gaps, jumps, publishers of
+another type; see :class:`~encdec_ros.nodes.common.InputMonitor`).
 """
 
 from __future__ import annotations
@@ -38,7 +45,9 @@ from encdec_ros.denoise.filters import METHODS, DenoiseCore, build_core
 from encdec_ros.errors import ConfigError, EncdecError
 from encdec_ros.io.player import message_class
 from encdec_ros.nodes.common import (
+    LEVELS,
     DiagnosticsReporter,
+    InputMonitor,
     Param,
     declare_parameters,
     device_param,
@@ -127,11 +136,15 @@ class DenoiserNode(Node):
         given = values['input_topic'] or relative_topic(topic.name)
         output = values['output_topic'] or f'{given}/denoised'
         msg_cls = message_class(topic.type)
+        self._header = topic.stamp == 'header'
         self._pub = self.create_publisher(
             msg_cls, output, qos_profile(values['output_reliability'], values['qos_depth']))
+        self.monitor = InputMonitor(self, [(self.resolve_topic_name(given), topic.type)],
+                                    silent_after_s=None)
         self._sub = self.create_subscription(
             msg_cls, given, self._on_message,
-            qos_profile(values['reliability'], values['qos_depth']))
+            qos_profile(values['reliability'], values['qos_depth']),
+            event_callbacks=self.monitor.event_callbacks(0))
         self.input_topic: str = self._sub.topic_name
         self.output_topic: str = self._pub.topic_name
         self._lat = np.zeros(LATENCY_WINDOW)
@@ -139,11 +152,10 @@ class DenoiserNode(Node):
         self._failed = 0
         describe = self.core.denoiser.describe()
         self.provider = str(describe.get('provider', 'numpy'))
+        self._logged: dict[str, float] = {}
         self._diag = DiagnosticsReporter(self, 'denoiser', self.input_topic,
-                                         values['diagnostics_period_s'])
+                                         values['diagnostics_period_s'], source=self._status)
         self._diag.report_engine(getattr(self.core.denoiser, 'engine', None))
-        self._diag_timer = self.create_timer(values['diagnostics_period_s'], self._report)
-        self._report()
         self.get_logger().info(
             f'denoising {self.input_topic} ({topic.type}, {len(self.core.channels)} fields) '
             f'with {method} on {self.provider} -> {self.output_topic}')
@@ -155,8 +167,17 @@ class DenoiserNode(Node):
 
     def _on_message(self, msg: Any) -> None:
         t0 = time.perf_counter()
+        self.monitor.arrived(0)
+        stamp: int | None
+        if self._header:
+            st = msg.header.stamp
+            stamp = st.sec * 1_000_000_000 + st.nanosec or None   # zero: never filled in
+        else:
+            stamp = self.get_clock().now().nanoseconds
+        core = self.core
+        restarts, bad = core.restarts_, core.nonfinite_messages_
         try:
-            ok = self.core.process(msg)
+            ok = core.process(msg, stamp)
         except EncdecError as err:        # e.g. the engine failed: pass the message on
             self._failed += 1
             ok = True
@@ -166,10 +187,25 @@ class DenoiserNode(Node):
         self._lat[self._count & (LATENCY_WINDOW - 1)] = time.perf_counter() - t0
         self._count += 1
         self._diag.mark_input()
+        if stamp is not None:
+            self.monitor.stamp(0, stamp)
         if not ok:
-            self.get_logger().warn(
-                f'a message on {self.input_topic} has fewer array elements than the spec '
-                'needs; passed on unchanged', throttle_duration_sec=5.0)
+            self._once('short', f'a message on {self.input_topic} has fewer array elements '
+                       'than the spec needs; passed on unchanged')
+        if core.nonfinite_messages_ != bad:
+            self._once('nan', f'{self.input_topic}: NaN or infinite values in '
+                       f'{", ".join(core.bad_channels)} (a dead sensor?); passed on as they '
+                       'came, not smoothed over')
+        if core.restarts_ != restarts:
+            self._once('restart', f'{self.input_topic}: its stamps jumped or stopped for '
+                       'longer than ten periods; the denoiser starts again from this message')
+
+    def _once(self, kind: str, text: str) -> None:
+        """Log a warning at most every 5 s per kind (the counts are on /diagnostics)."""
+        now = time.monotonic()
+        if now - self._logged.get(kind, -5.0) >= 5.0:
+            self._logged[kind] = now
+            self.get_logger().warning(text)
 
     def latency_ms(self) -> dict[str, float]:
         """Per-message latency of the recent callbacks (denoise and publish), in ms."""
@@ -181,10 +217,22 @@ class DenoiserNode(Node):
         return {'count': self._count, 'mean': float(recent.mean()), 'p50': float(p50),
                 'p99': float(p99), 'max': float(recent.max())}
 
-    def _report(self) -> None:
+    def _status(self) -> tuple[int, str, dict[str, Any]]:
+        """(level, message, values) for /diagnostics, built when they are published."""
+        core, monitor = self.core, self.monitor
+        clock = core.clock
+        monitor.set(0, 'used', self._count - core.short_)
+        monitor.set(0, 'short', core.short_)
+        monitor.set(0, 'non-finite', core.nonfinite_messages_)
+        monitor.set(0, 'missing (stamp gaps)', clock.missing)
+        monitor.set(0, 'gaps', clock.gaps)
+        monitor.set(0, 'jumps back', clock.jumps_back)
+        monitor.set(0, 'jumps forward', clock.jumps_forward)
+        if core.bad_channels:
+            monitor.inputs[0].bad_channels = core.bad_channels
+        level, problems, inputs = monitor.report()
+        monitor.log_started(self.get_logger(), skip=('short', 'non-finite'))
         lat = self.latency_ms()
-        short = self.core.short_
-        nonfinite = self.core.denoiser.nonfinite_
         values = {
             'method': self.method,
             'provider': self.provider,
@@ -194,18 +242,19 @@ class DenoiserNode(Node):
             'latency mean (ms)': round(lat['mean'], 4),
             'latency p99 (ms)': round(lat['p99'], 4),
             'latency max (ms)': round(lat['max'], 4),
-            'passed unchanged (short)': short,
+            'passed unchanged (short)': core.short_,
             'passed unchanged (errors)': self._failed,
-            'non-finite values held': nonfinite,
+            'non-finite values passed on': core.denoiser.nonfinite_,
+            'restarts (gaps, jumps in the stamps)': core.restarts_,
         }
+        values.update(inputs)
         if self._failed:
-            self._diag.update('ERROR', f'{self._failed} messages could not be denoised and '
-                              'were passed on unchanged', values)
-        elif short:
-            self._diag.update('WARN', f'{short} messages too short for the spec were passed '
-                              'on unchanged', values)
-        else:
-            self._diag.update('OK', f'denoising with {self.method}', values)
+            level = LEVELS['ERROR']
+            problems.append(f'{self._failed} messages could not be denoised and were passed on '
+                            'unchanged')
+        if problems:
+            return level, '; '.join(problems), values
+        return LEVELS['OK'], f'denoising with {self.method}', values
 
 
 def main(args: list[str] | None = None) -> None:
