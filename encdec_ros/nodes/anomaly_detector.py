@@ -19,13 +19,24 @@ Publishes, once per decision: ``~/anomaly`` (std_msgs/Bool, the debounced flag) 
 and on ``/diagnostics`` a status that is OK, WARN (or ERROR, parameter ``flag_level``) while
 the flag is up, ERROR when windows cannot be scored, STALE when the inputs stop; its values
 hold the score, threshold, top channels, provider and latencies.
+
+"This is normal now": the service ``~/rebaseline`` (std_srvs/Trigger) re-baselines the model
+on the last ``rebaseline_minutes`` of aligned input (:func:`encdec_ros.anomaly.rebaseline.
+rebaseline`: the same ONNX model, each channel's level, normal statistics and threshold refit
+through the runtime's own code, no torch), writes it to a new model directory under
+``rebaseline_dir`` and switches to it; the response says where, and /diagnostics shows the
+model in use.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
+import threading
 import time
+from collections import deque
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -34,6 +45,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32
+from std_srvs.srv import Trigger
 
 from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer, Decision, check_debounce
 from encdec_ros.engine import DEVICES
@@ -97,6 +109,10 @@ PARAMS = (
           max=100),
     Param('flag_level', 'WARN', 'Diagnostic level while the anomaly flag is up: WARN or ERROR',
           constraints='one of WARN, ERROR'),
+    Param('rebaseline_minutes', 5.0, 'Minutes of recent input kept for the ~/rebaseline '
+          'service ("this is normal now")', read_only=True, min=0.1, max=240.0),
+    Param('rebaseline_dir', '', 'Directory for re-baselined models (empty: $ROS_HOME/encdec_ros'
+          '/models, ROS_HOME defaulting to ~/.ros)', read_only=True),
 )
 
 
@@ -150,11 +166,13 @@ class AnomalyDetectorNode(Node):
             raise ConfigError(f'parameter qos_history is {p["qos_history"]!r}; use keep_last '
                               'or keep_all')
         model_dir = resolve_share_path(p['model_dir'])
+        self._scorer_options = {'device': p['device'], 'threads': p['threads'],
+                                'stride': p['stride'] or None}
         self.scorer = AnomalyScorer(
-            model_dir, device=p['device'], threads=p['threads'],
-            debounce_k=p['debounce_k'] or None, debounce_n=p['debounce_n'] or None,
-            release=p['release'] or None, threshold_scale=p['threshold_scale'],
-            stride=p['stride'] or None)
+            model_dir, debounce_k=p['debounce_k'] or None,
+            debounce_n=p['debounce_n'] or None, release=p['release'] or None,
+            threshold_scale=p['threshold_scale'], **self._scorer_options)
+        self.model_dir = str(self.scorer.model.path)
         spec = self.scorer.spec
         self.spec = spec
         self.stride: int = self.scorer.stride
@@ -179,6 +197,13 @@ class AnomalyDetectorNode(Node):
         self._bad: list[str] = []          # channels with NaN / inf in the last window
         self._logged_bad = False
         self._error = ''
+        keep = max(spec.window, int(p['rebaseline_minutes'] * 60 * spec.rate_hz))
+        self._recent: deque[tuple[int, np.ndarray]] = deque(maxlen=keep)
+        self._rebaseline_dir = p['rebaseline_dir']
+        self._rebaselining: threading.Thread | None = None
+        self._pending: AnomalyScorer | None = None
+        self.rebaselines: list[Any] = []          # RebaselineResult of each switch
+        self._rebaseline_note = ''
 
         qos = qos_profile(p['qos_reliability'], p['qos_depth'])
         if p['qos_history'] == 'keep_all':
@@ -199,6 +224,7 @@ class AnomalyDetectorNode(Node):
                 event_callbacks=self.monitor.event_callbacks(index)))
         self.topic_names: list[str] = [sub.topic_name for sub in self._subs]
         """The input topics as subscribed: the spec's, in the node's namespace, remapped."""
+        self.create_service(Trigger, '~/rebaseline', self._on_rebaseline)
         for item, name in zip(self.monitor.inputs, self.topic_names):
             item.name = name
         self.diagnostics = DiagnosticsReporter(
@@ -254,6 +280,7 @@ class AnomalyDetectorNode(Node):
                 if start:
                     ring.reset()
                 ring.push(row)
+                self._recent.append((tick, row))
                 self.counts['ticks'] += 1
                 if ring.full and (tick // self._period) % self.stride == 0:
                     self._decide(tick)
@@ -297,6 +324,8 @@ class AnomalyDetectorNode(Node):
                 self.get_logger().warning(text)
 
     def _decide(self, tick_ns: int) -> None:
+        if self._pending is not None:
+            self._switch()
         window = self._ring.view()
         try:
             decision = self.scorer.step(window)
@@ -413,7 +442,10 @@ class AnomalyDetectorNode(Node):
             'ticks left out (gaps)': self._aligner.skipped,
             'most decisions from one message': self.counts['burst'],
             'samples kept': sum(self._aligner.kept()),
+            'model': self.model_dir,
         }
+        if self._rebaseline_note:
+            values['rebaseline'] = self._rebaseline_note
         if d is not None and d.valid:
             values['top channels'] = ', '.join(
                 f'{n} (z {z:.1f})' for n, z in s.top_channels(d.channel_z, self._top))
@@ -451,12 +483,92 @@ class AnomalyDetectorNode(Node):
         self._top, self._flag_level = top, level
         return SetParametersResult(successful=True)
 
+    # ------------------------------------------------------------------ re-baselining
+
+    def _on_rebaseline(self, _request: Any, response: Any) -> Any:
+        """``~/rebaseline``: re-baseline on the recent input in a worker thread, then switch."""
+        if self._rebaselining is not None and self._rebaselining.is_alive():
+            response.success = False
+            response.message = 'a re-baseline is already running; wait for it to finish'
+            return response
+        if not self._recent:
+            response.success = False
+            response.message = 'no input received yet; re-baseline once the robot has run ' \
+                               'normally for a few minutes'
+            return response
+        ticks = np.fromiter((t for t, _ in self._recent), dtype=np.int64,
+                            count=len(self._recent))
+        rows = np.stack([r for _, r in self._recent])
+        out = self._rebaseline_target()
+        seconds = (ticks[-1] - ticks[0]) * 1e-9
+        try:
+            from encdec_ros.anomaly.rebaseline import check_recent
+            check_recent(self.scorer, ticks, rows)
+            from encdec_ros.modeldir import check_output_dir
+            check_output_dir(out, what='re-baselined model directory')
+        except EncdecError as err:
+            response.success = False
+            response.message = str(err)
+            return response
+        self._rebaseline_note = f'running on {seconds:.0f} s of input into {out}'
+        self._rebaselining = threading.Thread(target=self._rebaseline_worker,
+                                              args=(ticks, rows, out), daemon=True)
+        self._rebaselining.start()
+        response.success = True
+        response.message = (f're-baselining {self.model_dir} on the last {seconds:.0f} s of '
+                            f'input into {out}; the node switches to it when done '
+                            '(/diagnostics shows the model in use)')
+        self.get_logger().info(response.message)
+        return response
+
+    def _rebaseline_target(self) -> Path:
+        root = self._rebaseline_dir or os.path.join(
+            os.environ.get('ROS_HOME') or os.path.join(os.path.expanduser('~'), '.ros'),
+            'encdec_ros', 'models')
+        stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime())
+        name = Path(self.model_dir).name.split('.rebaselined-')[0]
+        out = Path(root) / f'{name}.rebaselined-{stamp}'
+        n = 1
+        while out.exists():
+            n += 1
+            out = Path(root) / f'{name}.rebaselined-{stamp}-{n}'
+        return out
+
+    def _rebaseline_worker(self, ticks: np.ndarray, rows: np.ndarray, out: Path) -> None:
+        from encdec_ros.anomaly.rebaseline import rebaseline
+
+        try:
+            result = rebaseline(self.model_dir, ticks, rows, out,
+                                source=f'live input of {self.get_fully_qualified_name()}')
+            scorer = AnomalyScorer(out, threshold_scale=self.scorer.threshold_ /
+                                   self.scorer.calibrated_threshold, **self._scorer_options)
+            deb = self.scorer.debouncer
+            scorer.debouncer = Debouncer(deb.k, deb.n, deb.release)
+        except EncdecError as err:
+            self._rebaseline_note = f'failed: {err}'
+            self.get_logger().error(f're-baseline failed: {err}')
+            return
+        self.rebaselines.append(result)
+        self._pending = scorer
+
+    def _switch(self) -> None:
+        """Take the re-baselined scorer (on the executor thread, between decisions)."""
+        scorer, self._pending = self._pending, None
+        if scorer is None:
+            return
+        self.scorer = scorer
+        self.model_dir = str(scorer.model.path)
+        result = self.rebaselines[-1]
+        self._rebaseline_note = f'switched to {self.model_dir}'
+        self.get_logger().info(result.summary())
+
     def reset(self) -> None:
         """Start afresh: forget the aligned samples, the window, the flag state, the counts
         and the latencies (e.g. before replaying a bag whose stamps start earlier than what was
         received)."""
         self._aligner.reset()
         self._ring.reset()
+        self._recent.clear()
         self.scorer.reset()
         self._last = None
         self._bad = []
