@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 KINDS = ('stuck', 'bias_drift', 'spikes', 'vibration', 'motor_degradation', 'motor_failure')
 PRE_ONSET_S = 5.0
+AFTERMATH_S = 5.0
 
 
 def vehicles() -> dict:
@@ -98,6 +99,17 @@ def pre_onset_alarms(result) -> int:
     for iv in result.labels:
         near = (t >= iv.start_ns - int(PRE_ONSET_S * 1e9)) & (t < iv.start_ns)
         out += bool(flags[near].any())
+    return out
+
+
+def aftermath_alarms(result) -> int:
+    """False alarms that start within AFTERMATH_S after a fault's grace: the vehicle still
+    recovering (a restored motor spinning up, the attitude settling), not normal flight."""
+    grace = int(result.metrics['grace_s'] * 1e9)
+    out = 0
+    for lo, _ in result.metrics['alarms'].get('false_alarm_intervals_ns', []):
+        out += any(0 <= lo - (iv.end_ns + grace) < int(AFTERMATH_S * 1e9)
+                   for iv in result.labels)
     return out
 
 
@@ -158,8 +170,11 @@ def main() -> int:
         outside = pooled([{'pointwise': r.metrics['pointwise_after_grace']} for r in results])
         hours = sum(float(r.times_ns[-1] - r.times_ns[0]) * 1e-9 / 3600 for r in results)
         false = sum(r.metrics['alarms']['false_alarms'] for r in results)
+        after = sum(aftermath_alarms(r) for r in results)
         table[vehicle] = {'per_kind': per_kind, 'far_after_grace': outside['far'],
                           'false_alarms_per_hour': false / hours,
+                          'aftermath_alarms': after,
+                          'other_false_alarms_per_hour': (false - after) / hours,
                           'pre_onset_alarms': sum(pre_onset_alarms(r) for r in results),
                           'faults': len(events), 'grace_s': results[0].metrics['grace_s'],
                           'seconds': round(time.perf_counter() - t0, 1)}
@@ -204,17 +219,20 @@ def main() -> int:
           f'{args.train_seeds}) per vehicle, evaluated on 5 x 180 s held-out fault flights '
           f'(seeds {args.test_seeds}); detected/injected and worst delay in s')
     head = ''.join(f'{k[:12]:>14}' for k in KINDS)
-    print(f'  {"vehicle":<8}{head}  {"FAR*":>6} {"FA/h":>5} {"pre-onset":>9}')
+    print(f'  {"vehicle":<8}{head}  {"FAR*":>6} {"FA/h":>5} {"after":>5} {"other/h":>7} '
+          f'{"pre-onset":>9}')
     for vehicle, row in table.items():
         cells = ''.join(
             f'{row["per_kind"][k]["detected"]:>5}/{row["per_kind"][k]["events"]}'
             f' {row["per_kind"][k]["max_delay_s"] or 0:>5.2f}s' for k in KINDS)
         print(f'  {vehicle:<8}{cells}  {100 * row["far_after_grace"]:>5.2f}% '
-              f'{row["false_alarms_per_hour"]:>5.1f} {row["pre_onset_alarms"]:>5}/'
+              f'{row["false_alarms_per_hour"]:>5.1f} {row["aftermath_alarms"]:>5} '
+              f'{row["other_false_alarms_per_hour"]:>7.1f} {row["pre_onset_alarms"]:>5}/'
               f'{row["faults"]}')
     print(f'  FAR*: point-wise false alarm rate outside the grace after each fault; FA/h: false '
-          f'alarm events per hour; pre-onset: faults with an alarm in the {PRE_ONSET_S:g} s '
-          'before them')
+          f'alarm events per hour; after: of those, alarms starting within {AFTERMATH_S:g} s '
+          f'after a fault\'s grace (the vehicle still recovering); other/h: the rest per hour; '
+          f'pre-onset: faults with an alarm in the {PRE_ONSET_S:g} s before them')
     if scenarios:
         w, pl = scenarios['warmup'], scenarios['payload']
         print('normal flights that change their operating point (default vehicle):')

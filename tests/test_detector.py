@@ -171,6 +171,33 @@ def test_drift_following_is_the_same_window_by_window_and_batched(robot):
     assert np.array_equal(batch.flags, [d.flag for d in steps])
     np.testing.assert_allclose(batch.scores, [d.score for d in steps], rtol=1e-5,
                                equal_nan=True)
+    assert batch.flags[30] and steps[30].flag and not steps[30].valid     # NaN is a fault
+
+
+@pytest.mark.parametrize('drift_s', [0.0, 3.0])
+def test_a_nan_channel_is_a_flagged_fault_with_the_mahalanobis_error(robot, drift_s):
+    """One dead channel in otherwise normal windows: the joint distance must not come out
+    finite (fmax skipping the NaN) and leave the window unflagged, batched or step by step."""
+    from encdec_ros.anomaly.scorer import aggregate_errors
+
+    a = AnomalyScorer(robot['model'], device='cpu', drift_s=drift_s)
+    b = AnomalyScorer(robot['model'], device='cpu', drift_s=drift_s)
+    assert a.error_kind == 'mahalanobis'
+    wins = _windows(a, robot['normal'])[:60]
+    wins[20:25, :, 3] = np.nan                                # 5 windows with a dead channel
+    batch = a.score_windows(wins)
+    steps = [b.step(w) for w in wins]
+    assert batch.flags[20:25].all() and all(d.flag for d in steps[20:25])
+    assert not batch.flags[:20].any()
+    assert np.array_equal(batch.flags, [d.flag for d in steps])
+    # the aggregate itself: a NaN in one channel's error gives NaN (flagged by the scorer),
+    # an infinite error gives +inf, never a finite joint distance
+    ch = a.channel_errors(_windows(a, robot['normal'])[:3])
+    ch[0, 3] = np.nan
+    ch[1, 3] = np.inf
+    ch[2, 3], ch[2, 3 + len(a.channels)] = np.inf, np.nan  # its roughness unknown too
+    err, _ = aggregate_errors(ch, 'mahalanobis', a.stats_)
+    assert np.isnan(err[0]) and err[1] == np.inf and np.isnan(err[2])
 
 
 # --------------------------------------------------------------------------- re-baselining

@@ -511,8 +511,8 @@ class AnomalyScorer:
         recording)."""
         self.debouncer.reset()
         self.slow.reset()
-        self._flag = False
         self.drift.reset()
+        self._flag = False
 
     def describe(self) -> dict[str, Any]:
         """A plain dict for diagnostics and reports."""
@@ -842,7 +842,14 @@ def aggregate_errors(channel_errors: np.ndarray, kind: str, stats: ChannelStats,
         z = np.where(np.isnan(z), z, np.fmax(z, zs))   # an unscored window stays NaN
         if joint is not None:
             others = np.where(np.isnan(others), others, np.fmax(others, zs))
-    error = np.fmax(joint, others.max(axis=1)) if joint is not None else z.max(axis=1)
+    if joint is not None:
+        # a row with any NaN stays NaN (the callers flag it as a fault); an infinite error
+        # makes the row +inf even where the joint distance came out NaN (inf - inf)
+        error = np.fmax(joint, others.max(axis=1))
+        error[np.isinf(u[:, :c]).any(axis=1) & ~np.isnan(ch).any(axis=1)] = np.inf
+        error[np.isnan(ch).any(axis=1)] = np.nan
+    else:
+        error = z.max(axis=1)
     if t2 is not None and stats.t2 is not None:
         error = np.maximum(error, stats.t2.z(t2))      # NaN stays NaN
     return error, z

@@ -239,9 +239,9 @@ class AnomalyDetectorNode(Node):
                 event_callbacks=self.monitor.event_callbacks(index)))
         self.topic_names: list[str] = [sub.topic_name for sub in self._subs]
         """The input topics as subscribed: the spec's, in the node's namespace, remapped."""
+        self.create_service(Trigger, '~/rebaseline', self._on_rebaseline)
         for item, name in zip(self.monitor.inputs, self.topic_names):
             item.name = name
-        self.create_service(Trigger, '~/rebaseline', self._on_rebaseline)
         self.diagnostics = DiagnosticsReporter(
             self, 'anomaly', ', '.join(self.topic_names), p['diagnostics_period'],
             stale_after_s=p['stale_after'], source=self._status)
