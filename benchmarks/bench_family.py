@@ -1,24 +1,27 @@
 """The autoencoder family side by side: every architecture x regulariser and the classical
 baselines, on the synthetic robot's held-out fault flights and on SKAB, in one run.
 
-What runs is what the CLI runs: every model is trained by ``encdec train anomaly``'s code
-(training.anomaly.train_anomaly) with the CLI's defaults except the family options named in
-its row (the table prints the CLI flags), and evaluated by ``encdec eval anomaly``'s code (the
-same scorer as the live node).
+What runs is what the CLI runs: every model is trained by ``encdec train anomaly`` itself
+(in-process through ``encdec_ros.cli.main``, every command written to --work/commands.log)
+with the CLI's defaults and only the row's family flags, plus --threads and --time-limit to
+bound the run's cost; it is evaluated by the code ``encdec eval anomaly`` runs
+(``evaluate_bag`` with the CLI's arguments: the same scorer as the live node), which also
+hands back the scores for the AUC. SKAB follows benchmarks/bench_skab.py (``encdec bag
+from-csv``, ``--train-span :400rows --keep-labelled``, ``--points messages --eval-span
+400rows:``); the sim follows benchmarks/bench_anomaly_sim.py (2 x 300 s of normal flight).
 
-Choosing the regularisers' settings (cross-validation across experiment groups):
+Choosing settings by cross-validation across SKAB's experiment groups:
 
 - each regulariser's setting (VAE beta, sparse penalty, contractive weight, denoising
-  corruption, PCA components) is chosen from a small grid on the MLP (the cheapest network)
-  by the pooled ROC-AUC of the streaming score on ONE SKAB group (valve1, valve2 or other),
-  and that choice is reported on the two other groups, for every architecture; the three
-  rotations are pooled. The AUC is threshold-free, so the choice does not depend on the
-  calibration rule (which issue 10 owns); the flags are then the CLI's (its threshold rule);
-- the CLI default is the setting chosen on all three groups together; the synthetic robot,
-  never used for a choice, runs every architecture with those defaults: independent evidence;
-- the default architecture: the config with the best rotated SKAB AUC (chosen on two groups,
-  reported on the third) and its sim figures are printed, with the choice on half of the sim
-  fault flights reported on the other half.
+  corruption, PCA components) is chosen from two candidates (the CLI default first) on
+  GRID_ARCH by the pooled F1 (then AUC) of two groups, and every architecture's row scores
+  the third group with it; each group is held out in turn, every file counted once;
+- the setting chosen on all three groups is what the CLI default should be, and what the
+  synthetic robot (never used for these choices) runs;
+- the default architecture: the row with the best pooled F1 on two SKAB groups, reported on
+  the third (rotated), and the row with the most faults detected less false alarms on half
+  of the sim's fault flights, reported on the other half; the CLI default changes only when
+  every fold picks the same row.
 
 Figures per row: parameters, training seconds, ONNX latency at batch 1 (p50, and as a ratio
 to the robust z graph, the floor, in the same run), ONNX-vs-torch parity (numpy for the
@@ -31,7 +34,8 @@ Usage::
     nice -n 10 python benchmarks/bench_family.py --json out/bench_family.json
     nice -n 10 python benchmarks/bench_family.py --quick          # a reduced table, minutes
 
-Work (bags, models, per-file results) is cached under --work; a second run only prints.
+Work (bags, models, per-file results) is cached under --work per hash of the code and the
+CLI's defaults; a second run only prints.
 """
 
 from __future__ import annotations
@@ -71,33 +75,39 @@ class Config:
             ':', '=').replace('/', '')
 
     @property
-    def cli(self) -> str:
-        """The flags of ``encdec train anomaly`` for this row."""
+    def argv(self) -> list[str]:
+        """The flags of ``encdec train anomaly`` for this row (every other option is the CLI
+        default)."""
         names = {'warmup': 'kl-warmup'}
         parts = []
         for key, value in self.options:
-            parts += [f'--{names.get(key, key.replace("_", "-"))}', str(value)]
-        return ' '.join(shlex.quote(p) for p in parts)
+            parts += [f'--{names.get(key, key.replace("_", "-"))}', f'{value:g}'
+                      if isinstance(value, float) else str(value)]
+        return parts
+
+    @property
+    def cli(self) -> str:
+        return ' '.join(shlex.quote(p) for p in self.argv)
 
 
 def C(name: str, family: str = '', **opts: Any) -> Config:
     return Config(name, tuple(opts.items()), family)
 
 
-# Each regulariser's grid, tried on the MLP and chosen by rotated CV on SKAB.
-GRIDS: dict[str, list[dict[str, Any]]] = {
-    'vae': [{'reg': 'vae', 'beta': 0.1}, {'reg': 'vae', 'beta': 1.0}],
-    'sparse': [{'reg': 'sparse', 'sparsity': 'l1', 'sparsity_weight': 1e-3},
-               {'reg': 'sparse', 'sparsity': 'l1', 'sparsity_weight': 1e-2},
-               {'reg': 'sparse', 'sparsity': 'kl', 'sparsity_weight': 1e-2}],
-    'contractive': [{'reg': 'contractive', 'contractive_weight': 1e-4},
-                    {'reg': 'contractive', 'contractive_weight': 1e-3},
-                    {'reg': 'contractive', 'contractive_weight': 1e-2}],
-    'denoise': [{'noise': 'relative,gaussian:0.1'}, {'noise': 'relative,gaussian:0.3'},
+# Each regulariser's grid, tried on GRID_ARCH and chosen by rotated CV on SKAB.
+GRIDS: dict[str, list[dict[str, Any]]] = {      # the CLI's default first
+    'vae': [{'reg': 'vae', 'beta': 1.0}, {'reg': 'vae', 'beta': 0.1}],
+    'sparse': [{'reg': 'sparse', 'sparsity': 'l1', 'sparsity_weight': 1e-2},
+               {'reg': 'sparse', 'sparsity': 'l1', 'sparsity_weight': 1e-3}],
+    'contractive': [{'reg': 'contractive', 'contractive_weight': 1e-3},
+                    {'reg': 'contractive', 'contractive_weight': 1e-4}],
+    'denoise': [{'noise': 'relative,gaussian:0.1'},
                 {'noise': 'relative,gaussian:0.1,spikes:0.01:3'}],
 }
-PCA_GRID = [{'latent': 4}, {'latent': 8}, {'latent': 16}]
+PCA_GRID = [{'latent': 8}, {'latent': 4}]
 NETWORKS = ('mlp', 'lstm', 'gru', 'conv')
+GRID_ARCH = 'conv'
+"""The network the regularisers' settings are chosen on: the cheapest to train on SKAB."""
 
 
 def grid_name(family: str, opts: dict[str, Any]) -> str:
@@ -159,19 +169,24 @@ def model_figures(model: Path) -> dict[str, Any]:
     t = meta['training']
     return {'parameters': meta['architecture']['parameters'],
             'train_s': t['seconds']['train'], 'epochs': t['epochs_run'],
-            'parity': t['export']['max_abs_diff'], 'threshold': meta['threshold']}
+            'parity': t['export']['max_abs_diff'], 'threshold': meta['threshold'],
+            'folds': t.get('folds', 0)}
 
 
-def defaults_key() -> str:
-    """A short hash of the CLI's training defaults: cached results are kept per defaults, so
-    a run after the defaults changed trains again instead of mixing old and new figures."""
-    import dataclasses
+def code_key() -> str:
+    """A short hash of the code and the CLI defaults a model depends on: cached results are
+    kept per key, so a run after the code or a default changed trains again instead of
+    mixing old and new figures."""
     import hashlib
 
-    from training.anomaly import TrainOptions
-
-    text = json.dumps(dataclasses.asdict(TrainOptions()), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    h = hashlib.sha256()
+    for rel in ('training/anomaly.py', 'training/models.py', 'training/family.py',
+                'training/data.py', 'encdec_ros/anomaly/scorer.py',
+                'encdec_ros/anomaly/calibrate.py', 'encdec_ros/anomaly/baselines.py',
+                'encdec_ros/anomaly/evaluate.py', 'encdec_ros/cli/anomaly.py',
+                'encdec_ros/io/csvbag.py', 'encdec_ros/cli/bag.py'):
+        h.update((ROOT / rel).read_bytes())
+    return h.hexdigest()[:8]
 
 
 def cached(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -183,62 +198,86 @@ def cached(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return value
 
 
-def train(bags: list[Path], spec: Any, out: Path, cfg: Config, args: argparse.Namespace,
-          **train_kw: Any) -> Path:
-    """``encdec train anomaly`` with the CLI defaults and the row's family options."""
-    from training.anomaly import TrainOptions, train_anomaly
-    from training.family import AEConfig
+COMMANDS: list[str] = []
+"""Every encdec command this run executed (also written to --work/commands.log)."""
 
+
+def encdec(argv: list[str], log_path: Path) -> None:
+    """Run one ``encdec`` command in-process, exactly as typed; its output goes to the log."""
+    import contextlib
+
+    from encdec_ros.cli import main as cli_main
+
+    line = 'encdec ' + ' '.join(shlex.quote(a) for a in argv)
+    COMMANDS.append(line)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, 'a') as log:
+        print(f'$ {line}', file=log, flush=True)
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            code = cli_main(argv)
+    if code != 0:
+        raise SystemExit(f'{line} failed (exit {code}); see {log_path}')
+
+
+def train(bags: list[Path], spec: Path, out: Path, cfg: Config, args: argparse.Namespace,
+          *extra: str) -> Path:
+    """``encdec train anomaly`` with the CLI's defaults, the row's flags and ``extra`` (the
+    protocol's span), plus the resource flags of this run (threads, time limit)."""
     if (out / 'model.yaml').exists():
         return out
-    opts = dict(cfg.opts)
-    noise = opts.pop('noise', None)
-    options = TrainOptions(model=AEConfig(**opts), noise=noise, threads=1,
-                           time_limit_s=args.time_limit, **train_kw)
+    argv = ['train', 'anomaly', *[a for b in bags for a in ('--bag', str(b))], '--spec',
+            str(spec), '--out', str(out), '--force', *extra, *cfg.argv, *resource_flags(args)]
+    encdec(argv, Path(args.work) / 'commands.log')
+    return out
+
+
+def resource_flags(args: argparse.Namespace) -> list[str]:
+    """Flags that bound the run's cost, not the model: --threads and --time-limit."""
+    out = ['--threads', str(args.threads)] if args.threads else []
+    if args.time_limit:
+        out += ['--time-limit', f'{args.time_limit:g}']
     if args.epochs:
-        options.epochs = args.epochs
-    train_anomaly(bags, spec, out, options, overwrite=True, say=lambda s: None,
-                  show_progress=False)
+        out += ['--epochs', str(args.epochs)]
     return out
 
 
 # --------------------------------------------------------------------------- SKAB
 
 
+def skab_bag(csv: Path, work: Path, args: argparse.Namespace) -> Path:
+    """``encdec bag from-csv`` (the spec it writes is part of the defaults), cached."""
+    bag = work / 'skab_bags' / f'{csv.parent.name}_{csv.stem}'
+    if not (bag / 'metadata.yaml').exists():
+        encdec(['bag', 'from-csv', str(csv), '--out', str(bag), '--overwrite'],
+               Path(args.work) / 'commands.log')
+    return bag
+
+
 def skab_file(csv: Path, cfg: Config, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Train on the first 400 rows of one SKAB file, score the rest (cached)."""
+    """Train on the first 400 rows of one SKAB file, score the rest (cached): the commands of
+    benchmarks/bench_skab.py with the row's flags."""
     def make() -> dict[str, Any]:
         import numpy as np
 
-        from encdec_ros.anomaly.evaluate import evaluate_recording, held_values
-        from encdec_ros.anomaly.scorer import AnomalyScorer
-        from encdec_ros.io.bag import read_bag
-        from encdec_ros.io.csvbag import csv_to_bag
-        from encdec_ros.io.spec import SignalSpec
+        from encdec_ros.anomaly.evaluate import evaluate_bag, held_values, parse_span
 
         name = f'{csv.parent.name}_{csv.stem}'
-        bag = work.parent / 'skab_bags' / name
-        if not (bag / 'metadata.yaml').exists():
-            csv_to_bag(csv, bag, sep=';', time_col='datetime', label_col='anomaly',
-                       exclude=['changepoint'], overwrite=True)
-        spec = SignalSpec.load(bag / 'spec.yaml')
-        rec = read_bag(bag, spec)
-        stamps = rec.streams[spec.topic_names[0]].stamps_ns
-        fit_end_s = (int(stamps[FIT_ROWS]) - int(rec.times_ns[0])) * 1e-9
+        bag = skab_bag(csv, work, args)
         model = work / 'skab_models' / cfg.tag / name
         t0 = time.perf_counter()
-        train([bag], spec, model, cfg, args, train_span=(None, fit_end_s),
-              exclude_labelled=False)
+        train([bag], bag / 'spec.yaml', model, cfg, args, '--train-span', f':{FIT_ROWS}rows',
+              '--keep-labelled')
         wall = time.perf_counter() - t0
-        scorer = AnomalyScorer(model, device='cpu')
-        res = evaluate_recording(scorer, rec, points='messages', eval_span=(fit_end_s, None))
-        dec_t = res.decision_times_ns
-        scores = held_values(dec_t, res.scores, res.point_times_ns, fill=np.nan)
-        out = {'file': name, 'group': csv.parent.name, 'pointwise': res.metrics['pointwise'],
-               'scores': [None if not np.isfinite(v) else float(v) for v in scores],
-               'labels': [bool(v) for v in res.point_labels], 'wall_s': wall,
-               **model_figures(model)}
-        return out
+        # what `encdec eval anomaly --model M --bag B --points messages --eval-span 400rows:`
+        # computes (its defaults), keeping the scores for the AUC
+        res = evaluate_bag(str(model), bag, device='cpu', points='messages',
+                           eval_span=parse_span(f'{FIT_ROWS}rows:'))
+        scores = held_values(res.decision_times_ns, res.scores, res.point_times_ns,
+                             fill=np.nan)
+        return {'file': name, 'group': csv.parent.name, 'pointwise': res.metrics['pointwise'],
+                'scores': [None if not np.isfinite(v) else float(v) for v in scores],
+                'labels': [bool(v) for v in res.point_labels], 'wall_s': wall,
+                **model_figures(model)}
 
     return cached(work / 'skab_results' / cfg.tag / f'{csv.parent.name}_{csv.stem}.json', make)
 
@@ -259,10 +298,15 @@ def skab_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the sim
 
 
-def sim_flight(work: Path, name: str, seed: int, duration: float, faults: str) -> Path:
+def sim_flight(args: argparse.Namespace, name: str, seed: int, duration: float,
+               faults: str) -> Path:
+    """A flight of the synthetic hexacopter (training.sim, the code of ``encdec sim``)."""
     from training.sim import SimConfig, simulate, write_bag
 
-    path = work.parent / 'bags' / name
+    import hashlib
+
+    key = hashlib.sha256((ROOT / 'training' / 'sim.py').read_bytes()).hexdigest()[:8]
+    path = Path(args.work) / f'bags_{key}' / name
     if not (path / 'metadata.yaml').exists():
         write_bag(simulate(SimConfig(duration_s=duration, seed=seed, faults=faults)), path)
     return path
@@ -272,20 +316,16 @@ def sim_run(cfg: Config, work: Path, train_bags: list[Path], test_bags: list[Pat
             args: argparse.Namespace) -> dict[str, Any]:
     """Train on the normal flights, evaluate on each fault flight (cached per flight)."""
     from encdec_ros.anomaly.evaluate import evaluate_bag
-    from encdec_ros.anomaly.scorer import AnomalyScorer
 
     model = work / 'sim_models' / cfg.tag
     t0 = time.perf_counter()
     train(train_bags, ROOT / 'config' / 'sim_spec.yaml', model, cfg, args)
     wall = time.perf_counter() - t0
     flights = []
-    scorer = None
     for bag in test_bags:
         def make(bag: Path = bag) -> dict[str, Any]:
-            nonlocal scorer
-            scorer = scorer or AnomalyScorer(model, device='cpu')
-            scorer.reset()
-            res = evaluate_bag(scorer, bag)
+            # what `encdec eval anomaly --model M --bag B` computes with its defaults
+            res = evaluate_bag(str(model), bag, device='cpu')
             m = res.metrics
             return {'flight': bag.name, 'events': [
                         {k: e[k] for k in ('kind', 'detail', 'detected', 'delay_s')}
@@ -342,6 +382,12 @@ class Row:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
+def skab_score(fig: dict[str, Any]) -> tuple:
+    """Order of merit on SKAB: the pooled F1 with the CLI's own threshold (what a user gets),
+    then the AUC."""
+    return (fig.get('f1') or 0.0, fig.get('auc') or 0.0)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--data', default=str(ROOT.parent / 'shared' / 'data' / 'skab'))
@@ -350,28 +396,29 @@ def main() -> int:
     p.add_argument('--train-duration', type=float, default=300.0)
     p.add_argument('--test-seeds', default='2,3,4,5,6,7')
     p.add_argument('--test-duration', type=float, default=180.0)
-    p.add_argument('--epochs', type=int, help='override the CLI default (a reduced run)')
+    p.add_argument('--threads', type=int, default=1,
+                   help='encdec train anomaly --threads (1: fastest on a loaded machine; 0: '
+                        'torch decides)')
     p.add_argument('--time-limit', type=float, default=300.0,
-                   help='seconds per training (encdec train anomaly --time-limit; 300)')
+                   help='encdec train anomaly --time-limit per training (300; 0: none)')
+    p.add_argument('--epochs', type=int, help='encdec train anomaly --epochs (a reduced run)')
     p.add_argument('--quick', action='store_true',
-                   help='reduced: 8 epochs, one sim training flight, 3 fault flights, fewer '
-                        'SKAB files per group')
+                   help='reduced: --epochs 4, one sim training flight, 2 fault flights, 2 '
+                        'SKAB files per group, no grid')
     p.add_argument('--no-sim', action='store_true')
     p.add_argument('--no-skab', action='store_true')
     p.add_argument('--json', help='write the figures here')
     args = p.parse_args()
     if args.quick:
-        args.epochs = args.epochs or 8
+        args.epochs = args.epochs or 4
         args.train_seeds = '21'
-        args.test_seeds = '2,3,4'
+        args.test_seeds = '2,3'
 
     import logging
     logging.disable(logging.WARNING)
     import numpy as np
 
-    work = Path(args.work)
-    bags_dir = work
-    work = work / f'defaults_{defaults_key()}'
+    work = Path(args.work) / f'code_{code_key()}'
     data = Path(args.data)
     files = sorted(f for f in data.glob('*/*.csv') if f.parent.name in GROUPS)
     if args.quick:
@@ -383,57 +430,65 @@ def main() -> int:
     log = lambda text: print(f'[{time.perf_counter() - started:7.0f} s] {text}',  # noqa: E731
                              flush=True)
 
-    # ---- 1. each regulariser's setting, chosen on the MLP by rotated group CV on SKAB
+    # ---- 1. each regulariser's setting, on the MLP: chosen on two SKAB groups for the third
     choices: dict[str, dict[str, dict[str, Any]]] = {}     # family -> held-out group -> opts
-    defaults: dict[str, dict[str, Any]] = {}
+    defaults: dict[str, dict[str, Any]] = {}               # family -> chosen on all groups
     grid_rows: dict[str, list[Row]] = {}
-    if not args.no_skab:
-        for family, grid in [*GRIDS.items(), ('pca', PCA_GRID)]:
-            arch = 'pca' if family == 'pca' else 'mlp'
+    grids = [*GRIDS.items(), ('pca', PCA_GRID)]
+    if not args.no_skab and not args.quick:
+        for family, grid in grids:
+            arch = 'pca' if family == 'pca' else GRID_ARCH
             rows = []
             for opts in grid:
                 cfg = C(f'{arch} {grid_name(family, opts)}', family, arch=arch, **opts)
                 per_file = [skab_file(f, cfg, work, args) for f in files]
                 rows.append(Row(cfg, {'files': per_file}))
-                log(f'grid {cfg.name}: AUC {skab_figures(per_file)["auc"]:.3f}')
+                fig = skab_figures(per_file)
+                log(f'grid {cfg.name}: F1 {fig["f1"]:.3f} AUC {fig["auc"]:.3f}')
             grid_rows[family] = rows
 
-            def best_on(groups: tuple[str, ...], rows: list[Row] = rows) -> Row:
-                return max(rows, key=lambda r: skab_figures(
-                    [x for x in r.skab['files'] if x['group'] in groups])['auc'] or 0.0)
+            def best_on(groups: set[str], rows: list[Row] = rows) -> Row:
+                return max(rows, key=lambda r: skab_score(skab_figures(
+                    [x for x in r.skab['files'] if x['group'] in groups])))
 
-            choices[family] = {g: dict(best_on((g,)).cfg.options) for g in GROUPS}
-            defaults[family] = dict(best_on(GROUPS).cfg.options)
-            log(f'{family}: chosen per group '
-                + ', '.join(f'{g}: {grid_name(family, choices[family][g])}' for g in GROUPS)
-                + f'; default (all groups): {grid_name(family, defaults[family])}')
-    else:
-        defaults = {family: dict(grid[1 if family != 'pca' else 1]) for family, grid in
-                    [*GRIDS.items(), ('pca', PCA_GRID)]}
+            choices[family] = {g: dict(best_on(set(GROUPS) - {g}).cfg.options)
+                               for g in GROUPS}
+            defaults[family] = dict(best_on(set(GROUPS)).cfg.options)
+            log(f'{family}: for ' + ', '.join(
+                f'{g} (chosen on the others): {grid_name(family, choices[family][g])}'
+                for g in GROUPS) + f'; on all groups: {grid_name(family, defaults[family])}')
+    else:                       # the CLI's defaults (the first grid point)
+        defaults = {family: dict(grid[0]) for family, grid in grids}
+        choices = {family: {g: defaults[family] for g in GROUPS} for family, _ in grids}
 
     # ---- 2. the table's rows: every architecture x regulariser with the chosen settings
     def strip(opts: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in opts.items() if k != 'arch'}
 
+    def setting(family: str, g: str | None) -> dict[str, Any]:
+        return strip(choices[family][g] if g else defaults[family])
+
     table: list[tuple[str, str, Callable[[str | None], Config]]] = []
     table.append(('robust_z', 'none', lambda g: C('robust z', arch='robust_z')))
-    table.append(('pca', 'none', lambda g: C('pca T2+Q', arch='pca', **strip(
-        (choices['pca'][g] if g else defaults['pca'])))))
+    table.append(('pca', 'none', lambda g: C(f'pca k={setting("pca", g)["latent"]}',
+                                             arch='pca', **setting('pca', g))))
     for arch in NETWORKS:
         table.append((arch, 'none', lambda g, a=arch: C(a, arch=a)))
         if arch == 'conv':
             table.append((arch, 'transposed', lambda g: C('conv transposed', arch='conv',
                                                           upsample='transposed')))
+        if arch == 'gru':          # a recurrent cousin of the LSTM: plain only (time)
+            continue
         for family in GRIDS:
             def make(g: str | None, a: str = arch, fam: str = family) -> Config:
-                opts = strip(choices[fam][g] if g else defaults[fam])
+                opts = setting(fam, g)
                 return C(f'{a} {grid_name(fam, opts)}', arch=a, **opts)
             table.append((arch, family, make))
     # undercomplete vs overcomplete: the MLP with a code larger than its input
     table.append(('mlp', 'overcomplete', lambda g: C('mlp overcomplete', arch='mlp')))
     table.append(('mlp', 'overcomplete+sparse', lambda g: C(
-        'mlp overcomplete sparse', arch='mlp', **strip(choices['sparse'][g] if g
-                                                        else defaults['sparse']))))
+        f'mlp overcomplete {grid_name("sparse", setting("sparse", g))}', arch='mlp',
+        **setting('sparse', g))))
 
     def overcomplete(cfg: Config, inputs: int) -> Config:
         if 'overcomplete' not in cfg.name:
@@ -444,38 +499,39 @@ def main() -> int:
     rows: list[Row] = []
     skab_inputs = 0
     if not args.no_skab:
-        from encdec_ros.io.spec import SignalSpec
-        from encdec_ros.io.csvbag import read_csv_table
+        import yaml
 
-        table_csv = read_csv_table(files[0], sep=';', time_col='datetime', label_col='anomaly',
-                                   exclude=['changepoint'])
-        # the window the CLI's CSV bag spec takes (written by encdec bag from-csv)
-        skab_file(files[0], C('robust z', arch='robust_z'), work, args)
-        bag_spec = SignalSpec.load(bags_dir / 'skab_bags' / f'{files[0].parent.name}_'
-                                   f'{files[0].stem}' / 'spec.yaml')
-        skab_inputs = bag_spec.window * len(table_csv.columns)
+        bag = skab_bag(files[0], work, args)
+        spec = yaml.safe_load((bag / 'spec.yaml').read_text())
+        skab_inputs = int(spec['window']) * sum(len(t.get('fields', []))
+                                                for t in spec['topics'].values())
     for arch, family, make in table:
         row = Row(make(None))
         if not args.no_skab:
-            rotated = []
+            held = []          # each file once, with the setting chosen without its group
             for g in GROUPS:
                 cfg = overcomplete(make(g), skab_inputs)
-                rotated += [skab_file(f, cfg, work, args) for f in files
-                            if f.parent.name != g]
-            row.skab = skab_figures(rotated)
-            row.skab['rotated_rows'] = rotated
+                held += [skab_file(f, cfg, work, args) for f in files if f.parent.name == g]
+            row.skab = skab_figures(held)
+            row.skab['rotated_rows'] = held
+            log(f'SKAB {row.cfg.name}: F1 {row.skab["f1"]:.3f} FAR '
+                f'{100 * row.skab["far"]:.1f} % MAR {100 * row.skab["mar"]:.1f} % AUC '
+                f'{row.skab["auc"]:.3f}')
         rows.append(row)
-        log(f'SKAB {row.cfg.name}: ' + (f'F1 {row.skab["f1"]:.3f} FAR '
-                                         f'{100 * row.skab["far"]:.1f} % AUC '
-                                         f'{row.skab["auc"]:.3f}' if row.skab else 'skipped'))
 
-    # ---- 3. the synthetic robot with the defaults (never used for a choice)
+    # ---- 3. the synthetic robot with the defaults chosen on all SKAB groups
+    sim_inputs = 0
     if not args.no_sim:
-        train_bags = [sim_flight(work, f'normal_{s}', int(s), args.train_duration, 'none')
+        train_bags = [sim_flight(args, f'normal_{s}', int(s), args.train_duration, 'none')
                       for s in args.train_seeds.split(',')]
-        test_bags = [sim_flight(work, f'faults_{s}', int(s), args.test_duration, 'all')
+        test_bags = [sim_flight(args, f'faults_{s}', int(s), args.test_duration, 'all')
                      for s in args.test_seeds.split(',')]
-        sim_inputs = 50 * 22
+        from encdec_ros.io.bag import BagSource, bind_spec
+        from encdec_ros.io.spec import SignalSpec
+
+        with BagSource(train_bags[0]) as first:
+            sim_spec = bind_spec(SignalSpec.load(ROOT / 'config' / 'sim_spec.yaml'), first)
+        sim_inputs = sim_spec.window * len(sim_spec.channels)
         for row in rows:
             cfg = overcomplete(row.cfg, sim_inputs)
             run = sim_run(cfg, work, train_bags, test_bags, args)
@@ -495,30 +551,31 @@ def main() -> int:
                   'robust_z'), None)
     print()
     print(f'The family, one run ({(time.perf_counter() - started) / 60:.0f} min). SKAB: '
-          f'{len(files)} files, fit on the first {FIT_ROWS} rows, settings chosen on one '
-          'group and reported on the other two, rotated and pooled. Sim: trained on '
-          f'{len(args.train_seeds.split(","))} x {args.train_duration:g} s, '
+          f'{len(files)} files, fit on the first {FIT_ROWS} rows, each group held out in turn '
+          'with the settings chosen on the other two, every file counted once, pooled. Sim: '
+          f'trained on {len(args.train_seeds.split(","))} x {args.train_duration:g} s, '
           f'{len(args.test_seeds.split(","))} x {args.test_duration:g} s held-out fault '
-          'flights (6 kinds each).')
-    head = (f'{"row":<38} {"params":>8} {"train s":>7} {"ms@1":>6} {"xfloor":>6} '
+          'flights (6 kinds each), settings chosen on all SKAB groups.')
+    head = (f'{"row":<30} {"params":>8} {"train s":>7} {"ms@1":>6} {"xfloor":>6} '
             f'{"parity":>7} | {"kinds":>5} {"events":>6} {"delay":>5} {"FAR*%":>6} '
             f'{"FA/h":>5} | {"F1":>5} {"FAR%":>5} {"MAR%":>5} {"AUC":>5}')
     print(head)
     print('-' * len(head))
     for row in rows:
-        f, s, k = row.figures, row.sim, row.skab
+        f, sim, k = row.figures, row.sim, row.skab
         lat = f.get('latency_ms')
-        cells = [f'{row.cfg.name:<38}', f'{f.get("parameters") or 0:>8}',
+        cells = [f'{row.cfg.name:<30}', f'{f.get("parameters") or 0:>8}',
                  f'{f.get("train_s") or 0:>7.1f}',
                  f'{lat:>6.3f}' if lat else f'{"":>6}',
                  f'{lat / floor:>6.1f}' if lat and floor else f'{"":>6}',
                  f'{f.get("parity") or 0:>7.1e}', '|']
-        if s:
-            delay = s['mean_delay_s']
-            cells += [f'{s["kinds_detected"]:>3}/6', f'{s["events_detected"]:>3}/{s["events"]:<2}',
+        if sim:
+            delay = sim['mean_delay_s']
+            cells += [f'{sim["kinds_detected"]:>3}/6',
+                      f'{sim["events_detected"]:>3}/{sim["events"]:<2}',
                       f'{delay:>5.2f}' if delay is not None else f'{"-":>5}',
-                      f'{100 * s["far_after_grace"]:>6.2f}',
-                      f'{s["false_alarms_per_hour"]:>5.1f}', '|']
+                      f'{100 * sim["far_after_grace"]:>6.2f}',
+                      f'{sim["false_alarms_per_hour"]:>5.1f}', '|']
         else:
             cells += [f'{"":>5} {"":>6} {"":>5} {"":>6} {"":>5}', '|']
         if k:
@@ -527,23 +584,39 @@ def main() -> int:
         print(' '.join(cells))
     if rows and rows[0].skab:
         print(f'flag every point on the same SKAB points: F1 {rows[0].skab["flag_all_f1"]:.3f}')
-    print('CLI flags per row (beside the defaults; overcomplete: --hidden and --latent '
-          f'{int(np.ceil(1.1 * skab_inputs))} on SKAB, 1210 on the sim):')
+    print('CLI flags per row on the sim (beside the defaults; on SKAB each group gets the '
+          'setting chosen on the other two, see the grid lines above; overcomplete: --hidden '
+          f'and --latent {int(np.ceil(1.1 * skab_inputs))} on SKAB):')
     for row in rows:
-        print(f'  {row.cfg.name:<38} encdec train anomaly ... {row.cfg.cli}')
+        cfg = overcomplete(row.cfg, sim_inputs) if sim_inputs else row.cfg
+        print(f'  {row.cfg.name:<30} {cfg.cli}')
+    extra = ' '.join(resource_flags(args))
+    print('commands (every option not shown is the CLI default; all of them are in '
+          f'{Path(args.work) / "commands.log"}):\n'
+          f'  SKAB: encdec bag from-csv FILE --out BAG; encdec train anomaly --bag BAG --spec '
+          f'BAG/spec.yaml --out M --train-span :{FIT_ROWS}rows --keep-labelled ROW-FLAGS '
+          f'{extra}; encdec eval anomaly --model M --bag BAG --points messages --eval-span '
+          f'{FIT_ROWS}rows:\n'
+          f'  sim: encdec train anomaly --bag normal_21 --bag normal_22 --spec '
+          f'config/sim_spec.yaml --out M ROW-FLAGS {extra}; encdec eval anomaly --model M '
+          '--bag faults_S')
     # ---- 5. the default architecture, by cross-validation
     choice = choose_default(rows, args)
     for line in choice['lines']:
         print(line)
     if args.json:
         out = {'settings': vars(args), 'choices': choices, 'defaults': defaults,
-               'grids': {fam: [{'name': r.cfg.name, **skab_figures(r.skab['files'])}
+               'grids': {fam: [{'name': r.cfg.name, **skab_figures(r.skab['files']),
+                                'per_group': {g: skab_figures([x for x in r.skab['files']
+                                                               if x['group'] == g])
+                                              for g in GROUPS}}
                                for r in rs] for fam, rs in grid_rows.items()},
                'rows': [{'name': r.cfg.name, 'options': r.cfg.opts, 'figures': r.figures,
                          'sim': {k: v for k, v in r.sim.items() if k != 'flights'},
                          'skab': {k: v for k, v in r.skab.items() if k != 'rotated_rows'}}
                         for r in rows],
                'default_architecture': {k: v for k, v in choice.items() if k != 'lines'},
+               'commands': COMMANDS,
                'minutes': round((time.perf_counter() - started) / 60, 1)}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
@@ -551,24 +624,27 @@ def main() -> int:
 
 
 def choose_default(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
-    """The row chosen on part of the data, reported on the rest: SKAB (choose by AUC on two
-    groups, report the third, rotated) and the sim (choose on half the fault flights by
-    faults detected less false alarms, report the other half)."""
+    """The row chosen on part of the data, reported on the rest: SKAB (choose by pooled F1 on
+    two groups, report the third, rotated) and the sim (choose on half the fault flights by
+    faults detected less false alarms, report the other half); then whether the CLI's
+    default architecture should change (only when every fold picks the same one)."""
     lines = ['', 'default architecture by cross-validation:']
     out: dict[str, Any] = {'skab': {}, 'sim': {}}
+    picked: list[str] = []
     if rows and rows[0].skab:
         for g in GROUPS:
             def on(row: Row, groups: set[str]) -> dict[str, Any]:
                 return skab_figures([x for x in row.skab['rotated_rows']
                                      if x['group'] in groups])
             others = set(GROUPS) - {g}
-            best = max(rows, key=lambda r: on(r, others)['auc'] or 0.0)
+            best = max(rows, key=lambda r: skab_score(on(r, others)))
             held = on(best, {g})
             out['skab'][g] = {'chosen': best.cfg.name, **{k: held[k] for k in
                                                           ('f1', 'far', 'mar', 'auc')}}
+            picked.append(best.cfg.name)
             lines.append(f'  SKAB: chosen on {"+".join(sorted(others))}: {best.cfg.name}; on '
-                         f'{g}: F1 {held["f1"]:.3f} FAR {100 * held["far"]:.1f} % AUC '
-                         f'{held["auc"]:.3f}')
+                         f'{g}: F1 {held["f1"]:.3f} FAR {100 * held["far"]:.1f} % MAR '
+                         f'{100 * held["mar"]:.1f} % AUC {held["auc"]:.3f}')
     if rows and rows[0].sim:
         flights = [f['flight'] for f in rows[0].sim['flights']]
         half = len(flights) // 2
@@ -578,12 +654,32 @@ def choose_default(rows: list[Row], args: argparse.Namespace) -> dict[str, Any]:
             best = max(rows, key=lambda r: sim_score(fig(r, a)))
             held = fig(best, b)
             out['sim'][','.join(b)] = {'chosen': best.cfg.name, **held}
+            picked.append(best.cfg.name)
             lines.append(f'  sim: chosen on {",".join(a)}: {best.cfg.name}; on {",".join(b)}: '
                          f'{held["events_detected"]}/{held["events"]} events, FA/h '
                          f'{held["false_alarms_per_hour"]:.1f}, FAR* '
                          f'{100 * held["far_after_grace"]:.2f} %')
+    current = cli_default_arch()
+    unanimous = len(set(picked)) == 1 and picked
+    out['current_default'] = current
+    out['picked'] = picked
+    out['change_to'] = picked[0] if unanimous and picked[0] != current else None
+    if unanimous:
+        lines.append(f'  every fold picks {picked[0]}' + (
+            ' (the CLI default already)' if picked[0] == current
+            else f': the CLI default ({current}) should change'))
+    else:
+        lines.append(f'  the folds disagree ({", ".join(picked)}): no clear winner, the CLI '
+                     f'default ({current}) stays')
     out['lines'] = lines
     return out
+
+
+def cli_default_arch() -> str:
+    """``encdec train anomaly``'s default --arch."""
+    from encdec_ros.cli import build_parser
+
+    return build_parser().parse_args(['train', 'anomaly', '--bag', 'B', '--out', 'M']).arch
 
 
 if __name__ == '__main__':
