@@ -197,6 +197,26 @@ def test_pca_graph_is_hotellings_t2_and_q(bags, baselines):
     assert with_t2[0] > without[0] + 2
 
 
+def test_pca_t2_is_cross_fitted_and_rebaselined_with_its_q(bags, baselines, tmp_path):
+    """Little data: PCA's T^2 statistics come from the same cross-fitted folds as its Q and
+    the threshold counts both; re-baselining refits T^2 on the recent codes, never stricter."""
+    from encdec_ros.anomaly.rebaseline import rebaseline_bag
+    from encdec_ros.modeldir import ModelDir
+
+    meta = yaml.safe_load((baselines['pca'] / 'model.yaml').read_text())
+    assert meta['training']['folds'] == 5
+    assert meta['calibration']['data'] == 'cross-fitted over 5 folds'
+    assert meta['calibration']['flagged_heldout'] < 0.05
+    # "this is normal now" on the flight with its faults: T^2 is refitted (wider), not kept
+    result = rebaseline_bag(baselines['pca'], bags['faults'], tmp_path / 'rb')
+    old, new = (ModelDir.load(p).section('score.t2') for p in (baselines['pca'], result.path))
+    assert new['center'] == old['center'] and new['scale'] == old['scale']
+    assert new['log_mean'] >= old['log_mean'] and new['log_std'] >= old['log_std']
+    assert new['log_mean'] + new['log_std'] > old['log_mean'] + old['log_std']
+    assert result.flagged[1] < result.flagged[0], result.summary()
+    assert evaluate_bag(result.path, bags['normal']).flags.mean() < 0.05
+
+
 def test_robust_z_residual_is_the_robust_z_score(baselines):
     scorer = AnomalyScorer(baselines['robust_z'], device='cpu')
     arch = yaml.safe_load((baselines['robust_z'] / 'model.yaml').read_text())['architecture']
