@@ -104,7 +104,7 @@ GRIDS: dict[str, list[dict[str, Any]]] = {      # the CLI's default first
     'denoise': [{'noise': 'relative,gaussian:0.1'},
                 {'noise': 'relative,gaussian:0.1,spikes:0.01:3'}],
 }
-PCA_GRID = [{'latent': 8}, {'latent': 4}]
+PCA_GRID = [{'latent': 4}, {'latent': 8}]
 NETWORKS = ('mlp', 'lstm', 'gru', 'conv')
 GRID_ARCH = 'conv'
 """The network the regularisers' settings are chosen on: the cheapest to train on SKAB."""

@@ -48,6 +48,10 @@ SPARSITY = ('l1', 'kl')
 UPSAMPLE = ('resize', 'transposed')
 DEFAULT_LAYERS = {'conv': 2}
 """Layers when none are given: strided stages for the conv AE, else 1."""
+DEFAULT_LATENT = {'pca': 4}
+"""Code size when none is given: 4 principal components for PCA (chosen over 8 on every
+rotation of SKAB's groups and on both halves of the sim's fault flights: docs/anomaly.md,
+"The family side by side"), else 8."""
 
 
 @dataclass
@@ -58,7 +62,8 @@ class AEConfig:
     Attributes:
         arch: One of :data:`ARCHS`.
         hidden: Hidden width (MLP layers, RNN state size, conv feature maps).
-        latent: Size of the code per window (principal components for 'pca').
+        latent: Size of the code per window (principal components for 'pca'); None: 4 for
+            pca, else 8.
         layers: Hidden layers on each side (MLP), stacked RNN layers, or strided stages
             (conv); None: 2 for conv, else 1.
         dropout: Dropout between layers during training (0: none).
@@ -78,7 +83,7 @@ class AEConfig:
 
     arch: str = 'lstm'
     hidden: int = 32                 # MLP hidden width / RNN state size / conv feature maps
-    latent: int = 8                  # code size per window
+    latent: int | None = None        # code size per window (None: per arch)
     layers: int | None = None        # per side / stacked / strided stages (None: per arch)
     dropout: float = 0.0             # between layers, training only
     reg: str = 'none'                # none | vae | sparse | contractive
@@ -97,6 +102,8 @@ class AEConfig:
                               'use --arch lstm, gru, mlp, conv, pca or robust_z')
         if self.layers is None:
             self.layers = DEFAULT_LAYERS.get(self.arch, 1)
+        if self.latent is None:
+            self.latent = DEFAULT_LATENT.get(self.arch, 8)
         for name in ('hidden', 'latent', 'layers', 'kernel'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

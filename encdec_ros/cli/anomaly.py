@@ -67,8 +67,8 @@ def register(groups: dict) -> None:
     g = t.add_argument_group('model')
     g.add_argument('--hidden', type=int, default=32,
                    help='hidden width / RNN state / conv feature maps (32)')
-    g.add_argument('--latent', type=int, default=8,
-                   help='code size; principal components for pca (8)')
+    g.add_argument('--latent', type=int,
+                   help='code size; principal components for pca (8; pca 4)')
     g.add_argument('--layers', type=int,
                    help='hidden layers / RNN layers / conv strided stages (1; conv 2)')
     g.add_argument('--dropout', type=float, default=0.0, help='dropout while training (0)')
@@ -247,13 +247,13 @@ def _train(args: argparse.Namespace) -> int:
     from training.family import AEConfig
 
     given = {key: getattr(args, name) for key, name in (
-        ('layers', 'layers'), ('kernel', 'kernel'), ('upsample', 'upsample'), ('beta', 'beta'),
-        ('warmup', 'kl_warmup'), ('sparsity', 'sparsity'),
+        ('latent', 'latent'), ('layers', 'layers'), ('kernel', 'kernel'),
+        ('upsample', 'upsample'), ('beta', 'beta'), ('warmup', 'kl_warmup'), ('sparsity', 'sparsity'),
         ('sparsity_weight', 'sparsity_weight'), ('rho', 'rho'),
         ('contractive_weight', 'contractive_weight')) if getattr(args, name) is not None}
     opts = TrainOptions(
-        model=AEConfig(arch=args.arch, hidden=args.hidden, latent=args.latent,
-                       dropout=args.dropout, reg=args.reg, **given),
+        model=AEConfig(arch=args.arch, hidden=args.hidden, dropout=args.dropout,
+                       reg=args.reg, **given),
         noise=args.noise,
         epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, val_fraction=args.val_fraction,
