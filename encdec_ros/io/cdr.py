@@ -27,8 +27,11 @@ per-message path: the ``deserialize`` function given (rosbags or rclpy) and
 :func:`~encdec_ros.io.fields.compile_path`, so both paths give the same numbers. The fields
 that take the per-message path are said once in the log.
 
-:class:`RawDecoder` is the live counterpart: a node subscribed with ``raw=True`` appends each
-message's bytes and takes the decoded samples (stamps and values) per tick.
+The live nodes use the same decoder (:meth:`MessageDecoder.for_class`, laid out from the rclpy
+message class): they subscribe with ``raw=True``, keep each message's bytes, and decode what
+arrived per tick; :attr:`MessageDecoder.stamp_offset` lets them read a message's header stamp
+without decoding it, and :meth:`MessageDecoder.locate` tells where each value lies in one
+message (the denoiser writes its cleaned values back there).
 """
 
 from __future__ import annotations
@@ -194,6 +197,62 @@ class MessageDecoder:
                 _SAID.add(key)
                 log.info('%s%s field %s is decoded message by message (%s)',
                          f'{where}: ' if where else '', msgtype, text, why)
+
+    @classmethod
+    def for_class(cls, msg_class: Any, paths: Sequence[FieldPath], *, header_stamp: bool,
+                  where: str = '') -> 'MessageDecoder':
+        """A decoder for an rclpy message class (what a ``raw=True`` subscription delivers):
+        its layout from the class itself (:func:`rclpy_fielddefs`, custom messages too), rclpy's
+        own ``deserialize_message`` as the per-message path."""
+        from rclpy.serialization import deserialize_message
+
+        defs = rclpy_fielddefs(msg_class)
+        return cls(next(iter(defs)), paths, defs, header_stamp=header_stamp,
+                   deserialize=lambda data: deserialize_message(data, msg_class), where=where)
+
+    @property
+    def stamp_offset(self) -> int | None:
+        """Where ``header.stamp`` lies in every serialised message, when its place is fixed:
+        the byte offset (from the message's first byte, the CDR encapsulation header included)
+        of ``sec`` (int32), ``nanosec`` (uint32) right after it, little endian as ROS 2 writes
+        them. None for ROS 1 bytes, without ``header_stamp``, or where a string or a sequence
+        comes before the header."""
+        if self.ros1 or not self.header_stamp or self._stamp_fallback:
+            return None
+        where: dict[int, tuple[str, int]] = {}
+        for ins in self._program.code:
+            if isinstance(ins, _Gather) and ins.ints and ins.reg < 0 and ins.count < 0:
+                for off, col in zip(ins.offs.tolist(), ins.cols.tolist()):
+                    where[col] = (ins.dtype, off)
+        sec, nsec = where.get(0), where.get(1)
+        if sec is None or nsec is None or sec[0] != 'i4' or nsec != ('u4', sec[1] + 4):
+            return None
+        return 4 + sec[1]
+
+    def locate(self, data: bytes | bytearray) -> list[tuple[int, str]] | None:
+        """Where each column's number lies in one serialised CDR message: (byte offset from
+        the message's first byte, numpy type with byte order, e.g. ``'<f8'``) per column; None
+        when the message cannot be read here or a column is not at a known place (read per
+        message, or inside a sequence of structs)."""
+        if self.ros1 or self.fallback or len(data) < 4 or data[0] != 0 or data[1] > 1:
+            return None
+        order = '<' if data[1] else '>'
+        one = _One(data, 4, order, self.width)
+        try:
+            regs = self._program.run_one(one, [])
+        except _Bad:
+            return None
+        if one.short:
+            return None
+        spots: list[tuple[int, str] | None] = [None] * self.width
+        for ins in self._program.code:
+            if isinstance(ins, _Gather) and not ins.ints:
+                base = 4 + _at(regs, ins.reg, 0)
+                for off, col in zip(ins.offs.tolist(), ins.cols.tolist()):
+                    spots[col] = (base + off, order + ins.dtype)
+        if any(spot is None for spot in spots):
+            return None
+        return spots        # type: ignore[return-value]
 
     @property
     def batched(self) -> list[str]:
@@ -1096,80 +1155,3 @@ def rclpy_fielddefs(cls: Any) -> dict[str, Any]:
 
     walk(cls)
     return out
-
-
-@dataclass
-class Samples:
-    """Decoded samples of one topic: stamps [k] (ns) and values [k, c], short and undecodable
-    messages left out (and counted)."""
-
-    stamps_ns: np.ndarray
-    values: np.ndarray
-    short: int = 0
-    failed: int = 0
-    error: str = ''
-
-
-class RawDecoder:
-    """Collect one topic's serialised messages and decode them in batches.
-
-    What a node subscribed with ``raw=True`` needs: the callback only appends the bytes
-    (:meth:`append`, with the receive time when the spec stamps by receive time), and the node
-    takes everything collected so far per tick (:meth:`take`), as arrays for the aligner::
-
-        decoder = RawDecoder.for_class(Imu, paths, header_stamp=True)
-        node.create_subscription(Imu, 'imu', decoder.append, qos, raw=True)
-        ...
-        samples = decoder.take()      # stamps_ns [k], values [k, c]
-
-    Args:
-        msgtype: The topic's message type.
-        paths: The spec's field paths for the topic (sized).
-        fielddefs: Type definitions (``standard_typestore().fielddefs``, or
-            :func:`rclpy_fielddefs` of the message class).
-        header_stamp: Stamps come from ``header.stamp`` (else from the receive times given
-            to :meth:`append`).
-        deserialize: The per-message path (e.g. ``lambda b: deserialize_message(b, cls)``).
-        where: For the log.
-    """
-
-    def __init__(self, msgtype: str, paths: Sequence[FieldPath], fielddefs: Mapping[str, Any],
-                 *, header_stamp: bool, deserialize: Callable[[bytes], Any] | None = None,
-                 where: str = '') -> None:
-        self.decoder = MessageDecoder(msgtype, paths, fielddefs, header_stamp=header_stamp,
-                                      deserialize=deserialize, where=where)
-        self.header_stamp = header_stamp
-        self._raw: list[bytes] = []
-        self._recv: list[int] = []
-
-    @classmethod
-    def for_class(cls, msg_class: Any, paths: Sequence[FieldPath], *, header_stamp: bool,
-                  where: str = '') -> 'RawDecoder':
-        """A decoder for an rclpy message class: its layout from the class, rclpy's own
-        deserialisation as the per-message path."""
-        from rclpy.serialization import deserialize_message
-
-        defs = rclpy_fielddefs(msg_class)
-        return cls(next(iter(defs)), paths, defs, header_stamp=header_stamp,
-                   deserialize=lambda data: deserialize_message(data, msg_class), where=where)
-
-    def append(self, data: bytes, receive_ns: int = 0) -> None:
-        """Keep one message's bytes (and its receive time when stamps come from it)."""
-        self._raw.append(data)
-        if not self.header_stamp:
-            self._recv.append(receive_ns)
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    def take(self) -> Samples:
-        """Decode and forget everything appended so far."""
-        raw, recv = self._raw, self._recv
-        self._raw, self._recv = [], []
-        if not raw:
-            return Samples(np.zeros(0, np.int64), np.zeros((0, self.decoder.width)))
-        dec = self.decoder.decode_messages(raw)
-        stamps = dec.header_ns if self.header_stamp else np.asarray(recv, dtype=np.int64)
-        ok = dec.ok
-        return Samples(stamps[ok], dec.values[ok], int(dec.short.sum()),
-                       int(dec.failed.sum()), dec.error)
