@@ -148,6 +148,9 @@ def _diagnostics_inputs(node: Any) -> Callable[[], int]:
     from encdec_ros.nodes.common import DiagnosticsReporter
 
     reporters = [v for v in vars(node).values() if isinstance(v, DiagnosticsReporter)]
+    if hasattr(node, 'streams'):                # one reporter per stream
+        reporters = [s.diagnostics for s in node.streams]
+        return lambda: sum(int(r._inputs) for r in reporters)
     if not reporters:
         raise RuntimeError(f'{node.get_name()} has no DiagnosticsReporter to count its inputs')
     reporter = reporters[0]

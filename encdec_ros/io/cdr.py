@@ -58,6 +58,9 @@ _UNROLL = 64              # fixed arrays of variable-size elements up to this le
 SMALL_BATCH = 24
 """Up to this many messages are decoded one by one (``struct``), more as one numpy batch:
 the crossover of the two paths' costs per message (see docs/speed.md)."""
+SAME_LAYOUT_MIN = 4
+"""From this many messages on, a batch is first tried as messages of one layout (see
+:meth:`MessageDecoder.decode`)."""
 _EMPTY_FIELD = 'structure_needs_at_least_one_member'   # rosbags' member of empty messages
 _STAMP_PATHS = ('header.stamp.sec', 'header.stamp.nanosec')
 _SAID: set[tuple[str, str, str]] = set()        # (message type, field, reason) already logged
@@ -234,25 +237,17 @@ class MessageDecoder:
         the message's first byte, numpy type with byte order, e.g. ``'<f8'``) per column; None
         when the message cannot be read here or a column is not at a known place (read per
         message, or inside a sequence of structs)."""
-        if self.ros1 or self.fallback or len(data) < 4 or data[0] != 0 or data[1] > 1:
+        if self.ros1 or self.fallback or not self.complete:
             return None
-        order = '<' if data[1] else '>'
-        one = _One(data, 4, order, self.width)
-        try:
-            regs = self._program.run_one(one, [])
-        except _Bad:
+        layout = _Layout.of(self, bytes(data))
+        if layout is None:
             return None
-        if one.short:
-            return None
-        spots: list[tuple[int, str] | None] = [None] * self.width
-        for ins in self._program.code:
-            if isinstance(ins, _Gather) and not ins.ints:
-                base = 4 + _at(regs, ins.reg, 0)
-                for off, col in zip(ins.offs.tolist(), ins.cols.tolist()):
-                    spots[col] = (base + off, order + ins.dtype)
-        if any(spot is None for spot in spots):
-            return None
-        return spots        # type: ignore[return-value]
+        spots: list[tuple[int, str]] = [(0, '')] * self.width
+        for dtype, is_int, offs, cols in layout.gathers:
+            if not is_int:
+                for off, col in zip(offs.tolist(), cols.tolist()):
+                    spots[col] = (off, layout.order + dtype)
+        return spots
 
     @property
     def batched(self) -> list[str]:
@@ -260,10 +255,22 @@ class MessageDecoder:
         return [p.text for p in self.paths if p.text not in self.fallback]
 
     def decode(self, batch: RawBatch) -> Decoded:
-        """Decode every message of ``batch``."""
-        if len(batch) <= SMALL_BATCH:
-            return self.decode_messages([batch.message(i) for i in range(len(batch))])
+        """Decode every message of ``batch``.
+
+        Messages of one publisher mostly share their layout (the same frame_id, the same joint
+        names: every string and sequence of the same length), so every number lies at the same
+        offset in each. The batch is first tried that way: the layout of one message (where each
+        number lies, and the lengths that put it there) is checked against all of them at once
+        and, where it holds for every message, each column is one gather. Otherwise the full
+        program runs (one by one up to :data:`SMALL_BATCH` messages, as a numpy batch above).
+        """
         n = len(batch)
+        if n >= SAME_LAYOUT_MIN:
+            same = self._same_layout(batch)
+            if same is not None:
+                return same
+        if n <= SMALL_BATCH:
+            return self._one_by_one([batch.message(i) for i in range(n)])
         out = _Out(np.empty((n, self.width), dtype=np.float64), np.zeros((n, 2), dtype=np.int64),
                    np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
         if n:
@@ -272,11 +279,14 @@ class MessageDecoder:
 
     def decode_messages(self, messages: Sequence[bytes | bytearray | memoryview]) -> Decoded:
         """Decode a list of serialised messages (as a raw subscription collects them): a few
-        at a time one by one with ``struct`` (numpy's per-call cost would dominate), more in
-        one batch."""
-        n = len(messages)
-        if n > SMALL_BATCH:
+        one by one with ``struct`` (numpy's per-call cost would dominate), more as a batch
+        (:meth:`decode`)."""
+        if len(messages) >= SAME_LAYOUT_MIN:
             return self.decode(RawBatch.from_messages(messages))
+        return self._one_by_one(messages)
+
+    def _one_by_one(self, messages: Sequence[bytes | bytearray | memoryview]) -> Decoded:
+        n = len(messages)
         width = self.width
         rows: list[list[float]] = []
         stamps: list[list[int]] = []
@@ -325,6 +335,25 @@ class MessageDecoder:
                        int(per_message.size))
 
     # ------------------------------------------------------------------ internals
+
+    def _same_layout(self, batch: RawBatch) -> Decoded | None:
+        """The batch decoded as messages of one layout (see :meth:`decode`); None when some
+        message differs from it (or the decoder cannot tell where its numbers lie)."""
+        if self.ros1 or self.fallback or self._stamp_fallback or not self.complete:
+            return None
+        layout = self.__dict__.get('_layout')
+        out = layout.read(batch, self.width) if layout is not None else None
+        if out is None:
+            layout = _Layout.of(self, batch.message(0))
+            self._layout = layout
+            out = layout.read(batch, self.width) if layout is not None else None
+            if out is None:
+                return None
+        values, ints = out
+        n = len(batch)
+        header = ints[:, 0] * 1_000_000_000 + ints[:, 1] if self.header_stamp else None
+        none = np.zeros(n, dtype=bool)
+        return Decoded(values, header, none, none.copy())
 
     def _run(self, batch: RawBatch, out: '_Out') -> None:
         starts, sizes, buf = batch.starts, batch.sizes, batch.buf
@@ -383,6 +412,82 @@ class MessageDecoder:
                 st = msg.header.stamp
                 out.ints[i, 0], out.ints[i, 1] = st.sec, st.nanosec
         return error
+
+
+class _Layout:
+    """Where the numbers of one message lie, and the lengths (strings, sequence counts) that
+    put them there: a message of the same size, encapsulation and lengths has its numbers at
+    the same offsets."""
+
+    __slots__ = ('size', 'head', 'order', 'checks', 'gathers')
+
+    def __init__(self, size: int, head: bytes, order: str, checks: list[tuple[int, int]],
+                 gathers: list[tuple[str, bool, np.ndarray, np.ndarray]]) -> None:
+        self.size, self.head, self.order = size, head, order
+        self.checks = (np.asarray([o for o, _ in checks], dtype=np.int64),
+                       np.asarray([v for _, v in checks], dtype=np.int64))
+        self.gathers = gathers
+
+    @classmethod
+    def of(cls, decoder: 'MessageDecoder', data: bytes) -> '_Layout | None':
+        """The layout of one CDR message (None: it cannot be read, it is short, or some
+        number lies where only a loop over a sequence of structs finds it)."""
+        if len(data) < 4 or data[0] != 0 or data[1] > 1:
+            return None
+        order = '<' if data[1] else '>'
+        one = _One(data, 4, order, decoder.width)
+        one.reads = []
+        try:
+            regs = decoder._program.run_one(one, [])
+        except _Bad:
+            return None
+        if one.short:
+            return None
+        gathers, covered = [], 0
+        for ins in decoder._program.code:
+            if isinstance(ins, _Gather):
+                offs = 4 + _at(regs, ins.reg, 0) + ins.offs
+                gathers.append((ins.dtype, ins.ints, offs, ins.cols))
+                covered += ins.cols.size
+        wanted = decoder.width + (2 if decoder.header_stamp else 0)
+        if covered != wanted:       # some number is read inside a loop
+            return None
+        return cls(len(data), bytes(data[:2]), order, one.reads, gathers)
+
+    def read(self, batch: RawBatch, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(values [n, width] float64, ints [n, 2] int64) of every message, or None when one
+        does not have this layout."""
+        buf, starts = batch.buf, batch.starts
+        if not (batch.sizes == self.size).all() or \
+                not ((buf[starts] == self.head[0]) & (buf[starts + 1] == self.head[1])).all():
+            return None
+        offs, want = self.checks
+        if offs.size:
+            got = _typed(buf, self.order, 'u4')[starts[:, None] + offs]
+            if not (got == want).all():
+                return None
+        n = starts.size
+        values = np.empty((n, width), dtype=np.float64)
+        ints = np.zeros((n, 2), dtype=np.int64)
+        for dtype, is_int, offs, cols in self.gathers:
+            raw = _typed(buf, self.order, dtype)[starts[:, None] + offs]
+            if dtype == 'b1':
+                raw = raw != 0
+            if is_int:
+                ints[:, cols] = raw
+            else:
+                with np.errstate(invalid='ignore'):
+                    values[:, cols] = raw
+        return values, ints
+
+
+def _typed(buf: np.ndarray, order: str, dtype: str) -> np.ndarray:
+    """``buf`` read as ``dtype`` at every byte offset (an overlapping, unaligned view)."""
+    if dtype in ('b1', 'u1', 'i1'):
+        return buf.view('i1' if dtype == 'i1' else 'u1')
+    size = int(dtype[1:])
+    return np.ndarray(shape=(buf.size - size + 1,), dtype=np.dtype(order + dtype), buffer=buf,
+                      strides=(1,))
 
 
 # --------------------------------------------------------------------------- compiling
@@ -682,14 +787,7 @@ class _Frame:
         key = self.order + dtype
         view = views.get(key)
         if view is None:
-            if dtype in ('b1', 'u1', 'i1'):
-                view = self.buf.view('i1' if dtype == 'i1' else 'u1')
-            else:
-                size = int(dtype[1:])
-                view = np.ndarray(shape=(self.buf.size - size + 1,),
-                                  dtype=np.dtype(self.order + dtype), buffer=self.buf,
-                                  strides=(1,))
-            views[key] = view
+            view = views[key] = _typed(self.buf, self.order, dtype)
         return view
 
     def read_u32(self, pos: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -708,13 +806,14 @@ class _Bad(Exception):
 class _One:
     """One message being decoded on the small-batch path."""
 
-    __slots__ = ('data', 'base', 'psize', 'order', 'values', 'ints', 'short')
+    __slots__ = ('data', 'base', 'psize', 'order', 'values', 'ints', 'short', 'reads')
 
     def __init__(self, data: bytes, base: int, order: str, width: int) -> None:
         self.data, self.base, self.psize, self.order = data, base, len(data) - base, order
         self.values = [0.0] * width
         self.ints = [0, 0]
         self.short = False
+        self.reads: list[tuple[int, int]] | None = None   # (offset, uint32) of lengths read
 
 
 def _at(regs: list[Any], reg: int, off: int) -> int:
@@ -887,6 +986,8 @@ class _String:
         end = pos + 4 + length
         if end > one.psize or (self.cdr and (length < 1 or one.data[one.base + end - 1])):
             raise _Bad
+        if one.reads is not None:
+            one.reads.append((one.base + pos, length))
         regs[self.out] = end
 
 
@@ -912,6 +1013,8 @@ class _Count:
         count = _unpacker(one.order + 'I')(one.data, one.base + pos)[0]
         if count * self.minimum > one.psize - pos - 4:
             raise _Bad
+        if one.reads is not None:
+            one.reads.append((one.base + pos, count))
         regs[self.out] = count
 
 
@@ -1085,6 +1188,8 @@ def _skip_strings(one: _One, pos: int, count: int, *, cdr: bool) -> int:
         end = pos + 4 + length
         if end > psize or (cdr and (length < 1 or data[base + end - 1])):
             raise _Bad
+        if one.reads is not None:
+            one.reads.append((base + pos, length))
         pos = end
     return pos
 

@@ -78,9 +78,10 @@ from encdec_ros.nodes.common import (
 LATENCY_WINDOW = 4096   # recent samples kept per latency kind (a power of two)
 LOG_EVERY_S = 10.0      # the same kind of time event on one topic is logged at most this often
 TIME_DISAGREE_S = 5.0   # stamps of one input this far from the others' cannot be aligned
-FLUSH_S = 0.05
-"""Seconds between takes of what arrived but completed no decision yet (input that pauses,
-stamps that never advance): the counters and /diagnostics stay current."""
+FLUSH_S = 0.1
+"""What arrived but completed no decision (input that pauses, stamps that never advance) is
+taken in at most this long after the stream's last take: the counters and /diagnostics stay
+current."""
 MAX_BUFFERED = 1024
 """Messages one input of a stream gathers at most before they are taken in regardless."""
 EXPECT_DECISIONS = 2.5
@@ -225,6 +226,7 @@ class _Stream:
         self.logged: dict[tuple[int, str], float] = {}
         self.dropped_seen = [0] * n
         self.decided_at = -math.inf        # time.monotonic() of the last decision
+        self.taken_at = -math.inf          # time.monotonic() of the last take
         self.topic_names: list[str] = []
         self.monitor: InputMonitor | None = None
         self.diagnostics: DiagnosticsReporter | None = None
@@ -451,7 +453,7 @@ class AnomalyDetectorNode(Node):
         """Decode what the stream gathered, input by input, and push it into its aligner;
         queue the windows due for a decision."""
         t0 = time.perf_counter()
-        now = time.monotonic()
+        now = stream.taken_at = time.monotonic()
         monitor, counts = stream.monitor, stream.counts
         total = decided = 0
         for j, buf in enumerate(stream.bufs):
@@ -534,8 +536,9 @@ class AnomalyDetectorNode(Node):
     def _on_timer(self) -> None:
         """Take in what waits (the input paused), score what is due, publish diagnostics."""
         self._sim[0] = bool(getattr(self._clock, 'ros_time_is_active', False))
+        now = time.monotonic()
         for stream in self.streams:
-            if any(stream.bufs):
+            if now - stream.taken_at >= FLUSH_S * 0.9 and any(stream.bufs):
                 self._take(stream)
         if self._pending:
             self._run_batch()
