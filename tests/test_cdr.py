@@ -409,7 +409,7 @@ def test_messages_of_one_layout_are_read_at_fixed_offsets_and_others_are_not():
         has_header = any(n == 'header' for n, _ in STORE.fielddefs[msgtype][1])
         dec = MessageDecoder(msgtype, paths, STORE.fielddefs, header_stamp=has_header)
         first = bytes(STORE.serialize_cdr(random_message(STORE, msgtype, rng), msgtype))
-        layout = cdr._Layout.of(dec, first)
+        layout = cdr.Layout.of(dec, first)
         if layout is None:           # short, or numbers inside a sequence of structs
             continue
         raw = []
@@ -436,7 +436,7 @@ def test_messages_of_one_layout_are_read_at_fixed_offsets_and_others_are_not():
     msgs[4].header.frame_id += 'x'
     raw[4] = bytes(STORE.serialize_cdr(msgs[4], 'sensor_msgs/msg/Imu'))
     dec = imu_decoder()
-    assert cdr._Layout.of(dec, raw[0]).read(RawBatch.from_messages(raw), dec.width) is None
+    assert cdr.Layout.of(dec, raw[0]).read(RawBatch.from_messages(raw), dec.width) is None
     rows, short = per_message(msgs, IMU)
     for out in decode_both(dec, raw):
         assert_same(out, rows, short, [stamp_of(m) for m in msgs])

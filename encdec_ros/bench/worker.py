@@ -168,6 +168,15 @@ def _after_publish(node: Any, suffix: str, note: Callable[[Any], None]) -> None:
     pub.publish = publish
 
 
+def _stamp_ns(msg: Any) -> int:
+    """The header stamp of a message, or of its serialised bytes (what a raw path publishes)."""
+    if isinstance(msg, (bytes, bytearray)):
+        sec, nsec = STAMP.unpack_from(msg, 4)
+    else:
+        sec, nsec = msg.header.stamp.sec, msg.header.stamp.nanosec
+    return sec * 1_000_000_000 + nsec
+
+
 def make_subscriber(role: str, cfg: dict[str, Any]) -> tuple[list[Any], Callable[[], int],
                                                               dict[str, Any]]:
     """The nodes of a subscriber role, a counter of handled messages, and a dict the node
@@ -208,8 +217,7 @@ def make_subscriber(role: str, cfg: dict[str, Any]) -> tuple[list[Any], Callable
             lat: list[int] = []
             extra['latency_ns'] = lat
             _after_publish(node, '/denoised', lambda msg: lat.append(
-                time.time_ns() - msg.header.stamp.sec * 1_000_000_000 -
-                msg.header.stamp.nanosec))
+                time.time_ns() - _stamp_ns(msg)))
     elif role == 'control_allocator':
         from encdec_ros.nodes.control_allocator import ControlAllocatorNode
         node = ControlAllocatorNode(

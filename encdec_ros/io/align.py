@@ -554,10 +554,11 @@ class StreamingAligner:
             if holds:
                 seg = clock.segment
                 k = len(holds)
+                run = stamps[i:i + k]
+                slots = [-(-s // period) for s in run]
                 for j in range(k):      # the last sample of each tick interval only
-                    s = stamps[i + j]
-                    if j + 1 == k or -(-s // period) != -(-stamps[i + j + 1] // period):
-                        self._store(topic, s, values[i + j], holds[j], seg)
+                    if j + 1 == k or slots[j] != slots[j + 1]:
+                        self._store(topic, run[j], values[i + j], holds[j], seg)
                 self._emit(out)
                 i += k
                 continue

@@ -232,6 +232,15 @@ class MessageDecoder:
             return None
         return 4 + sec[1]
 
+    def layout(self, data: bytes | bytearray) -> 'Layout | None':
+        """The :class:`Layout` of one CDR message: where its numbers lie, to read (or write)
+        them in other messages of the same layout; None when the decoder cannot tell (ROS 1
+        bytes, a field read per message, a short or broken message, numbers inside a sequence
+        of structs)."""
+        if self.ros1 or self.fallback or self._stamp_fallback or not self.complete:
+            return None
+        return Layout.of(self, bytes(data))
+
     def locate(self, data: bytes | bytearray) -> list[tuple[int, str]] | None:
         """Where each column's number lies in one serialised CDR message: (byte offset from
         the message's first byte, numpy type with byte order, e.g. ``'<f8'``) per column; None
@@ -239,7 +248,7 @@ class MessageDecoder:
         message, or inside a sequence of structs)."""
         if self.ros1 or self.fallback or not self.complete:
             return None
-        layout = _Layout.of(self, bytes(data))
+        layout = self.layout(data)
         if layout is None:
             return None
         spots: list[tuple[int, str]] = [(0, '')] * self.width
@@ -344,7 +353,7 @@ class MessageDecoder:
         layout = self.__dict__.get('_layout')
         out = layout.read(batch, self.width) if layout is not None else None
         if out is None:
-            layout = _Layout.of(self, batch.message(0))
+            layout = Layout.of(self, batch.message(0))
             self._layout = layout
             out = layout.read(batch, self.width) if layout is not None else None
             if out is None:
@@ -414,12 +423,10 @@ class MessageDecoder:
         return error
 
 
-class _Layout:
+class Layout:
     """Where the numbers of one message lie, and the lengths (strings, sequence counts) that
     put them there: a message of the same size, encapsulation and lengths has its numbers at
-    the same offsets."""
-
-    __slots__ = ('size', 'head', 'order', 'checks', 'gathers')
+    the same offsets. Made by :meth:`MessageDecoder.layout`."""
 
     def __init__(self, size: int, head: bytes, order: str, checks: list[tuple[int, int]],
                  gathers: list[tuple[str, bool, np.ndarray, np.ndarray]]) -> None:
@@ -429,7 +436,7 @@ class _Layout:
         self.gathers = gathers
 
     @classmethod
-    def of(cls, decoder: 'MessageDecoder', data: bytes) -> '_Layout | None':
+    def of(cls, decoder: 'MessageDecoder', data: bytes) -> 'Layout | None':
         """The layout of one CDR message (None: it cannot be read, it is short, or some
         number lies where only a loop over a sequence of structs finds it)."""
         if len(data) < 4 or data[0] != 0 or data[1] > 1:
@@ -453,6 +460,55 @@ class _Layout:
         if covered != wanted:       # some number is read inside a loop
             return None
         return cls(len(data), bytes(data[:2]), order, one.reads, gathers)
+
+    def cells(self) -> list[tuple[int, Any, bool, int]]:
+        """(offset, struct, is_int, column) of every number, for one message at a time."""
+        found = self.__dict__.get('_cells')
+        if found is None:
+            found = []
+            for dtype, is_int, offs, cols in self.gathers:
+                unpack = _unpacker(self.order + _STRUCT_CODES[dtype])
+                found += [(off, unpack, is_int, col)
+                          for off, col in zip(offs.tolist(), cols.tolist())]
+            self._cells = found
+        return found
+
+    def read_one(self, data: bytes, width: int) -> tuple[list[float], list[int]] | None:
+        """(values, [sec, nanosec]) of one message of this layout, or None when it is not."""
+        if len(data) != self.size or data[:2] != self.head:
+            return None
+        u32 = _unpacker(self.order + 'I')
+        for off, want in zip(*self.checks):
+            if u32(data, off)[0] != want:
+                return None
+        values, ints = [0.0] * width, [0, 0]
+        for off, unpack, is_int, col in self.cells():
+            value = unpack(data, off)[0]
+            if is_int:
+                ints[col] = int(value)
+            else:
+                values[col] = float(value)
+        return values, ints
+
+    def write(self, buf: bytearray, values: Sequence[float]) -> bool:
+        """Write ``values`` (one per column) where this layout holds them, in their own types;
+        False (``buf`` partly written) when a column is not a float or a value does not fit."""
+        pack = self.__dict__.get('_packers')
+        if pack is None:
+            import struct
+            pack = self._packers = [
+                (off, struct.Struct(self.order + _STRUCT_CODES[dtype]).pack_into
+                 if dtype in ('f4', 'f8') else None, col)
+                for dtype, is_int, offs, cols in self.gathers if not is_int
+                for off, col in zip(offs.tolist(), cols.tolist())]
+        try:
+            for off, put, col in pack:
+                if put is None:
+                    return False
+                put(buf, off, values[col])
+        except (OverflowError, TypeError):
+            return False
+        return True
 
     def read(self, batch: RawBatch, width: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(values [n, width] float64, ints [n, 2] int64) of every message, or None when one
