@@ -628,3 +628,42 @@ def test_stream_names_are_checked(rclpy_context):
             AnomalyDetectorNode('bad_streams', context=rclpy_context, parameter_overrides=[
                 Parameter('model_dir', value=str(MODEL)), Parameter('device', value='cpu'),
                 Parameter('streams', value=bad)])
+
+
+def test_diagnostics_keep_coming_under_a_flood_of_input(live, tmp_path):
+    """A publisher in another process sends as fast as it can for 3 s: the node keeps taking
+    messages in and its /diagnostics keep their period (the EventsExecutor starved a timer-only
+    publication: none in 25 s; the node publishes them from its data path when due)."""
+    import json
+    import subprocess
+    import sys
+
+    node = live(qos_reliability='best_effort', qos_history='keep_last', diagnostics_period=0.2)
+    cfg = {'role': 'publish', 'rate': 0, 'seconds': 3.0,
+           'topics': [['/imu', TOPICS['/imu'], 1.0], ['/motors', TOPICS['/motors'], 0.5],
+                      ['/wrench_cmd', TOPICS['/wrench_cmd'], 0.5]]}
+    path = tmp_path / 'flood.json'
+    path.write_text(json.dumps(cfg))
+    published: list[float] = []                  # when the node published, by its own clock
+    pub = node.node._diag_pub
+    original = pub.publish
+
+    def publish(msg: Any) -> None:
+        original(msg)
+        published.append(time.monotonic())
+    pub.publish = publish
+    proc = subprocess.run([sys.executable, '-m', 'encdec_ros.bench.worker', str(path)],
+                          timeout=60, capture_output=True, text=True, cwd=ROOT)
+    result = json.loads(path.with_suffix('.result').read_text())
+    assert proc.returncode == 0 and result.get('sent', 0) > 20_000, (proc.stderr[-500:], result)
+    # the flood as the publisher timed it (time.monotonic() is one clock for the machine),
+    # less its first half second (the queues fill)
+    lo, hi = result['started'] + 0.5, result['stopped']
+    assert node.received() > 5_000
+    times = [lo, *[t for t in published if lo < t < hi], hi]
+    gaps = np.diff(times)
+    # the period is 0.2 s: a gap of 3 periods means a publication was missed twice running
+    assert gaps.max() < 0.6, (np.round(gaps, 2), node.received())
+    wait_for(lambda: bool(node.diag) and node.diag[-1][0] > hi, timeout_s=5)
+    heard = [t for t, _ in list(node.diag) if lo < t < hi]
+    assert len(heard) >= 0.5 * (hi - lo) / 0.2, (len(heard), np.round(gaps, 2))

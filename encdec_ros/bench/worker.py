@@ -104,8 +104,11 @@ def publish(cfg: dict[str, Any]) -> dict[str, Any]:
                 stamps[k].append(stamp)
             due[k] += periods[k]
             sent += 1
+    stop = time.monotonic()
     node.destroy_node()
-    out: dict[str, Any] = {'sent': sent, 'seconds': time.monotonic() - start}
+    # time.monotonic() is the machine's steady clock: another process can compare with it
+    out: dict[str, Any] = {'sent': sent, 'seconds': stop - start, 'started': start,
+                           'stopped': stop}
     if record:
         out['stamps'] = {name: s for (name, _, _), s in zip(topics, stamps)}
     return out
