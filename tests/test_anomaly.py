@@ -67,7 +67,7 @@ def flight(tmp_path_factory):
     faults = write_bag(simulate(SimConfig(duration_s=64, seed=41, faults=FAULTS,
                                           fault_duration_s=4.0, first_fault_after_s=10.0,
                                           min_gap_s=8.0)), root / 'faults')
-    result = _train(normal, root / 'model', seed=3, threshold_scale=2.0)
+    result = _train(normal, root / 'model', seed=3, slow_s=0.0)
     return {'root': root, 'normal': normal, 'faults': faults, 'model': result.path,
             'result': result}
 
@@ -76,7 +76,7 @@ def flight(tmp_path_factory):
 
 
 def test_quantile_rule_on_a_gaussian():
-    from training.calibrate import calibrate
+    from encdec_ros.anomaly.calibrate import calibrate
 
     errors = np.random.default_rng(0).normal(size=200_000)
     cal = calibrate(errors, rule='quantile', quantile=0.99)
@@ -85,7 +85,7 @@ def test_quantile_rule_on_a_gaussian():
 
 
 def test_pot_rule_on_an_exponential_tail_extrapolates():
-    from training.calibrate import calibrate
+    from encdec_ros.anomaly.calibrate import calibrate
 
     errors = np.random.default_rng(1).exponential(size=100_000)
     # exceeded with probability 1e-4: -ln(1e-4) = 9.21; 1e-6 (beyond the data): 13.82
@@ -98,7 +98,7 @@ def test_pot_rule_on_an_exponential_tail_extrapolates():
 
 
 def test_pot_falls_back_to_a_quantile_with_too_few_peaks():
-    from training.calibrate import calibrate
+    from encdec_ros.anomaly.calibrate import calibrate
 
     errors = np.random.default_rng(2).normal(size=200)   # 4 peaks above the 0.98 quantile
     cal = calibrate(errors, rule='pot', risk=0.01)
@@ -153,10 +153,8 @@ def test_slow_context_averages_the_last_windows_and_skips_unscored_ones():
 
 @pytest.fixture(scope='module')
 def slow_model(flight):
-    """The fixture flight's model again with a 0.32 s slow context: 8 decisions, 50 of which
-    fit in the 30 % of the flight held out for calibration."""
-    return _train(flight['normal'], flight['root'] / 'slow', seed=3, threshold_scale=2.0,
-                  slow_s=0.32, calib_fraction=0.3).path
+    """The fixture flight's model again with a 0.32 s slow context (8 decisions)."""
+    return _train(flight['normal'], flight['root'] / 'slow', seed=3, slow_s=0.32).path
 
 
 @pytest.mark.parametrize('which', ['model', 'slow'])
@@ -222,9 +220,11 @@ def test_training_writes_a_complete_model_directory(flight):
                               'channels': meta['window']['channels']}
     assert len(meta['normalization']['mean']) == 22
     assert meta['calibration']['used'] in ('pot', 'quantile')
-    assert meta['calibration']['scale'] == 2.0
-    assert meta['threshold'] == pytest.approx(2.0 * meta['calibration']['calibrated_threshold'])
-    # 64 s of flight is too little to calibrate a 1 s slow context: it is left off
+    assert meta['calibration']['scale'] == 1.0
+    factor = meta['calibration']['margin_factor']       # 1 + 16 / sqrt(held-out decisions)
+    assert factor == pytest.approx(1 + 16 / meta['calibration']['heldout_decisions'] ** 0.5)
+    assert meta['threshold'] == pytest.approx(factor * meta['calibration']['calibrated_threshold'])
+    # trained without a slow context (the slow_model fixture has one)
     assert meta['channel_errors']['slow_windows'] == 0
     assert meta['score']['slow_context_s'] == 0
     fig = meta['training']

@@ -13,7 +13,10 @@
    with torch within 1e-4 on real windows);
 5. runs the exported model through the runtime's own error code
    (:func:`encdec_ros.anomaly.scorer.reconstruction_errors`) on the calibration windows, stores each
-   channel's normal error statistics and calibrates the threshold (:mod:`training.calibrate`);
+   channel's normal error statistics and calibrates the threshold
+   (:mod:`encdec_ros.anomaly.calibrate`); with little data the calibration is cross-fitted
+   instead (:func:`plan_blocks`): every normal window gets its error from a model that did
+   not see it;
 6. writes the model directory (``encdec_ros.modeldir.save_model_dir``) and a loss curve PNG.
 
 Under ``torchrun`` the same steps run in several processes (:mod:`training.distributed`):
@@ -37,25 +40,26 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from encdec_ros.anomaly.calibrate import (
+    RULES,
+    DetectorFit,
+    fit_detector,
+    slow_context_windows,
+)
 from encdec_ros.anomaly.scorer import (
     ERROR_KINDS,
     LOG_EPS,
-    SLOW_MIN_WINDOWS,
-    ChannelStats,
-    SlowContext,
-    SlowStats,
-    aggregate_errors,
     check_debounce,
     reconstruction_errors,
-    window_features,
+    residual_statistics,
 )
 from encdec_ros.errors import ConfigError, EncdecError, ModelDirError
-from encdec_ros.io.bag import BagSource, bind_spec
+from encdec_ros.io.bag import BagSource, Recording, bind_spec, read_bags
 from encdec_ros.io.bagset import expand_bags
 from encdec_ros.io.span import Span, resolve_span, span_text, span_yaml
 from encdec_ros.io.spec import SignalSpec
+from encdec_ros.io.window import window_ends, windows_at
 from encdec_ros.modeldir import check_output_dir
-from training.calibrate import RULES, calibrate
 from training.data import SHUFFLE_SHARDS, Moments, ShardedWindows, rechunk
 from training.models import AEConfig, build_model, count_parameters
 
@@ -64,8 +68,14 @@ log = logging.getLogger(__name__)
 LOSS_PNG = 'loss.png'
 MAX_BLOCKS = 20
 """Most blocks a recording is cut into for the train / val / calib split."""
-SLOW_MIN_CONTEXTS = 50
-"""Held-out decisions needed to calibrate a slow context, in context lengths."""
+CROSSFIT_FOLDS = 5
+"""Folds of cross-fitted calibration."""
+CROSSFIT_BELOW = 2000
+"""Held-out decisions under which calibration is cross-fitted (``folds`` None)."""
+SELF_CHECK_REFUSE = 0.5
+"""Share of its own held-out normal decisions flagged above which a detector is refused."""
+SELF_CHECK_WARN = 0.05
+"""Share above which training warns that false alarms are to be expected."""
 STD_FLOOR = 1e-6
 """Smallest normalisation scale, relative to max(1, |mean|), for channels that barely move."""
 
@@ -92,12 +102,21 @@ class TrainOptions:
         quantile: Quantile for the quantile rule (default 1 - risk).
         init_quantile: POT's initial level.
         threshold_scale: Multiply the calibrated threshold (a safety margin, 1 = none).
+        margin: Raise the threshold by ``1 + margin / sqrt(n)`` for ``n`` held-out normal
+            decisions (:func:`~encdec_ros.anomaly.calibrate.margin_factor`): little normal
+            data, a wide margin; 0: none.
         slow_s: Seconds of the slow context (the running mean of each channel's error,
             and roughness over the last decisions; catches small persistent faults);
             0 turns it off. It needs calibration blocks several times this long.
         debounce_k: Windows above the threshold (of debounce_n) that raise the flag.
         debounce_n: Windows the debouncer remembers.
         release: Hysteresis: the flag falls when debounce_n scores stay below this level.
+        drift_s: Time constant in seconds with which the detector follows slow drift of each
+            channel's level (0: off); see :class:`~encdec_ros.anomaly.scorer.DriftTracker`.
+        drift_freeze: Unusualness (fraction of the threshold) from which a channel's drift
+            is held.
+        drift_accept_s: Seconds after which a held channel is followed again, so that a
+            lasting change stops being flagged (0: never).
         train_span: (start, end) seconds from each recording's first sample, or rows
             (:class:`encdec_ros.io.span.Rows`: messages of the spec's first topic); None = all.
         exclude_labelled: Leave out windows that overlap a labelled interval of the bag.
@@ -108,6 +127,9 @@ class TrainOptions:
         workers: DataLoader workers reading bags in parallel per process (None: automatic,
             0: read in the training process).
         cache_dir: Folder of the cached shards (None: ``.encdec_shards`` beside ``out``).
+        folds: Cross-fitted calibration over this many folds of time blocks (0: a plain
+            hold-out split; None: cross-fit when the hold-out split would leave fewer than
+            :data:`CROSSFIT_BELOW` held-out decisions).
     """
 
     model: AEConfig = field(default_factory=AEConfig)
@@ -120,16 +142,20 @@ class TrainOptions:
     calib_fraction: float = 0.15
     train_stride: int | None = None
     seed: int = 0
-    error: str = 'channel_max_flat'
+    error: str = 'mahalanobis'
     threshold_rule: str = 'pot'
-    risk: float = 1e-4
+    risk: float = 1e-3
     quantile: float | None = None
     init_quantile: float = 0.98
     threshold_scale: float = 1.0
-    slow_s: float = 1.0
+    margin: float = 16.0
+    slow_s: float = 2.0
     debounce_k: int = 3
     debounce_n: int = 5
     release: float = 0.8
+    drift_s: float = 120.0
+    drift_freeze: float = 0.5
+    drift_accept_s: float = 600.0
     train_span: Span | None = None
     exclude_labelled: bool = True
     time_limit_s: float | None = None
@@ -138,6 +164,7 @@ class TrainOptions:
     shuffle_shards: int = SHUFFLE_SHARDS
     workers: int | None = None
     cache_dir: str | None = None
+    folds: int | None = None
 
     def check(self) -> None:
         """Raise :class:`ConfigError` with one sentence for an invalid option."""
@@ -160,13 +187,23 @@ class TrainOptions:
             raise ConfigError(f'threshold rule {self.threshold_rule!r} is not one of '
                               f'{", ".join(RULES)}')
         if not 0 < self.risk < 1:
-            raise ConfigError(f'risk must be between 0 and 1, got {self.risk!r}; e.g. 1e-4')
+            raise ConfigError(f'risk must be between 0 and 1, got {self.risk!r}; e.g. 1e-3')
         if not (isinstance(self.slow_s, (int, float)) and self.slow_s >= 0):
             raise ConfigError(f'slow context must be >= 0 seconds, got {self.slow_s!r}; '
                               'e.g. --slow 1, or 0 to turn it off')
+        if not self.margin >= 0:
+            raise ConfigError(f'margin must be >= 0, got {self.margin!r}; e.g. --margin 16')
         if not self.threshold_scale > 0:
             raise ConfigError(f'threshold scale must be positive, got {self.threshold_scale!r}')
         check_debounce(self.debounce_k, self.debounce_n, self.release)
+        if not (self.drift_s >= 0 and self.drift_freeze > 0 and self.drift_accept_s >= 0):
+            raise ConfigError(f'drift time constant ({self.drift_s!r} s) and accept time '
+                              f'({self.drift_accept_s!r} s) must be >= 0 and the freeze level '
+                              f'({self.drift_freeze!r}) > 0; e.g. --drift 120')
+        if self.folds is not None and (isinstance(self.folds, bool) or not isinstance(
+                self.folds, int) or self.folds in (1, 2) or self.folds < 0):
+            raise ConfigError(f'folds must be 0 (no cross-fitting) or a whole number >= 3, '
+                              f'got {self.folds!r}')
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ConfigError(f'time limit must be positive seconds, got {self.time_limit_s!r}')
         if isinstance(self.shuffle_shards, bool) or not isinstance(self.shuffle_shards, int) \
@@ -187,6 +224,8 @@ class TrainResult:
         calibration: The ``calibration`` section.
         history: Per-epoch (train loss, validation loss).
         module: The trained torch module (eval mode), as exported.
+        heldout: Per-channel errors [n, 2C] of the held-out normal decisions the detector
+            was calibrated on, one array per stretch contiguous in time.
     """
 
     path: Path
@@ -194,6 +233,7 @@ class TrainResult:
     calibration: dict[str, Any]
     history: list[tuple[float, float]]
     module: Any = None
+    heldout: list[np.ndarray] = field(default_factory=list)
 
 
 def span_rows(times_ns: np.ndarray, span: tuple[float | None, float | None] | None
@@ -266,6 +306,121 @@ def _blocks_of(shard: Any, *, span: Span | None, window: int, val_fraction: floa
                           'window')
     return [(name, a + lo, a + hi)
             for name, lo, hi in split_blocks(n, window, val_fraction, calib_fraction)]
+
+
+@dataclass
+class _Block:
+    """A contiguous stretch of one recording's rows and what it is used for."""
+
+    rec: int                 # index of the recording
+    lo: int                  # first row (absolute)
+    hi: int                  # end row (absolute, exclusive)
+    role: str                # 'train', 'val' or 'calib' (hold-out); 'fold' (cross-fitting)
+    fold: int = -1           # the fold of a cross-fitted block
+
+
+def _segment_windows(rec: Recording, lo: int, hi: int, window: int, stride: int,
+                     exclude: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """Raw windows [n, W, C] lying wholly inside rows [lo, hi), without NaN or labels."""
+    if hi - lo < window:
+        return np.zeros((0, window, rec.data.shape[1]), np.float32), 0
+    spec = rec.spec
+    ends = window_ends(rec.times_ns[lo:hi], spec.period_ns, window, stride)
+    data = rec.data[lo:hi]
+    wins = windows_at(data, ends, window)
+    bad = ~np.isfinite(wins).all(axis=(1, 2))
+    if exclude is not None and exclude[lo:hi].any():
+        hit = np.convolve(exclude[lo:hi].astype(np.int32), np.ones(window, np.int32))
+        bad |= hit[ends] > 0       # the window ending at row e covers rows e-W+1 .. e
+    return wins[~bad], int(bad.sum())
+
+
+def _usable_rows(recs: Sequence[Recording], opts: TrainOptions, window: int
+                 ) -> list[tuple[int, int]]:
+    """Row range [a, b) of each recording inside the train span; refuses a recording with
+    fewer than three windows there."""
+    out = []
+    for rec in recs:
+        a, b = span_rows(rec.times_ns, resolve_span(opts.train_span, rec))
+        if b - a < 3 * window:
+            where = f' inside the span {span_text(opts.train_span)}' if opts.train_span else ''
+            raise ConfigError(f'{rec.source} has {b - a} aligned samples{where}, fewer than '
+                              f'three windows ({3 * window}); give a longer bag or span, or a '
+                              'smaller window')
+        out.append((a, b))
+    return out
+
+
+def plan_blocks(recs: Sequence[Recording], opts: TrainOptions, window: int, folds: int
+                ) -> list[_Block]:
+    """Cut the recordings into time blocks given to ``folds`` cross-fitting folds in turn
+    (every normal window then gets its error from a model that did not see it), or refuse
+    in one sentence when the data is too short for them."""
+    spans = _usable_rows(recs, opts, window)
+    blocks: list[_Block] = []
+    for i, (a, b) in enumerate(spans):
+        count = max(folds, min(MAX_BLOCKS, (b - a) // (4 * window)))
+        count = min(count, (b - a) // (window + 1)) or 1
+        edges = np.linspace(a, b, count + 1).round().astype(int)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            blocks.append(_Block(i, int(lo), int(hi), 'fold', len(blocks) % folds))
+    present = {blk.fold for blk in blocks}
+    if len(present) < folds:
+        rows = sum(b - a for a, b in spans)
+        raise ConfigError(f'{rows} samples of normal data are too few to calibrate the '
+                          f'threshold on windows of {window} samples: cross-fitting needs '
+                          f'{folds} blocks of at least {window + 1} samples, so give at least '
+                          f'{folds * (window + 1)} samples (more is better: about '
+                          f'{folds * 4 * window}), or a smaller --window')
+    return blocks
+
+
+def _runs(blocks: Sequence[_Block], keep: Callable[[_Block], bool]) -> list[tuple[int, int, int]]:
+    """(recording, first row, end row) of each stretch of adjacent blocks that ``keep``
+    accepts, in order."""
+    out: list[list[int]] = []
+    for blk in blocks:
+        if not keep(blk):
+            continue
+        if out and out[-1][0] == blk.rec and out[-1][2] == blk.lo:
+            out[-1][2] = blk.hi
+        else:
+            out.append([blk.rec, blk.lo, blk.hi])
+    return [(r, lo, hi) for r, lo, hi in out]
+
+
+@dataclass
+class _Windows:
+    """Raw windows cut from runs of blocks, one array per run."""
+
+    parts: list[np.ndarray]
+    rows: list[np.ndarray]      # the raw rows of each run (labelled rows left out)
+    dropped: int = 0
+
+    def stack(self, window: int, channels: int) -> np.ndarray:
+        return _stack(self.parts, window, channels)
+
+
+def _cut(recs: Sequence[Recording], runs: Sequence[tuple[int, int, int]], window: int,
+         step: int, exclude: Sequence[np.ndarray | None]) -> _Windows:
+    out = _Windows([], [])
+    for r, lo, hi in runs:
+        rec = recs[r]
+        wins, dropped = _segment_windows(rec, lo, hi, window, step, exclude[r])
+        out.parts.append(wins)
+        out.dropped += dropped
+        rows = rec.data[lo:hi]
+        if exclude[r] is not None:
+            rows = rows[~exclude[r][lo:hi]]
+        out.rows.append(rows)
+    return out
+
+
+def _stack(parts: list[np.ndarray], window: int, channels: int) -> np.ndarray:
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return np.zeros((0, window, channels), np.float32)
+    return np.concatenate(parts).astype(np.float32)
 
 
 def fit_normalization(rows: np.ndarray | Moments, channels: Sequence[str]
@@ -409,6 +564,97 @@ def _in_bag_order(parts: list[dict[int, tuple[np.ndarray, list[int]]]], channels
     return (np.concatenate(errors) if errors else np.zeros((0, 2 * channels))), lengths
 
 
+def _fit_arrays(model: Any, train: np.ndarray, val: np.ndarray | None, opts: TrainOptions,
+         say: Callable[[str], None], show_progress: bool | None, *,
+         epochs: int | None = None, desc: str = '') -> tuple[list[tuple[float, float]], int,
+                                                             float]:
+    """:func:`_fit` on windows in memory (cross-fitting, small data): Adam on MSE; with
+    ``val``, early stopping on it and the best weights loaded; without, ``epochs`` epochs
+    (validation loss NaN). Returns history, best epoch (1-based), seconds."""
+    import torch
+
+    from encdec_ros.progress import progress
+
+    epochs = epochs or opts.epochs
+    gen = torch.Generator().manual_seed(opts.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    xt = torch.from_numpy(train)
+    xv = torch.from_numpy(val) if val is not None and len(val) else None
+    n = len(xt)
+    per_epoch = -(-n // opts.batch_size)
+    history: list[tuple[float, float]] = []
+    best, best_epoch, best_state, stale = math.inf, 0, None, 0
+    start = time.perf_counter()
+    bar = iter(progress(range(epochs * per_epoch), total=epochs * per_epoch,
+                        desc=desc or f'training {opts.model.arch}', unit='batch', min_total=0,
+                        enable=show_progress))
+    for epoch in range(1, epochs + 1):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for lo in range(0, n, opts.batch_size):
+            batch = xt[perm[lo:lo + opts.batch_size]]
+            loss = torch.mean((model(batch) - batch) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(batch)
+            next(bar, None)
+        train_loss = total / n
+        val_loss = _evaluate(model, xv, opts.batch_size * 4) if xv is not None else math.nan
+        history.append((train_loss, val_loss))
+        better = xv is not None and val_loss < best * (1 - 1e-4)
+        if better:
+            best, best_epoch, stale = val_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+        elapsed = time.perf_counter() - start
+        say(f'  epoch {epoch:3d}  train {train_loss:.5f}'
+            + (f'  val {val_loss:.5f}{"  *" if better else ""}' if xv is not None else '')
+            + f'  ({elapsed:.0f} s)')
+        if xv is not None and stale >= opts.patience:
+            say(f'  early stop: no better validation loss for {opts.patience} epochs')
+            break
+        if opts.time_limit_s is not None and elapsed >= opts.time_limit_s:
+            say(f'  time limit of {opts.time_limit_s:g} s reached')
+            break
+    for _ in bar:   # close the bar
+        pass
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if xv is None:
+        best_epoch = len(history)
+    model.eval()
+    return history, best_epoch, time.perf_counter() - start
+
+
+def _torch_errors(model: Any, windows: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Per-channel statistics [N, 2C] of normalised windows through a torch model: the
+    runtime's :func:`~encdec_ros.anomaly.scorer.residual_statistics` on its output."""
+    import torch
+
+    out = np.full((len(windows), 2 * windows.shape[2]), np.nan)
+    model.eval()
+    with torch.no_grad():
+        for lo in range(0, len(windows), batch):
+            x = windows[lo:lo + batch]
+            out[lo:lo + batch] = residual_statistics(model(torch.from_numpy(x)).numpy(), x)
+    return out
+
+
+def _evaluate(model: Any, x: Any, batch: int) -> float:
+    import torch
+
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for lo in range(0, len(x), batch):
+            part = x[lo:lo + batch]
+            total += float(torch.mean((model(part) - part) ** 2)) * len(part)
+    return total / max(len(x), 1)
+
+
 def _loss_png(path: Path, history: list[tuple[float, float]], best_epoch: int,
               title: str) -> None:
     import matplotlib
@@ -509,6 +755,16 @@ def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str
     data = ShardedWindows(bags, spec, ShardCache(cache, spec), plan, dist=dist, seed=opts.seed,
                           shuffle_shards=opts.shuffle_shards, workers=opts.workers)
     summaries = data.summarise()
+    folds = opts.folds
+    if folds is None:          # little data: cross-fit the calibration (in memory, one process)
+        heldout_n = data.count('val') + (data.count('calib') if opts.calib_fraction > 0 else 0)
+        folds = CROSSFIT_FOLDS if heldout_n < CROSSFIT_BELOW and not dist.active else 0
+    if folds:
+        if dist.active:
+            raise ConfigError('cross-fitted calibration (--folds) runs in one process; run '
+                              'without torchrun, or give --folds 0')
+        return _train_crossfit(bags, spec, out, opts, folds, command=command,
+                               overwrite=overwrite, say=say, show_progress=show_progress)
     mean, std, flat = fit_normalization(Moments.combine(s.moments for s in summaries),
                                         channels)
     if flat:
@@ -577,45 +833,19 @@ def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str
                                [tuple(h) for h in shared['history']], model)
         dist.owe()
         val_err, val_lengths = _in_bag_order(val_parts, C)
+        heldout = _split_lengths(val_err, val_lengths)
         if opts.calib_fraction > 0:
             calib_only, calib_lengths = _in_bag_order(calib_parts, C)
-            calib_err = np.concatenate([calib_only, val_err])
-            calib_lengths = calib_lengths + val_lengths
-        else:
-            calib_err, calib_lengths = val_err, val_lengths
-        stats = ChannelStats.fit(calib_err)
-        slow_windows, slow_note = _slow_windows(opts, spec, calib_lengths)
-        if slow_note:
-            say(f'  note: {slow_note}')
-        calib_slow = val_slow = None
-        if slow_windows:
-            calib_slow = _slow_runs(calib_err, calib_lengths, slow_windows)
-            stats = stats.with_slow(SlowStats.fit(calib_slow, slow_windows))
-            val_slow = _slow_runs(val_err, val_lengths, slow_windows) \
-                if opts.calib_fraction > 0 else calib_slow
-        agg, _ = aggregate_errors(calib_err, opts.error, stats, calib_slow)
-        cal = calibrate(agg, rule=opts.threshold_rule, risk=opts.risk, quantile=opts.quantile,
-                        init_quantile=opts.init_quantile)
-        threshold = cal.threshold * opts.threshold_scale
-        if not (math.isfinite(threshold) and threshold > 0):
-            raise ConfigError(f'the calibrated threshold is {threshold!r}, not a positive '
-                              f'number; use --error mse or the quantile rule')
-        val_agg, _ = aggregate_errors(val_err, opts.error, stats, val_slow)
-        calibration = {
-            **cal.to_dict(), 'threshold': float(threshold),
-            'calibrated_threshold': cal.threshold, 'scale': opts.threshold_scale,
-            'data': 'calibration and validation splits' if opts.calib_fraction > 0
-                    else 'validation split',
-            'exceed_calibration': float(np.mean(agg >= threshold)),
-            'exceed_validation': float(np.mean(val_agg >= threshold)),
-        }
+            heldout = _split_lengths(calib_only, calib_lengths) + heldout
+        fit = _calibrate(heldout, opts, spec, say)
         figures = {
             'command': command,
             'bags': [str(b) for b in bags],
             'train_span_s': span_yaml(opts.train_span),
             'rows': rows,
+            'folds': 0,
             'windows': {'train': n_train, 'val': n_val, 'calib': n_calib,
-                        'left_out': dropped},
+                        'heldout': int(sum(len(p) for p in heldout)), 'left_out': dropped},
             'train_stride': train_stride,
             'epochs_run': len(history),
             'best_epoch': best_epoch,
@@ -625,80 +855,277 @@ def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str
             'seconds': {'data': round(t_read, 2), 'train': round(t_train, 2)},
             'processes': dist.world,
             'options': _options_dict(opts),
-            'export': {k: export[k] for k in ('exporter', 'opset', 'max_abs_diff', 'atol',
+            **_export_figures(export),
+        }
+        calibration = {**fit.section(), 'scale': opts.threshold_scale,
+                       'data': 'calibration and validation splits' if opts.calib_fraction > 0
+                       else 'validation split'}
+        _save(out, onnx_tmp, _model_sections(spec, mean, std, opts, n_params, fit, heldout,
+                                             figures, calibration), overwrite)
+    _finish(out, bags, opts, history, best_epoch, fit, export, say)
+    dist.settle({'figures': figures, 'calibration': calibration, 'history': history})
+    return TrainResult(out, figures, calibration, history, model, heldout)
+
+
+def _check_enough(name: str, count: int, window: int, dropped: int) -> None:
+    if count >= 2:
+        return
+    if dropped:
+        raise ConfigError(f'only {count} {name} windows of {window} samples are usable: '
+                          f'{dropped} windows were left out because they hold NaN or '
+                          'infinite values (or labelled faults); drop the messages with '
+                          'non-finite values from the bag, or leave their fields out of '
+                          'the spec')
+    raise ConfigError(f'only {count} {name} windows of {window} samples fit in the data; '
+                      'give longer bags, a smaller window or a smaller stride')
+
+
+def _crossfit(recs: Sequence[Recording], blocks: Sequence[_Block], folds: int,
+              exclude: Sequence[np.ndarray | None], opts: TrainOptions, spec: SignalSpec,
+              say: Callable[[str], None], show_progress: bool | None
+              ) -> tuple[list[np.ndarray], list[int]]:
+    """Held-out errors of every fold's blocks from a model trained on the other folds (one
+    of them for early stopping), normalised on its own training rows; and the epochs at which
+    the fold models stopped."""
+    import torch
+
+    W, C = spec.window, len(spec.channels)
+    train_stride = opts.train_stride or spec.stride
+    heldout: list[tuple[int, int, np.ndarray]] = []
+    epochs = []
+    def quiet(_: str) -> None:
+        pass
+
+    for j in range(folds):
+        v = (j + 1) % folds
+        train = _cut(recs, _runs(blocks, lambda b: b.fold not in (j, v)), W, train_stride,
+                     exclude)
+        val = _cut(recs, _runs(blocks, lambda b: b.fold == v), W, spec.stride, exclude)
+        runs = _runs(blocks, lambda b: b.fold == j)
+        test = _cut(recs, runs, W, spec.stride, exclude)
+        train_raw, val_raw = train.stack(W, C), val.stack(W, C)
+        _check_enough(f'fold {j + 1} training', len(train_raw), W, train.dropped)
+        mean, std, _ = fit_normalization(np.concatenate(train.rows), spec.channels)
+        m32, s32 = mean.astype(np.float32), std.astype(np.float32)
+        torch.manual_seed(opts.seed + 1 + j)
+        model = build_model(opts.model, W, C)
+        _, best, _ = _fit_arrays(model, (train_raw - m32) / s32,
+                          (val_raw - m32) / s32 if len(val_raw) else None, opts, quiet,
+                          show_progress, desc=f'fold {j + 1}/{folds}')
+        epochs.append(best)
+        for (r, lo, _), part in zip(runs, test.parts):
+            if len(part):
+                heldout.append((r, lo, _torch_errors(model, ((part - m32) / s32
+                                                             ).astype(np.float32))))
+        say(f'  fold {j + 1}/{folds}: {len(train_raw)} training windows, best epoch {best}, '
+            f'{sum(len(p) for p in test.parts)} held-out windows')
+    heldout.sort(key=lambda t: (t[0], t[1]))          # time order
+    return [h[2] for h in heldout], epochs
+
+
+def _calibrate(heldout: list[np.ndarray], opts: TrainOptions, spec: SignalSpec,
+               say: Callable[[str], None]) -> DetectorFit:
+    """Channel statistics, slow context and threshold from held-out normal errors, with the
+    self-check: a detector that flags much of its own held-out normal data is refused."""
+    slow_windows, note = (0, '') if opts.error == 'mse' else slow_context_windows(
+        opts.slow_s, spec.rate_hz, spec.stride, [len(p) for p in heldout])
+    if note:
+        say(f'  note: {note}')
+    fit = fit_detector(heldout, error=opts.error, slow_windows=slow_windows,
+                       rule=opts.threshold_rule, risk=opts.risk, quantile=opts.quantile,
+                       init_quantile=opts.init_quantile, threshold_scale=opts.threshold_scale,
+                       margin=opts.margin,
+                       debounce=(opts.debounce_k, opts.debounce_n, opts.release))
+    share = fit.flagged_share
+    if share > SELF_CHECK_REFUSE or share > SELF_CHECK_WARN:
+        order = np.argsort(-fit.blame) if fit.blame is not None else []
+        worst = ', '.join(spec.channels[i] for i in order[:3] if fit.blame[i] > 0)
+        text = (f'the detector flags {share:.0%} of its own held-out normal data '
+                f'({fit.decisions} decisions; most unusual there: {worst or "none"})')
+        if share > SELF_CHECK_REFUSE:
+            raise ConfigError(f'{text}, so it would be useless on the robot; check that the '
+                              'bags hold normal operation only, drop channels that drift or '
+                              'jump between recordings, or give more normal data')
+        say(f'WARNING: {text}; expect false alarms (more normal data, or a lower --risk, '
+            'may help)')
+    return fit
+
+
+def _split_lengths(errors: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:
+    """Held-out errors [N, 2C] cut into the stretches of ``lengths`` decisions."""
+    out, lo = [], 0
+    for n in lengths:
+        if n:
+            out.append(errors[lo:lo + n])
+        lo += n
+    return out
+
+
+def _model_sections(spec: SignalSpec, mean: np.ndarray, std: np.ndarray, opts: TrainOptions,
+                    n_params: int, fit: DetectorFit, heldout: list[np.ndarray],
+                    figures: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
+    """The sections of model.yaml."""
+    W, C = spec.window, len(spec.channels)
+    allerr = np.concatenate(heldout)
+    return {
+        'spec': spec.to_dict(),
+        'window': {'length': W, 'stride': spec.stride, 'rate_hz': spec.rate_hz,
+                   'channels': spec.channels},
+        'normalization': {'mean': mean, 'std': std},
+        'architecture': {**opts.model.to_dict(), 'parameters': n_params,
+                         'input': {'name': 'x', 'shape': ['batch', W, C]},
+                         'output': {'name': 'x_hat', 'shape': ['batch', W, C]}},
+        'score': {'error': opts.error, 'log_eps': LOG_EPS,
+                  'slow_context_s': fit.slow_windows * spec.stride / spec.rate_hz},
+        'threshold': fit.threshold,
+        'calibration': calibration,
+        'channel_errors': {
+            **fit.stats.to_dict(),
+            'mean': np.nanmean(allerr[:, :C], axis=0),
+            'p99': np.nanquantile(allerr[:, :C], 0.99, axis=0),
+        },
+        'detector': {'debounce_k': opts.debounce_k, 'debounce_n': opts.debounce_n,
+                     'release': opts.release},
+        'drift': {'time_constant_s': opts.drift_s, 'freeze': opts.drift_freeze,
+                  'accept_s': opts.drift_accept_s},
+        'training': figures,
+    }
+
+
+def _export_figures(export: dict[str, Any]) -> dict[str, Any]:
+    """The export's parity and the versions, for the ``training`` section."""
+    return {'export': {k: export[k] for k in ('exporter', 'opset', 'max_abs_diff', 'atol',
                                               'batch_sizes', 'file_bytes', 'seconds')},
             'versions': {**{k: str(v) for k, v in export['versions'].items()},
-                         'python': platform.python_version(),
-                         'numpy': np.__version__},
-        }
-        from encdec_ros.modeldir import save_model_dir
+                         'python': platform.python_version(), 'numpy': np.__version__}}
 
-        sections = {
-            'spec': spec.to_dict(),
-            'window': {'length': W, 'stride': spec.stride, 'rate_hz': spec.rate_hz,
-                       'channels': channels},
-            'normalization': {'mean': mean, 'std': std},
-            'architecture': {**opts.model.to_dict(), 'parameters': n_params,
-                             'input': {'name': 'x', 'shape': ['batch', W, C]},
-                             'output': {'name': 'x_hat', 'shape': ['batch', W, C]}},
-            'score': {'error': opts.error, 'log_eps': LOG_EPS,
-                      'slow_context_s': slow_windows * spec.stride / spec.rate_hz},
-            'threshold': float(threshold),
-            'calibration': calibration,
-            'channel_errors': {
-                **stats.to_dict(),
-                'mean': np.nanmean(calib_err[:, :C], axis=0),
-                'p99': np.nanquantile(calib_err[:, :C], 0.99, axis=0),
-            },
-            'detector': {'debounce_k': opts.debounce_k, 'debounce_n': opts.debounce_n,
-                         'release': opts.release},
-            'training': figures,
-        }
-        save_model_dir(out, onnx_file=onnx_tmp, task='anomaly', sections=sections,
-                       overwrite=overwrite)
+
+def _save(out: Path, onnx_file: Path, sections: dict[str, Any], overwrite: bool) -> None:
+    from encdec_ros.modeldir import save_model_dir
+
+    save_model_dir(out, onnx_file=onnx_file, task='anomaly', sections=sections,
+                   overwrite=overwrite)
+
+
+def _finish(out: Path, bags: Sequence[str | Path], opts: TrainOptions,
+            history: list[tuple[float, float]], best_epoch: int, fit: DetectorFit,
+            export: dict[str, Any], say: Callable[[str], None]) -> None:
+    """The loss curve beside the model, and the threshold line."""
     names = [Path(b).name for b in bags]
     _loss_png(out / LOSS_PNG, history, best_epoch,
               f'{opts.model.arch} autoencoder on '
               + (', '.join(names) if len(names) <= 3 else f'{len(names)} bags'))
-    say(f'threshold {threshold:.4g} ({cal.used} rule'
+    _say_threshold(say, fit, export)
+
+
+def _say_threshold(say: Callable[[str], None], fit: DetectorFit, export: dict) -> None:
+    cal = fit.calibration
+    say(f'threshold {fit.threshold:.4g} ({cal.used} rule'
         + (f', fallback: {cal.details["fallback"]}' if 'fallback' in cal.details else '')
-        + f'); validation windows above it: {calibration["exceed_validation"]:.2%}; '
+        + f', x{cal.details.get("margin_factor", 1.0):.2f} margin); held-out normal decisions '
+        f'above it: {fit.exceed_share:.2%}, flagged after debouncing: {fit.flagged_share:.2%}; '
         f'ONNX parity {export["max_abs_diff"]:.1e}')
-    dist.settle({'figures': figures, 'calibration': calibration, 'history': history})
-    return TrainResult(out, figures, calibration, history, model)
 
 
-def _slow_windows(opts: TrainOptions, spec: SignalSpec, lengths: list[int]
-                  ) -> tuple[int, str]:
-    """Decisions in the slow context (0: none) and a note when it had to be turned off."""
-    if not opts.slow_s or opts.error == 'mse':
-        return 0, ''
-    windows = int(round(opts.slow_s * spec.rate_hz / spec.stride))
-    if windows < SLOW_MIN_WINDOWS:
-        return 0, (f'slow context off: {opts.slow_s:g} s is only {windows} decision(s) at '
-                   f'{spec.rate_hz:g} Hz with stride {spec.stride}; give --slow of at least '
-                   f'{SLOW_MIN_WINDOWS * spec.stride / spec.rate_hz:g} s')
-    longest = max(lengths, default=0)
-    total = sum(lengths)
-    if longest < 3 * windows or total < SLOW_MIN_CONTEXTS * windows:
-        return 0, (f'slow context off: the held-out data holds {total} decisions (longest '
-                   f'block {longest}), too few to calibrate a context of {windows} decisions '
-                   f'(it needs {SLOW_MIN_CONTEXTS} contexts, the longest block 3); give longer '
-                   'bags or a shorter --slow')
-    return windows, ''
+def _rows(blocks: Sequence[_Block]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for blk in blocks:
+        key = blk.role if blk.role != 'fold' else f'fold {blk.fold + 1}'
+        out[key] = out.get(key, 0) + blk.hi - blk.lo
+    return out
 
 
-def _slow_runs(channel_errors: np.ndarray, lengths: list[int], windows: int
-               ) -> np.ndarray:
-    """The slow context's running means [N, 2C] over held-out windows, restarted at every
-    block of ``lengths`` windows (blocks are not contiguous in time)."""
-    out, lo = [], 0
-    for n in lengths:
-        if n:
-            context = SlowContext(windows, channel_errors.shape[1])
-            out.append(context.run(window_features(channel_errors[lo:lo + n])))
-        lo += n
-    return np.concatenate(out) if out else np.zeros((0, channel_errors.shape[1]))
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------- little data
+
+
+def _train_crossfit(bags: Sequence[Path], spec: SignalSpec, out: Path, opts: TrainOptions,
+                    folds: int, *, command: str, overwrite: bool, say: Callable[[str], None],
+                    show_progress: bool | None) -> TrainResult:
+    """:func:`train_anomaly` on little data, in memory and in one process: the calibration's
+    held-out errors are cross-fitted over ``folds`` folds of time blocks (:func:`_crossfit`),
+    and the model to export trains on every window for the median epoch of the folds."""
+    import torch
+
+    from training.export import export_onnx
+
+    t0 = time.perf_counter()
+    recs = read_bags(list(bags), spec)
+    spec = recs[0].spec
+    channels = spec.channels
+    W, C = spec.window, len(channels)
+    train_stride = opts.train_stride or spec.stride
+    blocks = plan_blocks(recs, opts, W, folds)
+    exclude = [rec.label_mask() if opts.exclude_labelled and rec.labels else None
+               for rec in recs]
+    train = _cut(recs, _runs(blocks, lambda b: True), W, train_stride, exclude)
+    dropped = train.dropped
+    mean, std, flat = fit_normalization(np.concatenate(train.rows), channels)
+    if flat:
+        say(f'  note: {len(flat)} channel(s) barely move in the training data '
+            f'({", ".join(flat[:3])}{"..." if len(flat) > 3 else ""}); any change on them will '
+            'look anomalous')
+    train_raw = train.stack(W, C)
+    _check_enough('training', len(train_raw), W, dropped)
+    train_x = ((train_raw - mean.astype(np.float32)) / std.astype(np.float32)
+               ).astype(np.float32)
+    t_read = time.perf_counter() - t0
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    say(f'data: {len(recs)} bag(s), {C} channels at {spec.rate_hz:g} Hz, window {W}; '
+        f'{len(train_x)} training windows; calibration cross-fitted over {folds} folds of '
+        f'{len(blocks)} time blocks (every held-out error from a model that did not see it)'
+        + (f' ({dropped} windows left out: labelled or NaN)' if dropped else ''))
+    t1 = time.perf_counter()
+    heldout, fold_epochs = _crossfit(recs, blocks, folds, exclude, opts, spec, say,
+                                     show_progress)
+    epochs = max(1, int(np.median(fold_epochs)))
+    say(f'  folds stopped at epochs {fold_epochs}: the model trains on all windows for '
+        f'{epochs} epochs')
+    torch.manual_seed(opts.seed)
+    np.random.seed(opts.seed % 2**32)
+    model = build_model(opts.model, W, C)
+    n_params = count_parameters(model)
+    say(f'model: {opts.model.arch} autoencoder, hidden {opts.model.hidden}, latent '
+        f'{opts.model.latent}, {n_params} parameters')
+    history, best_epoch, _ = _fit_arrays(model, train_x, None, opts, say, show_progress,
+                                         epochs=epochs)
+    t_train = time.perf_counter() - t1
+    with tempfile.TemporaryDirectory(prefix='encdec_train_') as tmp:
+        onnx_tmp = Path(tmp) / 'model.onnx'
+        export = export_onnx(model, (torch.from_numpy(train_x[:2]),), onnx_tmp,
+                             input_names=['x'], output_names=['x_hat'],
+                             parity_inputs=(train_x[:64],))
+        fit = _calibrate(heldout, opts, spec, say)
+        figures = {
+            'command': command,
+            'bags': [str(b) for b in bags],
+            'train_span_s': span_yaml(opts.train_span),
+            'rows': _rows(blocks),
+            'folds': folds,
+            'windows': {'train': len(train_x), 'val': 0, 'calib': 0,
+                        'heldout': int(sum(len(p) for p in heldout)), 'left_out': dropped},
+            'train_stride': train_stride,
+            'epochs_run': len(history),
+            'best_epoch': best_epoch,
+            'fold_epochs': fold_epochs,
+            'train_loss': history[best_epoch - 1][0] if best_epoch else None,
+            'val_loss': None,
+            'history': {'train': [h[0] for h in history], 'val': [None for _ in history]},
+            'seconds': {'data': round(t_read, 2), 'train': round(t_train, 2)},
+            'processes': 1,
+            'options': _options_dict(opts),
+            **_export_figures(export),
+        }
+        calibration = {**fit.section(), 'scale': opts.threshold_scale,
+                       'data': f'cross-fitted over {folds} folds'}
+        _save(out, onnx_tmp, _model_sections(spec, mean, std, opts, n_params, fit, heldout,
+                                             figures, calibration), overwrite)
+    _finish(out, bags, opts, history, best_epoch, fit, export, say)
+    return TrainResult(out, figures, calibration, history, model, heldout)
 
 
 def _options_dict(opts: TrainOptions) -> dict[str, Any]:

@@ -46,6 +46,16 @@ Faults (one at a time, 8-15 s each, >= 10 s apart, the first after >= 15 s; labe
 
 Sensor faults change /imu only; motor faults change the physics, so /imu/clean shows them.
 
+Normal changes of operating point (no label; a detector should live with them):
+
+- ``payload_kg``: a mass picked up at ``payload_at_s`` (default: half-way); the controller
+  keeps its nominal mass and its integrators take up the difference, so the motors spin
+  faster and draw more current from then on;
+- ``warmup_s``: a warm-up drift with this time constant (tens of minutes on a real vehicle):
+  each accelerometer and gyro axis drifts by up to ``warmup_accel_bias`` / ``warmup_gyro_bias``
+  (random signs) and the motor currents rise by ``warmup_current`` as the torque constant of
+  a warm motor falls, all as ``1 - exp(-t / warmup_s)``.
+
 The same seed gives the same data bit for bit. Trajectory, wind, sensor noise, fault
 schedule and transport delays draw from separate random streams, so a run with faults and
 one without (same seed and duration) share their trajectory and noise: sensor faults then
@@ -185,6 +195,9 @@ class SensorParams:
     """IMU and motor-telemetry noise (standard deviations, SI units)."""
 
     accel_noise: float = 0.05  # m/s^2, white, per sample
+    warmup_accel_bias: float = 0.3  # m/s^2 per axis reached by a warm-up drift, random sign
+    warmup_gyro_bias: float = 0.01  # rad/s per axis
+    warmup_current: float = 0.06  # relative rise of motor current (torque constant falls)
     gyro_noise: float = 0.005  # rad/s, white, per sample
     orientation_noise: float = 0.005  # rad, white, per axis
     accel_bias_init: float = 0.03  # m/s^2, turn-on bias
@@ -239,6 +252,9 @@ class SimConfig:
     motor_rate_hz: float = 100.0  # /motors, /wrench_cmd, /actuator_cmd; divides physics rate
     storage: str = 'sqlite3'  # 'sqlite3' or 'mcap'
     trajectory: str = 'random'  # 'random' flight or 'hover' in place (calm air)
+    payload_kg: float = 0.0  # mass picked up mid-flight (a normal change, not a fault)
+    payload_at_s: float | None = None  # when (None: half-way through the flight)
+    warmup_s: float = 0.0  # time constant of a warm-up drift (0: none), see module docstring
     params: HexaParams = field(default_factory=HexaParams)
     sensors: SensorParams = field(default_factory=SensorParams)
 
@@ -268,6 +284,17 @@ class SimConfig:
             raise ConfigError(msg)
         if self.storage not in STORAGES:
             msg = f'storage must be sqlite3 or mcap, got {self.storage!r}'
+            raise ConfigError(msg)
+        if not 0.0 <= self.payload_kg <= 2.0 * self.params.mass_kg:
+            msg = (f'payload_kg must be within 0-{2.0 * self.params.mass_kg:g} kg (twice the '
+                   f'vehicle), got {self.payload_kg:g}')
+            raise ConfigError(msg)
+        if self.payload_at_s is not None and not 0.0 <= self.payload_at_s <= self.duration_s:
+            msg = (f'payload_at_s must be within the flight (0-{self.duration_s:g} s), got '
+                   f'{self.payload_at_s:g}')
+            raise ConfigError(msg)
+        if not self.warmup_s >= 0.0:
+            msg = f'warmup_s must be 0 (none) or a positive time constant, got {self.warmup_s:g}'
             raise ConfigError(msg)
         if self.trajectory not in TRAJECTORIES:
             msg = f'trajectory must be random or hover, got {self.trajectory!r}'
@@ -395,8 +422,13 @@ def simulate(config: SimConfig, *, progress: bool = False) -> SimResult:
     ref = _reference(rng_traj, n, dt, hover=config.trajectory == 'hover')
     wind, torque_dist = _wind(rng_wind, n, dt, calm=config.trajectory == 'hover')
     faults = _schedule_faults(rng_fault, config, n, dt)
+    payload = None
+    if config.payload_kg > 0:
+        at = config.duration_s / 2 if config.payload_at_s is None else config.payload_at_s
+        payload = (min(n - 1, int(round(at / dt))), p.mass_kg + config.payload_kg)
 
-    rec = _fly(p, _Gains(), ref, wind, torque_dist, faults, dt, progress=progress)
+    rec = _fly(p, _Gains(), ref, wind, torque_dist, faults, dt, progress=progress,
+               payload=payload)
 
     imu_step = int(round(config.physics_rate_hz / config.imu_rate_hz))
     mot_step = int(round(config.physics_rate_hz / config.motor_rate_hz))
@@ -439,6 +471,13 @@ def simulate(config: SimConfig, *, progress: bool = False) -> SimResult:
     clean_acc = accel[imu_idx]
     clean_gyro = gyro[imu_idx]
     clean_quat = quat[imu_idx]
+    warm = _warmup(config, imu_idx * dt)     # (n_imu,) 0 -> 1 as the vehicle warms up
+    if warm is not None:
+        # a separate random stream, so that flights without warm-up are unchanged
+        rng_warm = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(7)[6])
+        signs = rng_warm.choice((-1.0, 1.0), 6)
+        accel_bias = accel_bias + warm[:, None] * s.warmup_accel_bias * signs[:3]
+        gyro_bias = gyro_bias + warm[:, None] * s.warmup_gyro_bias * signs[3:]
     imu_acc = clean_acc + accel_bias + accel_white + vib
     imu_gyro = clean_gyro + gyro_bias + gyro_white
     imu_quat = _quat_mul(clean_quat, _quat_exp(att_noise))
@@ -451,6 +490,9 @@ def simulate(config: SimConfig, *, progress: bool = False) -> SimResult:
     load = p.torque_coeff * w_true ** 2
     current = np.where(energised[mot_idx], p.no_load_current_a, 0.0)
     current = current + load / p.torque_constant_nm_per_a
+    warm = _warmup(config, mot_idx * dt)
+    if warm is not None:   # a warm motor's torque constant falls: more current, same torque
+        current = current * (1.0 + s.warmup_current * warm)[:, None]
     motor_speed = np.maximum(w_true + speed_white, 0.0)
     motor_current = np.maximum(current + current_white, 0.0)
 
@@ -504,6 +546,13 @@ def simulate(config: SimConfig, *, progress: bool = False) -> SimResult:
 
 # --------------------------------------------------------------------------------------
 # Reference trajectory and disturbances
+
+
+def _warmup(config: SimConfig, t: np.ndarray) -> np.ndarray | None:
+    """How far the warm-up drift has gone at times ``t`` (0 cold, 1 warm), or None."""
+    if not config.warmup_s:
+        return None
+    return 1.0 - np.exp(-t / config.warmup_s)
 
 
 def _min_jerk(tau: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -782,16 +831,20 @@ def _allocate(pinv: list[tuple[float, float, float, float]], thrust: float, mx: 
 
 def _fly(p: HexaParams, g: _Gains, ref: dict[str, np.ndarray], wind: np.ndarray,
          torque_dist: np.ndarray, faults: list[_Fault], dt: float,
-         *, progress: bool) -> np.ndarray:
+         *, progress: bool, payload: tuple[int, float] | None = None) -> np.ndarray:
     """Run the closed loop for ``len(wind)`` steps; returns one row of 44 values per step.
 
     Columns: quaternion xyzw (0:4), body rates (4:7), specific force in the body frame
     (7:10), position (10:13), velocity (13:16), rotor speeds (16:22), commanded thrust and
     torques (22:26), normalised motor commands (26:32), effective thrust coefficients
     (32:38), motor energised flags (38:44). All at the step's start time.
+
+    ``payload`` (step, mass) changes the vehicle's mass from that step on; the controller
+    keeps using the nominal mass (its integrators take up the difference).
     """
     n = len(wind)
-    m, grav = p.mass_kg, p.gravity_m_s2
+    m, grav = p.mass_kg, p.gravity_m_s2   # the controller's mass
+    mass = m                               # the physics' mass
     jx, jy, jz = p.inertia_kgm2
     cx, cy, cz = p.rot_damping_nms
     pos = p.rotor_positions()
@@ -810,6 +863,8 @@ def _fly(p: HexaParams, g: _Gains, ref: dict[str, np.ndarray], wind: np.ndarray,
 
     # events: step -> list of (what, motor, value)
     events: dict[int, list[tuple[str, int, float]]] = {}
+    if payload is not None:
+        events.setdefault(payload[0], []).append(('mass', 0, payload[1]))
     for f in faults:
         if f.kind == 'motor_degradation':
             events.setdefault(f.start, []).append(('kf', f.channel, f.magnitude))
@@ -857,6 +912,8 @@ def _fly(p: HexaParams, g: _Gains, ref: dict[str, np.ndarray], wind: np.ndarray,
                     kf[i] = p.thrust_coeff * value
                 elif what == 'dead':
                     dead[i] = value > 0.5
+                elif what == 'mass':
+                    mass = value
                 else:
                     pinv = pinvs[i]
         if bar is not None and k % chunk == 0 and k:
@@ -925,9 +982,9 @@ def _fly(p: HexaParams, g: _Gains, ref: dict[str, np.ndarray], wind: np.ndarray,
         vbx = r00 * ax_ + r10 * ay_ + r20 * az_
         vby = r01 * ax_ + r11 * ay_ + r21 * az_
         vbz = r02 * ax_ + r12 * ay_ + r22 * az_
-        sfx = -p.drag_coeff_xy * vbx / m
-        sfy = -p.drag_coeff_xy * vby / m
-        sfz = (ft - p.drag_coeff_z * vbz) / m
+        sfx = -p.drag_coeff_xy * vbx / mass
+        sfy = -p.drag_coeff_xy * vby / mass
+        sfz = (ft - p.drag_coeff_z * vbz) / mass
 
         extend((qx, qy, qz, qw, wx, wy, wz, sfx, sfy, sfz, px, py, pz, vx, vy, vz))
         extend(omega)

@@ -20,6 +20,11 @@ For each window ``x`` [W, C] (raw units, channels in the spec's order)::
     error   = mean_c e_c                 ('mse', the classic)
             | max_c z_c                  ('channel_max': the most unusual channel)
             | max_c max(z_c, f_c)        ('channel_max_flat': also a stuck / frozen channel)
+            | max(m, max_c f_c)          ('mahalanobis': m, the Mahalanobis distance of the
+                                          vector of log e_c from its normal mean under their
+                                          normal covariance (shrunk halfway to its diagonal),
+                                          as a standard normal quantile (Wilson-Hilferty), so
+                                          channels whose errors rise together count once)
               and max with s_c when the model has a slow context: a fault too small to stand
               out in one window but persists (growing vibration, a worn motor)
     score   = error / threshold                     threshold calibrated on normal data
@@ -46,11 +51,13 @@ from encdec_ros.errors import ConfigError, ModelDirError
 from encdec_ros.io.spec import SignalSpec
 from encdec_ros.modeldir import ModelDir
 
-ERROR_KINDS = ('mse', 'channel_max', 'channel_max_flat')
+ERROR_KINDS = ('mse', 'channel_max', 'channel_max_flat', 'mahalanobis')
 LOG_EPS = 1e-8
 """Added to per-channel errors before the logarithm (normalised units squared)."""
 DEFAULT_BATCH = 256
 """Windows per ONNX Runtime call in :meth:`AnomalyScorer.score_windows`."""
+DRIFT_UPDATE_S = 5.0
+"""Seconds between updates of the followed drift (:class:`DriftTracker`)."""
 
 
 # --------------------------------------------------------------------------- debouncing
@@ -172,17 +179,20 @@ class BatchScores:
 @dataclass
 class StreamState:
     """What the scorer remembers of one stream between windows: the debouncer, the slow
-    context and the flag of the last decision. One scorer serves many streams (one node, many
-    robots) with a state each (:meth:`AnomalyScorer.new_state`, :meth:`AnomalyScorer.decide`)."""
+    context, the drift followed and the flag of the last decision. One scorer serves many
+    streams (one node, many robots) with a state each (:meth:`AnomalyScorer.new_state`,
+    :meth:`AnomalyScorer.decide`)."""
 
     debouncer: Debouncer
     slow: SlowContext
+    drift: 'DriftTracker'
     flag: bool = False        # the flag of the last decision (forced up for unscored ones)
 
     def reset(self) -> None:
-        """Lower the flag and forget past scores."""
+        """Lower the flag and forget past scores and the drift followed."""
         self.debouncer.reset()
         self.slow.reset()
+        self.drift.reset()
         self.flag = False
 
 
@@ -203,6 +213,12 @@ class AnomalyScorer:
         warmup: Warm the engine up at start.
         stride: Ticks between decisions where they differ from the spec's (the node's
             ``stride`` parameter); the slow context then spans the same time.
+        drift_s: Override the model's drift time constant in seconds (0: do not follow
+            drift); see :class:`DriftTracker`.
+        drift_freeze: Override the unusualness (fraction of the threshold) that holds a
+            channel's drift.
+        drift_accept_s: Override the seconds after which a held channel is followed again
+            (0: never).
 
     Attributes:
         spec: The resolved signal spec the model was trained on.
@@ -218,7 +234,9 @@ class AnomalyScorer:
                  threads: int | None = None, debounce_k: int | None = None,
                  debounce_n: int | None = None, release: float | None = None,
                  threshold_scale: float = 1.0, warmup: bool = True,
-                 stride: int | None = None) -> None:
+                 stride: int | None = None, drift_s: float | None = None,
+                 drift_freeze: float | None = None, drift_accept_s: float | None = None
+                 ) -> None:
         self.model = model if isinstance(model, ModelDir) else ModelDir.load(model,
                                                                              task='anomaly')
         m = self.model
@@ -254,6 +272,18 @@ class AnomalyScorer:
             _vector(m, 'channel_errors.log_std', n_ch, np.float64),
             _vector(m, 'channel_errors.rough_log_mean', n_ch, np.float64),
             _vector(m, 'channel_errors.rough_log_std', n_ch, np.float64), slow)
+        precision = m.section('channel_errors.precision', None)
+        if precision is not None:
+            p = np.asarray(precision, dtype=np.float64)
+            if p.shape != (n_ch, n_ch) or not np.isfinite(p).all():
+                raise ModelDirError(f'channel_errors.precision in {where} must be a finite '
+                                    f'{n_ch} x {n_ch} matrix; re-train the model')
+            self.stats_ = ChannelStats(self.stats_.log_mean, self.stats_.log_std,
+                                       self.stats_.rough_log_mean, self.stats_.rough_log_std,
+                                       self.stats_.slow, p)
+        elif self.error_kind == 'mahalanobis':
+            raise ModelDirError(f'{where} asks for the mahalanobis error but has no '
+                                'channel_errors.precision; re-train the model')
         if not ((self.stats_.log_std > 0).all() and (self.stats_.rough_log_std > 0).all()
                 and (slow is None or (slow.scale > 0).all())):
             raise ModelDirError(f'channel_errors in {where} has spreads <= 0; re-train the '
@@ -278,6 +308,24 @@ class AnomalyScorer:
         self._debounce = (int(debounce_k if debounce_k else det.get('debounce_k', 3)),
                           int(debounce_n if debounce_n else det.get('debounce_n', 5)),
                           float(release if release else det.get('release', 0.8)))
+        drift = m.section('drift', {}) or {}
+        if not isinstance(drift, dict):
+            raise ModelDirError(f'drift in {where} must be a mapping; re-train the model')
+        self.drift_s = float(drift.get('time_constant_s', 0.0) if drift_s is None else drift_s)
+        freeze = float(drift.get('freeze', 0.5) if drift_freeze is None else drift_freeze)
+        accept_s = float(drift.get('accept_s', 0.0) if drift_accept_s is None
+                         else drift_accept_s)
+        if not (self.drift_s >= 0 and freeze > 0 and accept_s >= 0):
+            raise ConfigError(f'drift time constant ({self.drift_s!r} s) and accept time '
+                              f'({accept_s!r} s) must be >= 0 and the freeze level '
+                              f'({freeze!r}) > 0')
+        period_s = self.stride / self.spec.rate_hz           # seconds between decisions
+        every = max(1, int(round(DRIFT_UPDATE_S / period_s)))
+        gain = 0.0
+        if self.drift_s > 0 and self.error_kind != 'mse':
+            gain = min(1.0, every * period_s / self.drift_s)
+        self._drift = {'gain': gain, 'every': every, 'freeze': freeze,
+                       'accept': int(round(accept_s / period_s))}
         self.state = self.new_state()
         """The state of the scorer's own stream (:meth:`step`, :meth:`score_windows`)."""
         self.engine = m.engine(device, threads=threads, warmup=warmup)
@@ -292,10 +340,11 @@ class AnomalyScorer:
 
     def new_state(self) -> StreamState:
         """A fresh state for one more stream (the debounce settings in use, an empty slow
-        context)."""
+        context, no drift followed yet)."""
         k, n, release = self._debounce
         return StreamState(Debouncer(k, n, release),
-                           SlowContext(self._slow_windows, 2 * len(self.channels)))
+                           SlowContext(self._slow_windows, 2 * len(self.channels)),
+                           DriftTracker(len(self.channels), **self._drift))
 
     @property
     def debouncer(self) -> Debouncer:
@@ -313,6 +362,11 @@ class AnomalyScorer:
         """The slow context of the scorer's own stream."""
         return self.state.slow
 
+    @property
+    def drift(self) -> 'DriftTracker':
+        """The drift followed on the scorer's own stream."""
+        return self.state.drift
+
     # ------------------------------------------------------------------ parts
 
     @property
@@ -326,8 +380,10 @@ class AnomalyScorer:
         return self.slow.windows * self.stride / self.spec.rate_hz
 
     def normalize(self, windows: np.ndarray) -> np.ndarray:
-        """Raw windows [..., W, C] to the model's normalised units (float32)."""
-        return ((np.asarray(windows, dtype=np.float32) - self.mean_) * self._inv_std)
+        """Raw windows [..., W, C] to the model's normalised units (float32), less the drift
+        followed so far."""
+        xn = (np.asarray(windows, dtype=np.float32) - self.mean_) * self._inv_std
+        return xn - self.drift.offset32 if self.drift.active else xn
 
     def channel_errors(self, windows: np.ndarray, *, batch: int = DEFAULT_BATCH) -> np.ndarray:
         """Per-channel statistics [N, 2C] (float64) of raw windows [N, W, C]: the mean
@@ -365,34 +421,63 @@ class AnomalyScorer:
 
         Each decision equals :meth:`step` on its window with that state (to float rounding
         of batched inference: bit for bit at B = 1). A window holding NaN or inf is not
-        scored: its flag is up, without touching the state's debouncer.
+        scored: its flag is up, without touching the state's debouncer. While drift is
+        followed, a stream's second window waits for its first (another call), since the first
+        may move the offsets the second is scored with.
         """
         windows = np.asarray(windows, dtype=np.float32)
         if windows.ndim != 3 or len(states) != windows.shape[0]:
             raise ConfigError(f'decide takes windows [B, W, C] and B states, got shape '
                               f'{list(windows.shape)} and {len(states)} states')
+        if self._drift['gain'] > 0 and len({id(st) for st in states}) < len(states):
+            rounds: dict[int, list[int]] = {}
+            seen: dict[int, int] = {}
+            for i, st in enumerate(states):
+                k = seen[id(st)] = seen.get(id(st), -1) + 1
+                rounds.setdefault(k, []).append(i)
+            out: list[Decision | None] = [None] * len(states)
+            for index in rounds.values():
+                for i, d in zip(index, self._decide(windows[index],
+                                                    [states[i] for i in index])):
+                    out[i] = d
+            return out  # type: ignore[return-value]
+        return self._decide(windows, states)
+
+    def _decide(self, windows: np.ndarray, states: list[StreamState]) -> list[Decision]:
+        """:meth:`decide` for windows of distinct streams."""
         n_ch = len(self.channels)
         finite = np.isfinite(windows).all(axis=(1, 2))
         ch_err = np.full((len(states), 2 * n_ch), np.nan)
-        if finite.all():
-            xn = (windows - self.mean_) * self._inv_std
-            ch_err = residual_statistics(self.engine.run(xn), xn)
-        elif finite.any():
-            xn = (windows[finite] - self.mean_) * self._inv_std
-            ch_err[finite] = residual_statistics(self.engine.run(xn), xn)
+        tracking = self._drift['gain'] > 0
+        means = None
+        if finite.any():
+            rows = slice(None) if finite.all() else finite
+            xn = (windows[rows] - self.mean_) * self._inv_std
+            if tracking:
+                xn = xn - np.stack([st.drift.offset32 for st, ok in zip(states, finite)
+                                    if ok])[:, None, :]
+            recon = self.engine.run(xn)
+            ch_err[rows] = residual_statistics(recon, xn)
+            if tracking:
+                means = np.full((len(states), n_ch), np.nan)
+                means[rows] = residual_means(recon, xn)
         slow = None
         if self._slow_windows:
             feats = window_features(ch_err)
             slow = np.stack([st.slow.update(f) for st, f in zip(states, feats)])
         errors, z = aggregate_errors(ch_err, self.error_kind, self.stats_, slow)
         out = []
+        level = self._drift['freeze'] * self.threshold_
         for i, state in enumerate(states):
             before = state.flag
             if not finite[i]:
+                state.drift.observe(None, None)
                 state.flag = True
                 out.append(Decision(math.nan, True, not before, math.nan,
                                     np.full(n_ch, np.nan), valid=False))
                 continue
+            if means is not None:
+                state.drift.observe(means[i], z[i] >= level)
             error = float(errors[i])
             score = error / self.threshold_
             flag = state.debouncer.update(score) or not math.isfinite(score)
@@ -408,6 +493,8 @@ class AnomalyScorer:
         as calling :meth:`step` on each window in turn; the flag state carries over.
         """
         windows = np.asarray(windows)
+        if self.drift.active:
+            return self._score_tracking(windows, batch=batch, progress=progress)
         if progress and len(windows) > batch:
             from encdec_ros.progress import progress as bar
             parts = []
@@ -425,8 +512,47 @@ class AnomalyScorer:
             self.state.flag = bool(flags[-1])
         return BatchScores(scores, flags, errors, ch_err, z)
 
+    def _score_tracking(self, windows: np.ndarray, *, batch: int,
+                        progress: bool | None) -> BatchScores:
+        """:meth:`score_windows` while following drift: the windows go to the model in chunks
+        that end where the offsets change, so that every window sees the offsets the live
+        node would have used."""
+        from encdec_ros.progress import progress as bar
+
+        n, c = len(windows), len(self.channels)
+        if windows.ndim != 3 or windows.shape[1:] != (self.window, c):
+            raise ConfigError(f'windows must have shape [N, {self.window}, {c}], got '
+                              f'{list(windows.shape)}')
+        ch_err = np.full((n, 2 * c), np.nan)
+        errors, z = np.full(n, np.nan), np.full((n, c), np.nan)
+        edges = [0, *range(min(n, self.drift.until_update()), n, self.drift.every), n]
+        chunks = [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+        for lo, hi in bar(chunks, total=len(chunks), desc='scoring', unit='chunk',
+                          enable=bool(progress and n > batch), min_total=0):
+            xn = self.normalize(windows[lo:hi])
+            ok = np.flatnonzero(np.isfinite(xn).all(axis=(1, 2)))
+            means = np.full((hi - lo, c), np.nan)
+            for a in range(0, ok.size, batch):
+                part = ok[a:a + batch]
+                recon = self.engine.run(xn[part])
+                ch_err[lo + part] = residual_statistics(recon, xn[part])
+                means[part] = residual_means(recon, xn[part])
+            errors[lo:hi], z[lo:hi] = self.aggregate(ch_err[lo:hi])
+            level = self.drift.freeze * self.threshold_
+            for i in range(hi - lo):
+                if np.isfinite(means[i]).all():
+                    self.drift.observe(means[i], z[lo + i] >= level)
+                else:
+                    self.drift.observe(None, None)
+        scores = errors / self.threshold_
+        flags = self.debouncer.run(scores) | ~np.isfinite(scores)
+        if len(flags):
+            self.state.flag = bool(flags[-1])
+        return BatchScores(scores, flags, errors, ch_err, z)
+
     def reset(self) -> None:
-        """Lower the flag and forget past scores (e.g. after the inputs stopped)."""
+        """Lower the flag and forget past scores and the drift followed (e.g. before another
+        recording)."""
         self.state.reset()
 
     def describe(self) -> dict[str, Any]:
@@ -441,11 +567,87 @@ class AnomalyScorer:
             'channels': len(self.channels),
             'error': self.error_kind,
             'slow_context_s': self.slow_context_s,
+            'drift_s': self.drift_s if self.drift.active else 0.0,
             'threshold': self.threshold_,
             'debounce': {'k': d.k, 'n': d.n, 'release': d.release},
         }
 
 
+class DriftTracker:
+    """Follow the slow drift of each channel's level, as the model's own residual shows it.
+
+    A warm-up, a worn sensor's bias or a new operating point shift a channel's level slowly.
+    The scorer subtracts :attr:`offset` (normalised units) from each channel before the model
+    sees the window, and after every ``every`` decisions moves it by ``gain`` times the mean
+    signed residual (input minus reconstruction) of the channels that looked normal in them:
+    an integrator that removes, with a time constant of ``every / gain`` decisions, whatever
+    level the model cannot explain. A channel whose unusualness reaches ``freeze`` (relative
+    to the threshold) is held, so that a fault is not learnt away; after ``accept``
+    consecutive unusual decisions it is followed again (a lasting change is taken as the new
+    normal rather than flagged for ever).
+
+    Args:
+        channels: Number of channels.
+        gain: Share of the mean residual removed per update (0: off).
+        every: Decisions between updates (the windows in between are scored with the same
+            offsets, so the batched evaluation and the live node agree bit for bit).
+        freeze: Unusualness, as a fraction of the threshold, from which a channel is held.
+        accept: Consecutive unusual decisions after which a held channel is followed again
+            (0: never).
+    """
+
+    def __init__(self, channels: int, *, gain: float = 0.0, every: int = 1,
+                 freeze: float = 0.5, accept: int = 0) -> None:
+        self.gain, self.every, self.freeze, self.accept = float(gain), int(every), \
+            float(freeze), int(accept)
+        self.offset = np.zeros(channels, dtype=np.float64)
+        self.offset32 = np.zeros(channels, dtype=np.float32)
+        self._sum = np.zeros(channels, dtype=np.float64)
+        self._count = np.zeros(channels, dtype=np.int64)
+        self._held = np.zeros(channels, dtype=np.int64)
+        self._seen = 0
+
+    @property
+    def active(self) -> bool:
+        """True when the tracker follows drift at all."""
+        return self.gain > 0
+
+    def until_update(self) -> int:
+        """Decisions left before the offsets next change."""
+        return self.every - self._seen % self.every
+
+    def observe(self, residual_mean: np.ndarray | None, unusual: np.ndarray | None) -> None:
+        """One decision: its per-channel mean residual (input minus reconstruction,
+        normalised; None for a window that was not scored) and which channels were unusual."""
+        if residual_mean is not None and unusual is not None:
+            self._held = np.where(unusual, self._held + 1, 0)
+            use = ~unusual
+            if self.accept:
+                use |= self._held > self.accept
+            self._sum += np.where(use, residual_mean, 0.0)
+            self._count += use
+        self._seen += 1
+        if self._seen % self.every == 0:
+            have = self._count > 0
+            step = np.where(have, self._sum / np.maximum(self._count, 1), 0.0)
+            self.offset += self.gain * step
+            self.offset32 = self.offset.astype(np.float32)
+            self._sum[:] = 0.0
+            self._count[:] = 0
+
+    def reset(self) -> None:
+        """Forget the drift followed so far."""
+        self.offset[:] = 0.0
+        self.offset32[:] = 0.0
+        self._sum[:] = 0.0
+        self._count[:] = 0
+        self._held[:] = 0
+        self._seen = 0
+
+
+COV_SHRINK = 0.5
+"""Weight of the diagonal in the covariance of the log errors ('mahalanobis'): few held-out
+windows estimate a full covariance poorly."""
 GAUSS_P99 = 2.326
 """The standard normal's 99th percentile: slow features are scaled so that their normal 99th
 percentile lands here, level with the single-window z-scores."""
@@ -531,6 +733,8 @@ class ChannelStats:
         rough_log_mean: [C] mean of log(d_c + eps), d_c the input's roughness.
         rough_log_std: [C] standard deviation of log(d_c + eps).
         slow: The slow context's statistics, or None for a model without one.
+        precision: [C, C] inverse of the covariance of log(e + eps), shrunk halfway to its
+            diagonal (for the 'mahalanobis' error), or None.
     """
 
     log_mean: np.ndarray
@@ -538,6 +742,7 @@ class ChannelStats:
     rough_log_mean: np.ndarray
     rough_log_std: np.ndarray
     slow: SlowStats | None = None
+    precision: np.ndarray | None = None
 
     @classmethod
     def fit(cls, channel_errors: np.ndarray, *, min_std: float = 1e-3) -> 'ChannelStats':
@@ -547,12 +752,15 @@ class ChannelStats:
         u = u[np.isfinite(u).all(axis=1)]
         c = u.shape[1] // 2
         mean, std = u.mean(axis=0), np.maximum(u.std(axis=0), min_std)
-        return cls(mean[:c], std[:c], mean[c:], std[c:])
+        level = u[:, :c]
+        cov = np.cov(level, rowvar=False).reshape(c, c) if len(level) > 1 else np.eye(c)
+        cov = COV_SHRINK * np.diag(std[:c] ** 2) + (1 - COV_SHRINK) * cov
+        return cls(mean[:c], std[:c], mean[c:], std[c:], None, np.linalg.inv(cov))
 
     def with_slow(self, slow: SlowStats | None) -> 'ChannelStats':
         """A copy with the slow context's statistics."""
         return ChannelStats(self.log_mean, self.log_std, self.rough_log_mean,
-                            self.rough_log_std, slow)
+                            self.rough_log_std, slow, self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain arrays for model.yaml."""
@@ -563,6 +771,8 @@ class ChannelStats:
         if self.slow:
             out['slow_center'] = self.slow.center
             out['slow_scale'] = self.slow.scale
+        if self.precision is not None:
+            out['precision'] = [list(row) for row in self.precision]
         return out
 
 
@@ -589,12 +799,38 @@ def aggregate_errors(channel_errors: np.ndarray, kind: str, stats: ChannelStats,
         z = np.maximum(z, flat)
     if kind == 'mse':
         return ch[:, :c].mean(axis=1), z
-    if kind not in ('channel_max', 'channel_max_flat'):
+    if kind not in ERROR_KINDS:
         raise ConfigError(f'error kind {kind!r} is not one of {", ".join(ERROR_KINDS)}')
+    joint = None
+    if kind == 'mahalanobis':
+        if stats.precision is None:
+            raise ModelDirError('the model has no channel_errors.precision, which the '
+                                'mahalanobis error needs; re-train the model')
+        dev = u[:, :c] - stats.log_mean
+        joint = chi2_as_normal(np.einsum('ij,jk,ik->i', dev, stats.precision, dev), c)
+        others = (stats.rough_log_mean - u[:, c:]) / stats.rough_log_std
+        z = np.maximum(z, others)
     if slow is not None and stats.slow is not None:
         zs = stats.slow.z(slow)
         z = np.where(np.isnan(z), z, np.fmax(z, zs))   # an unscored window stays NaN
+        if joint is not None:
+            others = np.where(np.isnan(others), others, np.fmax(others, zs))
+    if joint is not None:
+        # a row with any NaN stays NaN (the callers flag it as a fault); an infinite error
+        # makes the row +inf even where the joint distance came out NaN (inf - inf)
+        out = np.fmax(joint, others.max(axis=1))
+        out[np.isinf(u[:, :c]).any(axis=1) & ~np.isnan(ch).any(axis=1)] = np.inf
+        out[np.isnan(ch).any(axis=1)] = np.nan
+        return out, z
     return z.max(axis=1), z
+
+
+def chi2_as_normal(d2: np.ndarray, dof: int) -> np.ndarray:
+    """The standard normal quantile with the same upper tail as ``d2`` under a chi-square of
+    ``dof`` degrees of freedom (Wilson-Hilferty cube-root approximation; no scipy)."""
+    k = float(dof)
+    v = 2.0 / (9.0 * k)
+    return (np.cbrt(np.maximum(d2, 0.0) / k) - (1.0 - v)) / math.sqrt(v)
 
 
 def residual_statistics(recon: np.ndarray, normalized: np.ndarray) -> np.ndarray:
@@ -606,6 +842,12 @@ def residual_statistics(recon: np.ndarray, normalized: np.ndarray) -> np.ndarray
     step = np.diff(x, axis=1)
     rough = np.mean(step * step, axis=1) if step.shape[1] else np.zeros_like(level)
     return np.concatenate([level, rough], axis=1)
+
+
+def residual_means(recon: np.ndarray, normalized: np.ndarray) -> np.ndarray:
+    """Per-channel mean of input minus reconstruction over each window [N, C] (the level the
+    model could not explain; what :class:`DriftTracker` follows)."""
+    return (normalized.astype(np.float64) - recon.astype(np.float64)).mean(axis=1)
 
 
 def reconstruction_errors(engine: Any, normalized: np.ndarray, *,

@@ -43,7 +43,8 @@ def register(groups: dict) -> None:
                    help='drop rows with an empty cell in the time or a data column (default: '
                         'keep them as NaN, which the detector does not score, and say where)')
     p.add_argument('--topic', default='/csv/data', help='data topic (default /csv/data)')
-    p.add_argument('--window', type=int, default=60, help='window of the written spec.yaml')
+    p.add_argument('--window', type=int, default=30,
+                   help='window of the written spec.yaml, in rows (default: %(default)s)')
     p.add_argument('--stride', type=int, default=1, help='stride of the written spec.yaml')
     p.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3')
     p.add_argument('--overwrite', action='store_true', help='replace an existing output')

@@ -211,8 +211,10 @@ def _run_node(model: Path, bag: Path, rate: float, expected: int) -> dict[str, A
         play_qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
                               history=HistoryPolicy.KEEP_ALL)
         t0 = time.perf_counter()
+        # the node reads its topics relative to its namespace: play them there
         with BagPlayer(player_node, bag, topics=node.spec.topic_names, rate=rate,
-                       qos=play_qos) as player:
+                       qos=play_qos, remap=dict(zip(node.spec.topic_names, node.topic_names))
+                       ) as player:
             player.wait_for_subscribers(1, timeout_s=10.0)
             stats = player.play()
         deadline = time.monotonic() + 30.0

@@ -34,6 +34,14 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                              f'{", ".join(FAULT_CHOICES)} (default: %(default)s)')
     parser.add_argument('--fault-duration', type=float, default=None, metavar='S',
                         help='seconds each fault lasts (default: 8-15 s at random)')
+    parser.add_argument('--payload', type=float, default=0.0, metavar='KG',
+                        help='mass picked up mid-flight, a normal change of operating point '
+                             '(default: none)')
+    parser.add_argument('--payload-at', type=float, default=None, metavar='S',
+                        help='when the payload is picked up (default: half-way)')
+    parser.add_argument('--warmup', type=float, default=0.0, metavar='S',
+                        help='time constant of a warm-up drift of the IMU biases and motor '
+                             'currents, e.g. 600 (default: none)')
     parser.add_argument('--storage', choices=('sqlite3', 'mcap'), default='sqlite3',
                         help='rosbag2 storage format (default: %(default)s)')
     g = parser.add_argument_group('a fleet (many flights at once)')
@@ -68,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     config = SimConfig(duration_s=args.duration, seed=args.seed,
                        faults=parse_faults(args.faults), fault_duration_s=args.fault_duration,
-                       storage=args.storage)
+                       payload_kg=args.payload, payload_at_s=args.payload_at,
+                       warmup_s=args.warmup, storage=args.storage)
     result = simulate(config, progress=True)
     t_sim = time.perf_counter()
     path = write_bag(result, args.out, storage=config.storage)

@@ -555,7 +555,7 @@ def csv_to_bag(csv_path: str | Path, out: str | Path, *, topic: str = '/csv/data
                time_col: str | None = None, time_unit: str | None = None,
                columns: Sequence[str] | None = None, exclude: Sequence[str] = (),
                label_col: str | Sequence[str] | None = None, drop_empty: bool = False,
-               window: int = 60, stride: int = 1, overwrite: bool = False
+               window: int = 30, stride: int = 1, overwrite: bool = False
                ) -> tuple[Path, CsvTable]:
     """Write the CSV as a bag; return the bag path and the parsed table.
 

@@ -35,14 +35,26 @@ Publishes, once per decision: ``~/anomaly`` (std_msgs/Bool, the debounced flag) 
 and on ``/diagnostics`` a status that is OK, WARN (or ERROR, parameter ``flag_level``) while
 the flag is up, ERROR when windows cannot be scored, STALE when the inputs stop; its values
 hold the score, threshold, top channels, provider and latencies.
+
+"This is normal now": the service ``~/rebaseline`` (std_srvs/Trigger) re-baselines the model
+on the last ``rebaseline_minutes`` of aligned input (:func:`encdec_ros.anomaly.rebaseline.
+rebaseline`: the same ONNX model, each channel's level, normal statistics and threshold refit
+through the runtime's own code, no torch), writes it to a new model directory under
+``rebaseline_dir`` and switches to it; the response says where, and /diagnostics shows the
+model in use. With ``streams`` each stream has its own service (``r1/<node name>/rebaseline``)
+and is re-baselined on its own input: it then scores with a model of its own (the windows of
+the streams that share a model still go to one inference call each).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import struct
 import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -52,6 +64,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool, Float32
+from std_srvs.srv import Trigger
 
 from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer, Decision, StreamState, \
     check_debounce
@@ -136,6 +149,10 @@ PARAMS = (
           max=100),
     Param('flag_level', 'WARN', 'Diagnostic level while the anomaly flag is up: WARN or ERROR',
           constraints='one of WARN, ERROR'),
+    Param('rebaseline_minutes', 5.0, 'Minutes of recent input kept for the ~/rebaseline '
+          'service ("this is normal now")', read_only=True, min=0.1, max=240.0),
+    Param('rebaseline_dir', '', 'Directory for re-baselined models (empty: $ROS_HOME/encdec_ros'
+          '/models, ROS_HOME defaulting to ~/.ros)', read_only=True),
 )
 
 
@@ -186,6 +203,39 @@ def check_streams(streams: list[str]) -> list[str]:
     return out
 
 
+class _Recent:
+    """The last ``keep`` aligned rows of a stream and their tick times, for ``rebaseline``
+    (fixed arrays filled in turn: no object per row)."""
+
+    def __init__(self, keep: int, channels: int) -> None:
+        self.times = np.zeros(keep, dtype=np.int64)
+        self.rows = np.zeros((keep, channels), dtype=np.float32)
+        self.size = 0
+        self._next = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def push(self, times: np.ndarray, rows: np.ndarray) -> None:
+        keep = self.times.size
+        if times.size >= keep:
+            times, rows = times[-keep:], rows[-keep:]
+        n = times.size
+        at = (self._next + np.arange(n)) % keep
+        self.times[at] = times
+        self.rows[at] = rows
+        self._next = (self._next + n) % keep
+        self.size = min(keep, self.size + n)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the kept times [T] and rows [T, C], oldest first."""
+        order = (self._next - self.size + np.arange(self.size)) % self.times.size
+        return self.times[order], self.rows[order]
+
+    def clear(self) -> None:
+        self.size = self._next = 0
+
+
 class _Pending:
     """A window due for a decision, waiting for the batch."""
 
@@ -204,7 +254,14 @@ class _Stream:
         self.index = index
         self.name = name
         self.prefix = f'{name}/' if name else ''
+        self.scorer = node.scorer        # a stream re-baselined on its own input gets its own
         self.state = state
+        self.model_dir = node.model_dir
+        self.recent = _Recent(node._keep, len(node.scorer.channels))
+        self.rebaselining: threading.Thread | None = None
+        self.switch_to: AnomalyScorer | None = None    # re-baselined, taken between decisions
+        self.rebaselines: list[Any] = []               # RebaselineResult of each switch
+        self.rebaseline_note = ''
         self.aligner = StreamingAligner(spec.channel_counts, spec.period_ns,
                                         max_hold_ns=spec.max_holds_ns)
         self.ring = RingWindow(spec.window, len(node.scorer.channels))
@@ -238,6 +295,7 @@ class _Stream:
             buf.clear()
         self.aligner.reset()
         self.ring.reset()
+        self.recent.clear()
         self.state.reset()
         self.slots = [0] * len(self.slots)
         self.done = 0
@@ -284,11 +342,13 @@ class AnomalyDetectorNode(Node):
                               'or keep_all')
         names = check_streams(p['streams'])
         model_dir = resolve_share_path(p['model_dir'])
+        self._scorer_options = {'device': p['device'], 'threads': p['threads'],
+                                'stride': p['stride'] or None}
         self.scorer = AnomalyScorer(
-            model_dir, device=p['device'], threads=p['threads'],
-            debounce_k=p['debounce_k'] or None, debounce_n=p['debounce_n'] or None,
-            release=p['release'] or None, threshold_scale=p['threshold_scale'],
-            stride=p['stride'] or None)
+            model_dir, debounce_k=p['debounce_k'] or None,
+            debounce_n=p['debounce_n'] or None, release=p['release'] or None,
+            threshold_scale=p['threshold_scale'], **self._scorer_options)
+        self.model_dir = str(self.scorer.model.path)
         spec = self.scorer.spec
         self.spec = spec
         self.stride: int = self.scorer.stride
@@ -314,6 +374,8 @@ class AnomalyDetectorNode(Node):
                           for cls, t, header in zip(self._classes, spec.topics, self._header)]
         self._stamp_at = [d.stamp_offset if h else None
                           for d, h in zip(self._decoders, self._header)]
+        self._keep = max(spec.window, int(p['rebaseline_minutes'] * 60 * spec.rate_hz))
+        self._rebaseline_dir = p['rebaseline_dir']
 
         qos = qos_profile(p['qos_reliability'], p['qos_depth'])
         if p['qos_history'] == 'keep_all':
@@ -352,6 +414,8 @@ class AnomalyDetectorNode(Node):
         private = f'{pre}{self.get_name()}/' if pre else '~/'
         stream.pub_flag = self.create_publisher(Bool, f'{private}anomaly', out_qos)
         stream.pub_score = self.create_publisher(Float32, f'{private}score', out_qos)
+        self.create_service(Trigger, f'{private}rebaseline',
+                            lambda req, resp, s=stream: self._on_rebaseline(s, req, resp))
         stream.monitor = InputMonitor(
             self, [(self.resolve_topic_name(pre + relative_topic(t.name)), t.type)
                    for t in spec.topics], silent_after_s=p['input_timeout'])
@@ -520,6 +584,7 @@ class AnomalyDetectorNode(Node):
         """Push finished ticks into the stream's window; queue the due windows."""
         ring, counts = stream.ring, stream.counts
         period, stride = self._period, self.stride
+        stream.recent.push(ticks.times_ns, ticks.rows)
         due = 0
         for tick, row, start in zip(ticks.times_ns.tolist(), ticks.rows, ticks.starts.tolist()):
             if start:
@@ -582,22 +647,30 @@ class AnomalyDetectorNode(Node):
         entries, self._pending, self._pending_since = self._pending, [], None
         if not entries:
             return
-        try:
-            decisions = self.scorer.decide(np.stack([e.window for e in entries]),
-                                           [e.stream.state for e in entries])
-        except EncdecError as err:
-            for stream in {id(e.stream): e.stream for e in entries}.values():
-                if str(err) != stream.error:
-                    self.get_logger().error(f'{self._who(stream)}{err}')
-                stream.error = str(err)
-            return
-        inf = self.inference
-        inf['calls'] += 1
-        inf['windows'] += len(entries)
-        inf['largest'] = max(inf['largest'], len(entries))
-        now = time.monotonic()
-        for entry, decision in zip(entries, decisions):
-            self._publish(entry, decision, now)
+        for entry in entries:
+            if entry.stream.switch_to is not None:
+                self._switch(entry.stream)
+        groups: dict[int, list[_Pending]] = {}      # one call per model (re-baselined ones)
+        for entry in entries:
+            groups.setdefault(id(entry.stream.scorer), []).append(entry)
+        for group in groups.values():
+            scorer = group[0].stream.scorer
+            try:
+                decisions = scorer.decide(np.stack([e.window for e in group]),
+                                          [e.stream.state for e in group])
+            except EncdecError as err:
+                for stream in {id(e.stream): e.stream for e in group}.values():
+                    if str(err) != stream.error:
+                        self.get_logger().error(f'{self._who(stream)}{err}')
+                    stream.error = str(err)
+                continue
+            inf = self.inference
+            inf['calls'] += 1
+            inf['windows'] += len(group)
+            inf['largest'] = max(inf['largest'], len(group))
+            now = time.monotonic()
+            for entry, decision in zip(group, decisions):
+                self._publish(entry, decision, now)
 
     def _who(self, stream: _Stream) -> str:
         return f'{stream.name}: ' if len(self.streams) > 1 else ''
@@ -628,7 +701,7 @@ class AnomalyDetectorNode(Node):
                 self.get_logger().error(f'{self._who(stream)}fault: NaN or infinite values in '
                                         f'{self._bad_text(stream)} (a dead sensor?): flagged')
         elif decision.flag and decision.raised:
-            top = ', '.join(n for n, _ in self.scorer.top_channels(decision.channel_z, 2))
+            top = ', '.join(n for n, _ in stream.scorer.top_channels(decision.channel_z, 2))
             self.get_logger().warning(f'{self._who(stream)}anomaly: score '
                                       f'{decision.score:.2f}, most unusual: {top}')
 
@@ -699,7 +772,7 @@ class AnomalyDetectorNode(Node):
                 'sensor?): flagged'
         elif d.flag:
             level = max(level, LEVELS[self._flag_level])
-            top = ', '.join(n for n, _ in self.scorer.top_channels(d.channel_z, 2))
+            top = ', '.join(n for n, _ in stream.scorer.top_channels(d.channel_z, 2))
             own = f'anomaly (score {d.score:.2f}): {top}'
         else:
             own = 'normal'
@@ -731,7 +804,7 @@ class AnomalyDetectorNode(Node):
 
     def _values(self, stream: _Stream) -> dict[str, Any]:
         d = stream.last
-        s = self.scorer
+        s = stream.scorer
         lat = stream.latency.summary()
         values: dict[str, Any] = {
             'score': (d.score if d.valid else math.inf) if d is not None else math.nan,
@@ -747,7 +820,10 @@ class AnomalyDetectorNode(Node):
             'ticks left out (gaps)': stream.aligner.skipped,
             'most decisions from one message': stream.counts['burst'],
             'samples kept': sum(stream.aligner.kept()),
+            'model': stream.model_dir,
         }
+        if stream.rebaseline_note:
+            values['rebaseline'] = stream.rebaseline_note
         if len(self.streams) > 1:
             values['streams in this node'] = len(self.streams)
             inf = self.inference
@@ -785,13 +861,114 @@ class AnomalyDetectorNode(Node):
             check_debounce(k, n, release)
         except ConfigError as err:
             return SetParametersResult(successful=False, reason=str(err))
+        scorers = {id(s.scorer): s.scorer for s in self.streams}
+        scorers.setdefault(id(self.scorer), self.scorer)
         if (k, n, release) != (deb.k, deb.n, deb.release):
-            self.scorer.debouncer = Debouncer(k, n, release)     # the first stream's
-            for stream in self.streams[1:]:
-                stream.state.debouncer = Debouncer(k, n, release)
-        self.scorer.threshold_ = self.scorer.calibrated_threshold * scale
+            for scorer in scorers.values():     # its own state's and those made later
+                scorer.debouncer = Debouncer(k, n, release)
+            for stream in self.streams:
+                if stream.state is not stream.scorer.state:
+                    stream.state.debouncer = Debouncer(k, n, release)
+        for scorer in scorers.values():
+            scorer.threshold_ = scorer.calibrated_threshold * scale
         self._top, self._flag_level = top, level
         return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ re-baselining
+
+    def _on_rebaseline(self, stream: _Stream, _request: Any, response: Any) -> Any:
+        """``~/rebaseline`` (``<stream>/<node name>/rebaseline`` with ``streams``): re-baseline
+        the stream's model on its recent input in a worker thread, then switch that stream."""
+        if stream.rebaselining is not None and stream.rebaselining.is_alive():
+            response.success = False
+            response.message = 'a re-baseline is already running; wait for it to finish'
+            return response
+        if not stream.recent:
+            response.success = False
+            response.message = 'no input received yet; re-baseline once the robot has run ' \
+                               'normally for a few minutes'
+            return response
+        ticks, rows = stream.recent.arrays()
+        out = self._rebaseline_target(stream)
+        seconds = (ticks[-1] - ticks[0]) * 1e-9
+        try:
+            from encdec_ros.anomaly.rebaseline import check_recent
+            check_recent(stream.scorer, ticks, rows)
+            from encdec_ros.modeldir import check_output_dir
+            check_output_dir(out, what='re-baselined model directory')
+        except EncdecError as err:
+            response.success = False
+            response.message = str(err)
+            return response
+        stream.rebaseline_note = f'running on {seconds:.0f} s of input into {out}'
+        stream.rebaselining = threading.Thread(target=self._rebaseline_worker,
+                                               args=(stream, ticks, rows, out), daemon=True)
+        stream.rebaselining.start()
+        response.success = True
+        response.message = (f'{self._who(stream)}re-baselining {stream.model_dir} on the last '
+                            f'{seconds:.0f} s of input into {out}; the node switches to it '
+                            'when done (/diagnostics shows the model in use)')
+        self.get_logger().info(response.message)
+        return response
+
+    def _rebaseline_target(self, stream: _Stream) -> Path:
+        root = self._rebaseline_dir or os.path.join(
+            os.environ.get('ROS_HOME') or os.path.join(os.path.expanduser('~'), '.ros'),
+            'encdec_ros', 'models')
+        stamp = time.strftime('%Y%m%d-%H%M%S', time.gmtime())
+        name = Path(stream.model_dir).name.split('.rebaselined-')[0]
+        if stream.name:
+            name = f'{name}.{stream.name.strip("/").replace("/", "_")}'
+        out = Path(root) / f'{name}.rebaselined-{stamp}'
+        n = 1
+        while out.exists():
+            n += 1
+            out = Path(root) / f'{name}.rebaselined-{stamp}-{n}'
+        return out
+
+    def _rebaseline_worker(self, stream: _Stream, ticks: np.ndarray, rows: np.ndarray,
+                           out: Path) -> None:
+        from encdec_ros.anomaly.rebaseline import rebaseline
+
+        where = self.get_fully_qualified_name() + (f' ({stream.name})' if stream.name else '')
+        old = stream.scorer
+        try:
+            result = rebaseline(stream.model_dir, ticks, rows, out,
+                                source=f'live input of {where}')
+            scorer = AnomalyScorer(out, threshold_scale=old.threshold_ /
+                                   old.calibrated_threshold, **self._scorer_options)
+            deb = old.debouncer
+            scorer.debouncer = Debouncer(deb.k, deb.n, deb.release)
+        except EncdecError as err:
+            stream.rebaseline_note = f'failed: {err}'
+            self.get_logger().error(f'{self._who(stream)}re-baseline failed: {err}')
+            return
+        stream.rebaselines.append(result)
+        stream.switch_to = scorer
+
+    def _switch(self, stream: _Stream) -> None:
+        """Take the stream's re-baselined scorer (on the executor thread, between decisions):
+        the stream starts afresh on it (flag, slow context and drift of the new model)."""
+        scorer, stream.switch_to = stream.switch_to, None
+        if scorer is None:
+            return
+        stream.scorer = scorer
+        stream.state = scorer.state if stream.index == 0 else scorer.new_state()
+        if stream.index == 0:
+            self.scorer = scorer
+            self.model_dir = str(scorer.model.path)
+        stream.model_dir = str(scorer.model.path)
+        stream.rebaseline_note = f'switched to {stream.model_dir}'
+        self.get_logger().info(f'{self._who(stream)}{stream.rebaselines[-1].summary()}')
+
+    @property
+    def rebaselines(self) -> list[Any]:
+        """The first stream's re-baselines (RebaselineResult of each switch)."""
+        return self.streams[0].rebaselines
+
+    @property
+    def _rebaseline_note(self) -> str:
+        return self.streams[0].rebaseline_note
 
     def reset(self) -> None:
         """Start afresh: forget the aligned samples, the windows, the flag states, the counts
