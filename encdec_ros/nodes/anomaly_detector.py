@@ -205,11 +205,13 @@ def check_streams(streams: list[str]) -> list[str]:
 
 class _Recent:
     """The last ``keep`` aligned rows of a stream and their tick times, for ``rebaseline``
-    (fixed arrays filled in turn: no object per row)."""
+    (fixed arrays filled in turn: no object per row). The arrays are written through at once,
+    so that the node's memory is taken at start, not over the first ``rebaseline_minutes``
+    (a soak then sees it flat)."""
 
     def __init__(self, keep: int, channels: int) -> None:
-        self.times = np.zeros(keep, dtype=np.int64)
-        self.rows = np.zeros((keep, channels), dtype=np.float32)
+        self.times = np.full(keep, 0, dtype=np.int64)
+        self.rows = np.full((keep, channels), np.nan, dtype=np.float32)
         self.size = 0
         self._next = 0
 
