@@ -14,7 +14,7 @@ from data_paths import shared
 
 from encdec_ros.errors import ConfigError, SpecError
 from encdec_ros.io.bag import standard_typestore
-from encdec_ros.io.cdr import MessageDecoder, RawDecoder
+from encdec_ros.io.cdr import MessageDecoder, RawBatch
 from encdec_ros.io.fields import ShortMessageError, compile_path, parse_path
 from encdec_ros.io.spec import SignalSpec
 
@@ -145,16 +145,18 @@ def assert_same(decoded, rows, short, stamps=None):
 
 
 def decode_both(dec: MessageDecoder, raw: list[bytes]) -> list:
-    """The message list through both paths: one by one (struct) and as a numpy batch."""
+    """The message list through every path: one by one (struct), as a numpy batch, and
+    first tried as messages of one layout (where they are not, the batch goes on as before)."""
     from encdec_ros.io import cdr
 
     outs = []
-    for small in (10**9, 0):
-        saved, cdr.SMALL_BATCH = cdr.SMALL_BATCH, small
+    for small, same in ((10**9, 10**9), (0, 10**9), (0, 0)):
+        saved = cdr.SMALL_BATCH, cdr.SAME_LAYOUT_MIN
+        cdr.SMALL_BATCH, cdr.SAME_LAYOUT_MIN = small, same
         try:
             outs.append(dec.decode_messages(raw))
         finally:
-            cdr.SMALL_BATCH = saved
+            cdr.SMALL_BATCH, cdr.SAME_LAYOUT_MIN = saved
     return outs
 
 
@@ -394,23 +396,67 @@ def test_open_sizes_and_wrong_paths_are_refused():
         MessageDecoder('sensor_msgs/msg/Imu', [parse_path('angular_velocity.q')], STORE.fielddefs)
 
 
-def test_raw_decoder_takes_what_was_appended():
-    raw, msgs = imu_batch(7)
-    dec = RawDecoder('sensor_msgs/msg/Imu', IMU, STORE.fielddefs, header_stamp=True)
-    for data in raw[:4]:
-        dec.append(data)
-    assert len(dec) == 4
-    got = dec.take()
-    assert len(dec) == 0 and got.values.shape == (4, 2) and got.short == got.failed == 0
-    np.testing.assert_array_equal(got.stamps_ns, [stamp_of(m) for m in msgs[:4]])
-    assert dec.take().values.shape == (0, 2)
-    rec = RawDecoder('sensor_msgs/msg/Imu', IMU, STORE.fielddefs, header_stamp=False)
-    for k, data in enumerate(raw):
-        rec.append(data, 1000 + k)
-    rec.append(raw[0][:20], 2000)               # a broken message is counted, not returned
-    got = rec.take()
-    np.testing.assert_array_equal(got.stamps_ns, 1000 + np.arange(7))
-    assert got.failed == 1
+def test_messages_of_one_layout_are_read_at_fixed_offsets_and_others_are_not():
+    """Every standard type: one random message, then copies with random numbers written where
+    the decoder says its wanted numbers lie; rosbags must read those numbers there. A copy whose
+    string is one byte longer sends the batch through the full program, with the same result."""
+    from encdec_ros.io import cdr
+
+    rng = np.random.default_rng(11)
+    checked = 0
+    for msgtype in all_types(STORE):
+        paths = [parse_path(p) for p in leaf_paths(STORE.fielddefs, msgtype)]
+        has_header = any(n == 'header' for n, _ in STORE.fielddefs[msgtype][1])
+        dec = MessageDecoder(msgtype, paths, STORE.fielddefs, header_stamp=has_header)
+        first = bytes(STORE.serialize_cdr(random_message(STORE, msgtype, rng), msgtype))
+        layout = cdr.Layout.of(dec, first)
+        if layout is None:           # short, or numbers inside a sequence of structs
+            continue
+        raw = []
+        for _ in range(8):
+            data = bytearray(first)
+            for dtype, _, offs, _ in layout.gathers:
+                size = 1 if dtype in ('b1', 'u1', 'i1') else int(dtype[1:])
+                for off in offs.tolist():
+                    data[off:off + size] = rng.integers(0, 2 if dtype == 'b1' else 256, size,
+                                                        dtype=np.uint8).tobytes()
+            raw.append(bytes(data))
+        back = [STORE.deserialize_cdr(r, msgtype) for r in raw]
+        rows, short = per_message(back, paths)
+        stamps = [stamp_of(m) for m in back] if has_header else None
+        batch = RawBatch.from_messages(raw)
+        assert layout.read(batch, dec.width) is not None, msgtype     # one layout indeed
+        got = dec.decode(batch)
+        assert got.per_message == 0
+        assert_same(got, rows, short, stamps)
+        checked += 1
+    assert checked > 80
+    # one frame_id a byte longer: not the same layout, decoded by the program
+    raw, msgs = imu_batch(6)
+    msgs[4].header.frame_id += 'x'
+    raw[4] = bytes(STORE.serialize_cdr(msgs[4], 'sensor_msgs/msg/Imu'))
+    dec = imu_decoder()
+    assert cdr.Layout.of(dec, raw[0]).read(RawBatch.from_messages(raw), dec.width) is None
+    rows, short = per_message(msgs, IMU)
+    for out in decode_both(dec, raw):
+        assert_same(out, rows, short, [stamp_of(m) for m in msgs])
+
+
+def test_the_header_stamp_is_found_where_it_lies():
+    raw, msgs = imu_batch(3)
+    at = imu_decoder().stamp_offset
+    assert at == 4
+    assert [struct.unpack_from('<iI', r, at) for r in raw] == \
+        [(m.header.stamp.sec, m.header.stamp.nanosec) for m in msgs]
+    assert MessageDecoder('sensor_msgs/msg/Imu', IMU, STORE.fielddefs).stamp_offset is None
+    # a header after a string: not at a fixed place
+    defs = {'x/msg/Late': ([], [('name', (1, ('string', 0))),
+                                ('header', (2, 'std_msgs/msg/Header'))]),
+            **{k: STORE.fielddefs[k] for k in ('std_msgs/msg/Header',
+                                                'builtin_interfaces/msg/Time')}}
+    late = MessageDecoder('x/msg/Late', [parse_path('header.stamp.sec')], defs,
+                          header_stamp=True)
+    assert late.stamp_offset is None
 
 
 def test_big_endian_and_mixed_batches():
@@ -513,24 +559,29 @@ def test_rclpy_classes_give_the_definitions_of_the_standard_typestore():
     assert checked > 100
 
 
-def test_raw_decoder_for_an_rclpy_class_decodes_what_rclpy_serialises():
+def test_a_decoder_for_an_rclpy_class_decodes_what_rclpy_serialises():
     pytest.importorskip('rclpy')
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import JointState
 
     paths = [parse_path('velocity[0:3]'), parse_path('effort[2]')]
-    dec = RawDecoder.for_class(JointState, paths, header_stamp=True, where='test')
-    msgs = []
+    dec = MessageDecoder.for_class(JointState, paths, header_stamp=True, where='test')
+    msgs, raw = [], []
     for k in range(12):
         n = 3 if k != 5 else 2
         msg = JointState(name=['a', 'bb', 'ccc'][:n], velocity=[k + 0.5, -1.0, 2.0][:n],
                          effort=[0.0, 1.0, float(k)][:n])
         msg.header.stamp.sec, msg.header.stamp.nanosec = 100 + k, 7
         msgs.append(msg)
-        dec.append(serialize_message(msg))
-    got = dec.take()
-    assert got.short == 1 and got.failed == 0 and dec.decoder.batched == ['velocity[0:3]',
-                                                                          'effort[2]']
-    keep = [m for k, m in enumerate(msgs) if k != 5]
-    np.testing.assert_array_equal(got.values, [[*m.velocity, m.effort[2]] for m in keep])
-    np.testing.assert_array_equal(got.stamps_ns, [stamp_of(m) for m in keep])
+        raw.append(serialize_message(msg))
+    assert dec.batched == ['velocity[0:3]', 'effort[2]']
+    for got in decode_both(dec, raw):
+        assert got.short.tolist() == [k == 5 for k in range(12)] and not got.failed.any()
+        keep = [k for k in range(12) if k != 5]
+        np.testing.assert_array_equal(got.values[keep], [[*msgs[k].velocity, msgs[k].effort[2]]
+                                                         for k in keep])
+        np.testing.assert_array_equal(got.header_ns, [stamp_of(m) for m in msgs])
+    spots = dec.locate(raw[0])
+    assert [np.frombuffer(raw[0], dtype=t, count=1, offset=o)[0] for o, t in spots] == \
+        [0.5, -1.0, 2.0, 0.0]
+    assert dec.locate(raw[5]) is None                        # short

@@ -131,6 +131,7 @@ def test_node_publishes_one_cleaned_message_per_input_as_the_core_computes(
         'dn_a', remap={'/imu': '/dn_a/imu'})
     assert node.input_topic == '/dn_a/imu' and node.output_topic == '/dn_a/imu/denoised'
     assert len(got) == len(raws) == 600                  # one output per input, none extra
+    assert node.typed_messages == 0                      # all on the raw path
     core = build_core('model', model_dir=model_dir, device='cpu')
     for raw, out in zip(raws, got):
         want = deserialize_message(raw, Imu)
@@ -159,6 +160,7 @@ def test_classical_method_from_a_spec_on_joint_states(rclpy_context, bag, tmp_pa
         '/motors', JointState, '/dn_b/speeds_clean', 'dn_b')
     assert node.input_topic == '/motors'
     assert node.method == 'kalman' and len(got) == len(raws) == 300
+    assert node.typed_messages == 0
     core = build_core('kalman', spec=tmp_path / 'motors.yaml', params={'q': 1e5})
     for raw, out in zip(raws, got):
         want = deserialize_message(raw, JointState)
@@ -167,6 +169,45 @@ def test_classical_method_from_a_spec_on_joint_states(rclpy_context, bag, tmp_pa
         assert list(out.velocity) == list(want.velocity)
         assert list(out.effort) == list(original.effort) and out.name == original.name
         assert out.header == original.header
+
+
+def test_the_raw_path_writes_what_the_typed_path_writes_and_passes_short_ones_on(
+        rclpy_context, tmp_path):
+    """Byte for byte: the raw path's output equals the typed path's serialised; a message with
+    fewer joints (another layout, short) goes the typed path and passes unchanged; a frame_id
+    of another length is a new layout, still on the raw path."""
+    from rclpy.serialization import serialize_message
+
+    spec = {'rate_hz': 100, 'window': 4, 'topics': {'/motors': {
+        'type': 'sensor_msgs/msg/JointState', 'fields': ['velocity[0:3]', 'effort[1]']}}}
+    (tmp_path / 'm.yaml').write_text(yaml.safe_dump(spec))
+    params = [Parameter('spec_file', value=str(tmp_path / 'm.yaml')),
+              Parameter('method', value='one_euro'), Parameter('input_topic', value='/motors')]
+    raw_node = DenoiserNode(context=rclpy_context, parameter_overrides=params, namespace='/r')
+    typed_node = DenoiserNode(context=rclpy_context, parameter_overrides=params,
+                              namespace='/t')
+    out: dict[str, list] = {'raw': [], 'typed': []}
+    raw_node._pub.publish = out['raw'].append
+    typed_node._pub.publish = lambda m: out['typed'].append(serialize_message(m))
+    try:
+        msgs = []
+        for k in range(40):
+            n = 2 if k == 17 else 3
+            msg = JointState(name=['a', 'bb', 'ccc'][:n], velocity=[k * 0.1, -k, 2.0][:n],
+                             effort=[0.5, k * 1.5, 0.0][:n], position=[1.0, 2.0, 3.0][:n])
+            msg.header.frame_id = 'base' if k < 25 else 'base_link'
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 10 + k // 100, (k % 100) * 10**7
+            msgs.append(msg)
+        for msg in msgs:
+            raw_node._sub.callback(serialize_message(msg))
+            typed_node._on_message(msg)
+        assert raw_node.typed_messages == 1 and raw_node.core.short_ == 1
+        got = [m if isinstance(m, bytes) else serialize_message(m) for m in out['raw']]
+        assert got == out['typed']
+        assert got[17] == serialize_message(msgs[17])                 # passed on unchanged
+    finally:
+        raw_node.destroy_node()
+        typed_node.destroy_node()
 
 
 def test_bad_parameters_stop_the_node_with_one_sentence(rclpy_context, tmp_path):

@@ -174,6 +174,45 @@ def test_drift_following_is_the_same_window_by_window_and_batched(robot):
     assert batch.flags[30] and steps[30].flag and not steps[30].valid     # NaN is a fault
 
 
+def test_each_stream_follows_its_own_drift_in_one_batched_call(robot):
+    """One scorer, three streams (one node serving three robots): decide() on their windows
+    together, a stream's two windows in one call now and then, equals each stream scored alone
+    step by step, drift offsets included."""
+    one = AnomalyScorer(robot['model'], device='cpu', drift_s=3.0)
+    wins = _windows(one, robot['payload'])[:240]
+    shifted = wins + np.float32(2.0) * one.std_            # another robot's levels
+    flights = [wins, shifted, wins[::-1].copy()]
+    alone = []
+    for w in flights:
+        s = AnomalyScorer(robot['model'], device='cpu', drift_s=3.0)
+        alone.append(([s.step(x) for x in w], s.drift.offset.copy()))
+    states = [one.state, one.new_state(), one.new_state()]
+    got: list[list] = [[], [], []]
+    k = 0
+    while k < len(wins):
+        take = 2 if k % 7 == 3 and k + 1 < len(wins) else 1   # a stream's two windows at once
+        batch, whose = [], []
+        for i in range(3):
+            for j in range(take if i == 1 else 1):
+                if k + j < len(wins):
+                    batch.append(flights[i][k + j])
+                    whose.append(i)
+        if take == 2:                                         # the others catch up alone
+            for i in (0, 2):
+                batch.append(flights[i][k + 1])
+                whose.append(i)
+        for i, d in zip(whose, one.decide(np.stack(batch), [states[i] for i in whose])):
+            got[i].append(d)
+        k += take
+    for i in range(3):
+        steps, offset = alone[i]
+        assert np.array_equal([d.flag for d in got[i]], [d.flag for d in steps])
+        np.testing.assert_allclose([d.score for d in got[i]], [d.score for d in steps],
+                                   rtol=1e-5, equal_nan=True)
+        np.testing.assert_allclose(states[i].drift.offset, offset, rtol=1e-5, atol=1e-9)
+    assert np.abs(states[1].drift.offset - states[0].drift.offset).max() > 0.1
+
+
 @pytest.mark.parametrize('drift_s', [0.0, 3.0])
 def test_a_nan_channel_is_a_flagged_fault_with_the_mahalanobis_error(robot, drift_s):
     """One dead channel in otherwise normal windows: the joint distance must not come out

@@ -28,6 +28,7 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from std_msgs.msg import Bool, Float32  # noqa: E402
 
 from encdec_ros.anomaly.evaluate import evaluate_bag  # noqa: E402
+from encdec_ros.errors import ConfigError  # noqa: E402
 from encdec_ros.io.bag import BagSource  # noqa: E402
 from encdec_ros.io.bagwrite import BagWriter  # noqa: E402
 from encdec_ros.io.player import BagPlayer, message_class  # noqa: E402
@@ -513,3 +514,156 @@ def test_soak_at_1khz_with_jumps_gaps_and_bursts_keeps_memory_flat_and_counts_ev
 def _rss_mb() -> float:
     with open(f'/proc/{os.getpid()}/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+# --------------------------------------------------------------------------- many streams
+
+
+def test_one_node_serves_several_streams_each_as_a_node_of_its_own(flight, rclpy_context,
+                                                                  tmp_path):
+    """One node with streams [r1, r2, r3] beside a single-stream node in namespace r1, over
+    DDS: r1's decisions are the single node's, r2 (a dead gyro for a second) and r3 (stamps
+    offset by 3.7 ms) are their evaluations', each stream
+    publishes under its own namespace and has its own status; windows due together are
+    scored in one inference call."""
+    base, t0 = take(flight, 6)
+    second = copy.deepcopy(base)
+    for e in at(second, t0, 4, 5, topic='/imu'):
+        e.msg.angular_velocity.x = float('nan')
+    third = copy.deepcopy(base)
+    for e in third:
+        e.restamp(e.stamp + 3_700_000)
+    bags = {'r2': write(second, tmp_path / 'r2'), 'r3': write(third, tmp_path / 'r3')}
+    values = {'model_dir': str(MODEL), 'device': 'cpu', 'qos_reliability': 'reliable',
+              'qos_history': 'keep_all', 'output_depth': 100_000, 'diagnostics_period': 0.1,
+              'stale_after': 5.0}
+    multi = AnomalyDetectorNode('multi', context=rclpy_context, record=True,
+                                parameter_overrides=[Parameter(k, value=v) for k, v in {
+                                    **values, 'streams': ['r1', 'r2', '/r3']}.items()])
+    solo = AnomalyDetectorNode('solo', context=rclpy_context, namespace='r1', record=True,
+                               parameter_overrides=[Parameter(k, value=v)
+                                                    for k, v in values.items()])
+    client = rclpy.create_node('multi_client', context=rclpy_context)
+    out_qos = QoSProfile(depth=100_000, reliability=ReliabilityPolicy.RELIABLE)
+    flags: dict[str, list[bool]] = {'r1': [], 'r2': [], 'r3': []}
+    for ns, got in flags.items():
+        client.create_subscription(Bool, f'/{ns}/multi/anomaly',
+                                   lambda m, got=got: got.append(m.data), out_qos)
+    statuses: dict[str, Any] = {}
+    client.create_subscription(DiagnosticArray, '/diagnostics', lambda m: statuses.update(
+        (s.name, s) for s in m.status), 100)
+    executor = make_executor(rclpy_context)
+    for node in (multi, solo, client):
+        executor.add_node(node)
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: [executor.spin_once(timeout_sec=0.02)
+                                              for _ in iter(stop.is_set, True)], daemon=True)
+    thread.start()
+    try:
+        assert multi.topic_names == [f'/{ns}{t}' for ns in ('r1', 'r2', 'r3') for t in TOPICS]
+        pubs = {(ns, t): client.create_publisher(message_class(TOPICS[t]), f'/{ns}{t}',
+                                                 RELIABLE) for ns in flags for t in TOPICS}
+        assert wait_for(lambda: all(p.get_subscription_count() >= (2 if ns == 'r1' else 1)
+                                    for (ns, _), p in pubs.items()), timeout_s=20)
+        played = sorted([(e.log_ns, k, ns, e) for ns, events in
+                         (('r1', base), ('r2', second), ('r3', third))
+                         for k, e in enumerate(events)], key=lambda x: (x[0], x[1]))
+        received = lambda: sum(i.counts['received'] for s in multi.streams  # noqa: E731
+                               for i in s.monitor.inputs)
+        start = time.monotonic()
+        for k, (log_ns, _, ns, e) in enumerate(played):
+            if k % 300 == 0:       # at most 300 ahead of what the node has taken in
+                assert wait_for(lambda k=k: received() >= k - 300, timeout_s=60)
+            delay = start + (log_ns - played[0][0]) * 1e-9 / 8.0 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pubs[(ns, e.topic)].publish(e.msg)
+        assert wait_for(lambda: received() >= len(played), timeout_s=60)
+        counts = [s.counts['decisions'] for s in multi.streams]
+        assert wait_for(lambda: [len(f) for f in flags.values()] == counts, timeout_s=30)
+        assert wait_for(lambda: {f'/{ns}/multi: anomaly' for ns in flags} <= set(statuses),
+                        timeout_s=10)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        executor.shutdown()
+        client.destroy_node()
+    try:
+        # r1: the single-stream node's decisions, published under /r1/multi
+        r1 = multi.streams[0]
+        ticks = [d[0] for d in r1.decisions]
+        assert len(ticks) > 80 and ticks == [d[0] for d in solo.decisions]
+        assert [d[2] for d in r1.decisions] == [d[2] for d in solo.decisions] == flags['r1']
+        np.testing.assert_allclose([d[1] for d in r1.decisions],
+                                   [d[1] for d in solo.decisions], rtol=1e-5)
+        # r2 and r3: their evaluations' decisions
+        for index, ns in ((1, 'r2'), (2, 'r3')):
+            offline = evaluate_bag(MODEL, bags[ns], device='cpu')
+            got = multi.streams[index].decisions
+            np.testing.assert_array_equal([d[0] for d in got], offline.decision_times_ns)
+            np.testing.assert_array_equal([d[2] for d in got], offline.flags)
+            assert flags[ns] == offline.flags.tolist()
+            want = np.where(np.isfinite(offline.scores), offline.scores, np.nan)
+            np.testing.assert_allclose([d[1] for d in got], want, rtol=1e-4)
+        # a status per stream, named as a node in that namespace would be
+        s2 = statuses['/r2/multi: anomaly']
+        assert s2.hardware_id == '/r2/imu, /r2/motors, /r2/wrench_cmd'
+        assert statuses['/r3/multi: anomaly'].hardware_id.startswith('/r3/imu')
+        r2_values = {kv.key: kv.value for kv in s2.values}
+        assert int(r2_values['/r2/imu: non-finite']) == len(at(second, t0, 4, 5, '/imu'))
+        assert r2_values['streams in this node'] == '3'
+        # windows of several streams scored together
+        inference = multi.inference
+        assert inference['windows'] == sum(s.counts['decisions'] for s in multi.streams)
+        assert inference['largest'] >= 2 and inference['calls'] < inference['windows']
+    finally:
+        multi.destroy_node()
+        solo.destroy_node()
+
+
+def test_stream_names_are_checked(rclpy_context):
+    for bad, why in ((['r1', 'r1'], 'twice'), (['r 1'], 'not a namespace'),
+                     (['~/x'], 'not a namespace')):
+        with pytest.raises(ConfigError, match=why):
+            AnomalyDetectorNode('bad_streams', context=rclpy_context, parameter_overrides=[
+                Parameter('model_dir', value=str(MODEL)), Parameter('device', value='cpu'),
+                Parameter('streams', value=bad)])
+
+
+def test_diagnostics_keep_coming_under_a_flood_of_input(live, tmp_path):
+    """A publisher in another process sends as fast as it can for 3 s: the node keeps taking
+    messages in and its /diagnostics keep their period (the EventsExecutor starved a timer-only
+    publication: none in 25 s; the node publishes them from its data path when due)."""
+    import json
+    import subprocess
+    import sys
+
+    node = live(qos_reliability='best_effort', qos_history='keep_last', diagnostics_period=0.2)
+    cfg = {'role': 'publish', 'rate': 0, 'seconds': 3.0,
+           'topics': [['/imu', TOPICS['/imu'], 1.0], ['/motors', TOPICS['/motors'], 0.5],
+                      ['/wrench_cmd', TOPICS['/wrench_cmd'], 0.5]]}
+    path = tmp_path / 'flood.json'
+    path.write_text(json.dumps(cfg))
+    published: list[float] = []                  # when the node published, by its own clock
+    pub = node.node._diag_pub
+    original = pub.publish
+
+    def publish(msg: Any) -> None:
+        original(msg)
+        published.append(time.monotonic())
+    pub.publish = publish
+    proc = subprocess.run([sys.executable, '-m', 'encdec_ros.bench.worker', str(path)],
+                          timeout=60, capture_output=True, text=True, cwd=ROOT)
+    result = json.loads(path.with_suffix('.result').read_text())
+    assert proc.returncode == 0 and result.get('sent', 0) > 20_000, (proc.stderr[-500:], result)
+    # the flood as the publisher timed it (time.monotonic() is one clock for the machine),
+    # less its first half second (the queues fill)
+    lo, hi = result['started'] + 0.5, result['stopped']
+    assert node.received() > 5_000
+    times = [lo, *[t for t in published if lo < t < hi], hi]
+    gaps = np.diff(times)
+    # the period is 0.2 s: a gap of 3 periods means a publication was missed twice running
+    assert gaps.max() < 0.6, (np.round(gaps, 2), node.received())
+    wait_for(lambda: bool(node.diag) and node.diag[-1][0] > hi, timeout_s=5)
+    heard = [t for t, _ in list(node.diag) if lo < t < hi]
+    assert len(heard) >= 0.5 * (hi - lo) / 0.2, (len(heard), np.round(gaps, 2))

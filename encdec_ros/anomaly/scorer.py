@@ -195,6 +195,26 @@ class BatchScores:
     codes: np.ndarray | None = None
 
 
+@dataclass
+class StreamState:
+    """What the scorer remembers of one stream between windows: the debouncer, the slow
+    context, the drift followed and the flag of the last decision. One scorer serves many
+    streams (one node, many robots) with a state each (:meth:`AnomalyScorer.new_state`,
+    :meth:`AnomalyScorer.decide`)."""
+
+    debouncer: Debouncer
+    slow: SlowContext
+    drift: 'DriftTracker'
+    flag: bool = False        # the flag of the last decision (forced up for unscored ones)
+
+    def reset(self) -> None:
+        """Lower the flag and forget past scores and the drift followed."""
+        self.debouncer.reset()
+        self.slow.reset()
+        self.drift.reset()
+        self.flag = False
+
+
 # --------------------------------------------------------------------------- the scorer
 
 
@@ -308,7 +328,7 @@ class AnomalyScorer:
         windows = 0
         if slow is not None and self.error_kind != 'mse':
             windows = max(1, int(round(slow.windows * self.spec.stride / self.stride)))
-        self.slow = SlowContext(windows, 2 * n_ch)
+        self._slow_windows = windows
         threshold = m.section('threshold')
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or \
                 not math.isfinite(threshold) or threshold <= 0:
@@ -320,10 +340,9 @@ class AnomalyScorer:
         self.calibrated_threshold: float = float(threshold)
         self.threshold_: float = float(threshold) * float(threshold_scale)
         det = m.section('detector', {}) or {}
-        self.debouncer = Debouncer(
-            k=int(debounce_k if debounce_k else det.get('debounce_k', 3)),
-            n=int(debounce_n if debounce_n else det.get('debounce_n', 5)),
-            release=float(release if release else det.get('release', 0.8)))
+        self._debounce = (int(debounce_k if debounce_k else det.get('debounce_k', 3)),
+                          int(debounce_n if debounce_n else det.get('debounce_n', 5)),
+                          float(release if release else det.get('release', 0.8)))
         drift = m.section('drift', {}) or {}
         if not isinstance(drift, dict):
             raise ModelDirError(f'drift in {where} must be a mapping; re-train the model')
@@ -340,16 +359,47 @@ class AnomalyScorer:
         gain = 0.0
         if self.drift_s > 0 and self.error_kind != 'mse':
             gain = min(1.0, every * period_s / self.drift_s)
-        self.drift = DriftTracker(n_ch, gain=gain, every=every, freeze=freeze,
-                                  accept=int(round(accept_s / period_s)))
+        self._drift = {'gain': gain, 'every': every, 'freeze': freeze,
+                       'accept': int(round(accept_s / period_s))}
+        self.state = self.new_state()
+        """The state of the scorer's own stream (:meth:`step`, :meth:`score_windows`)."""
         shape = self.engine.input_shapes[0]
         if len(shape) != 3 or shape[1:] != (self.window, n_ch):
             want = [self.window, n_ch]
             raise ModelDirError(f'{m.onnx_path} takes input shape {list(shape)} but its '
                                 f'spec needs [batch, {want[0]}, {want[1]}]; re-export the model')
         self._inv_std = (1.0 / self.std_).astype(np.float32)
-        self._batch1 = np.empty((1, self.window, n_ch), dtype=np.float32)
-        self._flag = False       # the flag of the last decision (forced up for unscored ones)
+
+    # ------------------------------------------------------------------ state
+
+    def new_state(self) -> StreamState:
+        """A fresh state for one more stream (the debounce settings in use, an empty slow
+        context, no drift followed yet)."""
+        k, n, release = self._debounce
+        return StreamState(Debouncer(k, n, release),
+                           SlowContext(self._slow_windows, 2 * len(self.channels)),
+                           DriftTracker(len(self.channels), **self._drift))
+
+    @property
+    def debouncer(self) -> Debouncer:
+        """The debouncer of the scorer's own stream; setting it also sets the debounce
+        settings of states made later."""
+        return self.state.debouncer
+
+    @debouncer.setter
+    def debouncer(self, value: Debouncer) -> None:
+        self.state.debouncer = value
+        self._debounce = (value.k, value.n, value.release)
+
+    @property
+    def slow(self) -> SlowContext:
+        """The slow context of the scorer's own stream."""
+        return self.state.slow
+
+    @property
+    def drift(self) -> 'DriftTracker':
+        """The drift followed on the scorer's own stream."""
+        return self.state.drift
 
     # ------------------------------------------------------------------ parts
 
@@ -408,31 +458,85 @@ class AnomalyScorer:
 
     def step(self, window: np.ndarray) -> Decision:
         """Score one window [W, C] (raw units, oldest row first) and update the flag."""
-        batch = self._batch1
-        batch[0] = window
-        before = self._flag
-        if not np.isfinite(batch).all():
-            self._flag = True
-            self.drift.observe(None, None)
-            return Decision(math.nan, True, not before, math.nan,
-                            np.full(len(self.channels), np.nan), valid=False,
-                            code=np.full(self.code_size, np.nan, np.float32)
-                            if self.code_size else None)
-        xn = (batch - self.mean_) * self._inv_std
-        if self.drift.active:
-            xn = xn - self.drift.offset32
-        recon, log_var, codes = model_outputs(self.engine, xn)
-        ch_err = residual_statistics(recon, xn, log_var)
-        errors, z = self.aggregate(ch_err, codes)
-        if self.drift.active:
-            self.drift.observe(residual_means(recon, xn)[0],
-                               z[0] >= self.drift.freeze * self.threshold_)
-        error = float(errors[0])
-        score = error / self.threshold_
-        flag = self.debouncer.update(score) or not math.isfinite(score)
-        self._flag = flag
-        return Decision(score, flag, flag and not before, error, z[0],
-                        code=codes[0].copy() if codes is not None else None)
+        return self.decide(np.asarray(window)[None], [self.state])[0]
+
+    def decide(self, windows: np.ndarray, states: list[StreamState]) -> list[Decision]:
+        """Score windows [B, W, C] of several streams in one inference call, each against its
+        stream's state (in order: a stream may appear twice, its older window first).
+
+        Each decision equals :meth:`step` on its window with that state (to float rounding
+        of batched inference: bit for bit at B = 1). A window holding NaN or inf is not
+        scored: its flag is up, without touching the state's debouncer. While drift is
+        followed, a stream's second window waits for its first (another call), since the first
+        may move the offsets the second is scored with.
+        """
+        windows = np.asarray(windows, dtype=np.float32)
+        if windows.ndim != 3 or len(states) != windows.shape[0]:
+            raise ConfigError(f'decide takes windows [B, W, C] and B states, got shape '
+                              f'{list(windows.shape)} and {len(states)} states')
+        if self._drift['gain'] > 0 and len({id(st) for st in states}) < len(states):
+            rounds: dict[int, list[int]] = {}
+            seen: dict[int, int] = {}
+            for i, st in enumerate(states):
+                k = seen[id(st)] = seen.get(id(st), -1) + 1
+                rounds.setdefault(k, []).append(i)
+            out: list[Decision | None] = [None] * len(states)
+            for index in rounds.values():
+                for i, d in zip(index, self._decide(windows[index],
+                                                    [states[i] for i in index])):
+                    out[i] = d
+            return out  # type: ignore[return-value]
+        return self._decide(windows, states)
+
+    def _decide(self, windows: np.ndarray, states: list[StreamState]) -> list[Decision]:
+        """:meth:`decide` for windows of distinct streams."""
+        n_ch = len(self.channels)
+        finite = np.isfinite(windows).all(axis=(1, 2))
+        ch_err = np.full((len(states), 2 * n_ch), np.nan)
+        tracking = self._drift['gain'] > 0
+        means = None
+        codes = np.full((len(states), self.code_size), np.nan, np.float32) \
+            if self.code_size else None
+        if finite.any():
+            rows = slice(None) if finite.all() else finite
+            xn = (windows[rows] - self.mean_) * self._inv_std
+            if tracking:
+                xn = xn - np.stack([st.drift.offset32 for st, ok in zip(states, finite)
+                                    if ok])[:, None, :]
+            recon, log_var, code = model_outputs(self.engine, xn)
+            ch_err[rows] = residual_statistics(recon, xn, log_var)
+            if code is not None and codes is not None:
+                codes[rows] = code
+            if tracking:
+                means = np.full((len(states), n_ch), np.nan)
+                means[rows] = residual_means(recon, xn)
+        slow = None
+        if self._slow_windows:
+            feats = window_features(ch_err)
+            slow = np.stack([st.slow.update(f) for st, f in zip(states, feats)])
+        t2 = self.stats_.t2.t2(codes) if self.stats_.t2 is not None and codes is not None \
+            else None
+        errors, z = aggregate_errors(ch_err, self.error_kind, self.stats_, slow, t2)
+        out = []
+        level = self._drift['freeze'] * self.threshold_
+        for i, state in enumerate(states):
+            before = state.flag
+            if not finite[i]:
+                state.drift.observe(None, None)
+                state.flag = True
+                out.append(Decision(math.nan, True, not before, math.nan,
+                                    np.full(n_ch, np.nan), valid=False,
+                                    code=None if codes is None else codes[i].copy()))
+                continue
+            if means is not None:
+                state.drift.observe(means[i], z[i] >= level)
+            error = float(errors[i])
+            score = error / self.threshold_
+            flag = state.debouncer.update(score) or not math.isfinite(score)
+            state.flag = flag
+            out.append(Decision(score, flag, flag and not before, error, z[i],
+                                code=None if codes is None else codes[i].copy()))
+        return out
 
     def score_windows(self, windows: np.ndarray, *, batch: int = DEFAULT_BATCH,
                       progress: bool | None = None) -> BatchScores:
@@ -461,7 +565,7 @@ class AnomalyScorer:
         scores = errors / self.threshold_
         flags = self.debouncer.run(scores) | ~np.isfinite(scores)
         if len(flags):
-            self._flag = bool(flags[-1])
+            self.state.flag = bool(flags[-1])
         return BatchScores(scores, flags, errors, ch_err, z, codes)
 
     def _score_tracking(self, windows: np.ndarray, *, batch: int,
@@ -503,16 +607,13 @@ class AnomalyScorer:
         scores = errors / self.threshold_
         flags = self.debouncer.run(scores) | ~np.isfinite(scores)
         if len(flags):
-            self._flag = bool(flags[-1])
+            self.state.flag = bool(flags[-1])
         return BatchScores(scores, flags, errors, ch_err, z, codes)
 
     def reset(self) -> None:
         """Lower the flag and forget past scores and the drift followed (e.g. before another
         recording)."""
-        self.debouncer.reset()
-        self.slow.reset()
-        self.drift.reset()
-        self._flag = False
+        self.state.reset()
 
     def describe(self) -> dict[str, Any]:
         """A plain dict for diagnostics and reports."""

@@ -13,6 +13,8 @@ Sections (each a module here):
 - ``inference``: each model kind at batch 1 / 32 / 256 on each usable ONNX Runtime provider
   against torch eager when torch is installed (:mod:`~encdec_ros.bench.inference`).
 - ``soak``: RSS of the anomaly node over a bounded run at 1 kHz (off unless asked for).
+- ``streams``: one anomaly node serving N streams at a rate each: received / sent, taken in,
+  publish -> decision, node CPU, windows per inference call (off unless asked for).
 
 Figures are ratios against a floor measured in the same run, rounds interleaved; a benchmark
 prints figures, it does not fail on them. The machine's load is printed with them.
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-SECTIONS = ('subscriber', 'latency', 'ingest', 'inference', 'soak')
+SECTIONS = ('subscriber', 'latency', 'ingest', 'inference', 'soak', 'streams')
 DEFAULT_SECTIONS = ('subscriber', 'latency', 'ingest', 'inference')
 
 
@@ -47,6 +49,8 @@ class BenchOptions:
     spec: str = ''                       # spec for the extra bags
     batches: tuple[int, ...] = (1, 32, 256)
     soak_seconds: float = 120.0
+    streams: tuple[int, ...] = (1, 8, 32)  # streams served by one anomaly node
+    stream_rate: float = 1000.0           # Imu rate of each stream
     domain_id: int | None = None
     log: Callable[[str], None] = field(default=lambda text: None)
 
@@ -79,7 +83,8 @@ def run(options: BenchOptions) -> dict[str, Any]:
         'seconds': options.seconds, 'sub_rate': options.sub_rate,
         'latency_seconds': options.latency_seconds,
         'rates': list(options.rates), 'messages': options.messages,
-        'batches': list(options.batches)}}
+        'batches': list(options.batches), 'streams': list(options.streams),
+        'stream_rate': options.stream_rate}}
     for section in options.sections:
         options.log(f'== {section}')
         notes: list[str] = []
@@ -98,6 +103,9 @@ def run(options: BenchOptions) -> dict[str, Any]:
         elif section == 'soak':
             from encdec_ros.bench.live import run_soak
             results['soak'] = run_soak(options, notes)
+        elif section == 'streams':
+            from encdec_ros.bench.live import run_streams
+            results['streams'] = run_streams(options, notes)
         if notes:
             results[f'{section}_notes'] = notes
     results['machine_after'] = machine()
@@ -159,7 +167,19 @@ def tables(results: dict[str, Any]) -> str:
                            'MB/hour (extrapolated)'], [
             [r['name'], _f(r['seconds'], 0), _f(r['rss_start_mb']), _f(r['rss_end_mb']),
              _f(r['slope_mb_per_min'], 3), _f(r['hour_growth_mb'])] for r in rows]))
-    for section in ('subscriber', 'latency', 'ingest', 'inference', 'soak'):
+    rows = results.get('streams')
+    if rows:
+        out.append('\nstreams: one anomaly_detector serving N streams (Imu at the rate, '
+                   'JointState and WrenchStamped at half of it, per stream)')
+        out.append(_table(['streams', 'Hz', 'wanted msg/s', 'sent msg/s', 'received msg/s',
+                           'received/sent', 'lost in node', 'node CPU (cores)', 'CPU us/msg',
+                           'p50 ms', 'p99 ms', 'windows/call'], [
+            [str(r['streams']), _f(r['rate_hz'], 0), _f(r['wanted_msgs_per_s'], 0),
+             _f(r['sent_msgs_per_s'], 0), _f(r['received_msgs_per_s'], 0),
+             _f(r['received_share'], 3), str(r['lost_in_node']), _f(r['node_cpu_share'], 2),
+             _f(r['cpu_us_per_msg']), _f(r['p50_ms'], 2), _f(r['p99_ms'], 2),
+             _f(r['windows_per_call'], 1)] for r in rows]))
+    for section in SECTIONS:
         notes = results.get(f'{section}_notes')
         for note in notes or ():
             out.append(f'note ({section}): {note}')

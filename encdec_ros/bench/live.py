@@ -266,3 +266,55 @@ def run_soak(options: Any, notes: list[str]) -> list[dict[str, Any]]:
     notes.append('RSS growth over one hour is extrapolated from the slope after the warm-up; '
                  'run --soak-seconds 3600 to measure it')
     return rows
+
+
+def run_streams(options: Any, notes: list[str]) -> list[dict[str, Any]]:
+    """One anomaly_detector serving N streams (``streams`` parameter), each with the model's
+    three topics at ``stream_rate`` (Imu; JointState and WrenchStamped at half of it), one
+    publisher process for all: what the node receives of what was sent, what it takes in of
+    what it received, publish -> decision per stream (p50 / p99 pooled), the node's CPU and
+    how many windows went to one inference call."""
+    rows = []
+    rate = options.stream_rate
+    seconds = options.latency_seconds
+    with tempfile.TemporaryDirectory(prefix='encdec_bench_') as tmp:
+        runner = Runner(options, Path(tmp))
+        for n in options.streams:
+            names = [f's{k}' for k in range(n)]
+            topics = [[f'{s}/{t}', msgtype, w] for s in names for t, msgtype, w in ANOMALY_TOPICS]
+            options.log(f'streams: anomaly_detector serving {n} x {rate:g} Hz')
+            try:
+                got, pub = runner.pair(
+                    _sub('anomaly_detector', topics, seconds, latency=True, streams=names),
+                    _pub(topics, rate, seconds, record=True))
+            except RuntimeError as err:
+                notes.append(str(err))
+                continue
+            st = got['streams']
+            lat = []
+            stamps = pub.get('stamps', {})
+            for s, decided in zip(names, st['decisions']):
+                own = {t: v for t, v in stamps.items() if t.startswith(f'{s}/')}
+                lat.append(decision_latency(decided, own))
+            ms = np.concatenate(lat) * 1e-6 if lat else np.zeros(0)
+            sent_rate = pub.get('sent', 0) / max(pub.get('seconds', 1.0), 1e-9)
+            want = n * rate * sum(w for _, _, w in ANOMALY_TOPICS)
+            received_rate = st['received'] / got['wall_s']
+            inf = st['inference']
+            rows.append({
+                'streams': n, 'rate_hz': rate, 'wanted_msgs_per_s': want,
+                'sent_msgs_per_s': sent_rate, 'received_msgs_per_s': received_rate,
+                'received_share': received_rate / sent_rate if sent_rate else None,
+                'lost_in_node': st['received'] - st['taken_in'],
+                'node_cpu_share': got['cpu_s'] / got['wall_s'],
+                'cpu_us_per_msg': got['cpu_s'] / max(st['received'], 1) * 1e6,
+                'p50_ms': float(np.percentile(ms, 50)) if ms.size else None,
+                'p99_ms': float(np.percentile(ms, 99)) if ms.size else None,
+                'decisions': int(ms.size),
+                'windows_per_call': inf['windows'] / max(inf['calls'], 1),
+                'largest_call': inf['largest']})
+    notes.append('sent: the publisher process\'s own rate (one Python process; below '
+                 '"wanted" it is the bottleneck); received: what the node\'s subscriptions '
+                 'got; lost in node: received but not taken in when the window closed '
+                 '(in its buffers); node CPU: share of one core (the node is one thread)')
+    return rows

@@ -88,24 +88,29 @@ def publish(cfg: dict[str, Any]) -> dict[str, Any]:
                 pubs[k].publish(bytes(raws[k]))
             sent += len(order)
     else:
+        import heapq
+
         periods = [1.0 / (rate * w) for _, _, w in topics]
-        due = [start] * len(topics)
+        due = [(start, k) for k in range(len(topics))]        # a heap: many topics stay cheap
         while True:
             now = time.monotonic()
             if now >= end:
                 break
-            k = min(range(len(due)), key=due.__getitem__)
-            if due[k] > now:
-                time.sleep(due[k] - now)
+            when, k = due[0]
+            if when > now:
+                time.sleep(when - now)
             stamp = now_ns()
             pack(raws[k], 4, stamp // 1_000_000_000, stamp % 1_000_000_000)
             pubs[k].publish(bytes(raws[k]))
             if record:
                 stamps[k].append(stamp)
-            due[k] += periods[k]
+            heapq.heapreplace(due, (when + periods[k], k))
             sent += 1
+    stop = time.monotonic()
     node.destroy_node()
-    out: dict[str, Any] = {'sent': sent, 'seconds': time.monotonic() - start}
+    # time.monotonic() is the machine's steady clock: another process can compare with it
+    out: dict[str, Any] = {'sent': sent, 'seconds': stop - start, 'started': start,
+                           'stopped': stop}
     if record:
         out['stamps'] = {name: s for (name, _, _), s in zip(topics, stamps)}
     return out
@@ -148,6 +153,9 @@ def _diagnostics_inputs(node: Any) -> Callable[[], int]:
     from encdec_ros.nodes.common import DiagnosticsReporter
 
     reporters = [v for v in vars(node).values() if isinstance(v, DiagnosticsReporter)]
+    if hasattr(node, 'streams'):                # one reporter per stream
+        reporters = [s.diagnostics for s in node.streams]
+        return lambda: sum(int(r._inputs) for r in reporters)
     if not reporters:
         raise RuntimeError(f'{node.get_name()} has no DiagnosticsReporter to count its inputs')
     reporter = reporters[0]
@@ -156,13 +164,26 @@ def _diagnostics_inputs(node: Any) -> Callable[[], int]:
 
 def _after_publish(node: Any, suffix: str, note: Callable[[Any], None]) -> None:
     """Call ``note(msg)`` right after the node publishes on its topic ending in ``suffix``."""
-    pub = next(p for p in node.publishers if p.topic_name.endswith(suffix))
+    _wrap(next(p for p in node.publishers if p.topic_name.endswith(suffix)), note)
+
+
+def _wrap(pub: Any, note: Callable[[Any], None]) -> None:
+    """Call ``note(msg)`` right after ``pub`` publishes."""
     original = pub.publish
 
     def publish(msg: Any) -> None:
         original(msg)
         note(msg)
     pub.publish = publish
+
+
+def _stamp_ns(msg: Any) -> int:
+    """The header stamp of a message, or of its serialised bytes (what a raw path publishes)."""
+    if isinstance(msg, (bytes, bytearray)):
+        sec, nsec = STAMP.unpack_from(msg, 4)
+    else:
+        sec, nsec = msg.header.stamp.sec, msg.header.stamp.nanosec
+    return sec * 1_000_000_000 + nsec
 
 
 def make_subscriber(role: str, cfg: dict[str, Any]) -> tuple[list[Any], Callable[[], int],
@@ -188,11 +209,22 @@ def make_subscriber(role: str, cfg: dict[str, Any]) -> tuple[list[Any], Callable
     models = cfg['models']
     if role == 'anomaly_detector':
         from encdec_ros.nodes.anomaly_detector import AnomalyDetectorNode
+        streams = cfg.get('streams') or []
+        given = {'model_dir': models['anomaly']}
+        if streams:
+            given['streams'] = streams
         node = AnomalyDetectorNode(
             record=bool(cfg.get('latency')), namespace=NAMESPACE,
-            cli_args=_remaps(['/imu', '/motors', '/wrench_cmd', '/diagnostics']),
-            parameter_overrides=_node_parameters(role, {'model_dir': models['anomaly']}))
-        if cfg.get('latency'):
+            cli_args=_remaps(([] if streams else ['/imu', '/motors', '/wrench_cmd'])
+                             + ['/diagnostics']),
+            parameter_overrides=_node_parameters(role, given))
+        if streams and cfg.get('latency'):
+            per: list[list[int]] = [[] for _ in streams]
+            extra['stream_decision_ns'] = per
+            extra['stream_counts'] = lambda: _stream_counts(node)
+            for stream, times in zip(node.streams, per):
+                _wrap(stream.pub_score, lambda _msg, t=times: t.append(time.time_ns()))
+        elif cfg.get('latency'):
             times: list[int] = []
             extra['decision_ns'] = times
             _after_publish(node, '/score', lambda _msg: times.append(time.time_ns()))
@@ -205,8 +237,7 @@ def make_subscriber(role: str, cfg: dict[str, Any]) -> tuple[list[Any], Callable
             lat: list[int] = []
             extra['latency_ns'] = lat
             _after_publish(node, '/denoised', lambda msg: lat.append(
-                time.time_ns() - msg.header.stamp.sec * 1_000_000_000 -
-                msg.header.stamp.nanosec))
+                time.time_ns() - _stamp_ns(msg)))
     elif role == 'control_allocator':
         from encdec_ros.nodes.control_allocator import ControlAllocatorNode
         node = ControlAllocatorNode(
@@ -238,7 +269,9 @@ def subscribe(role: str, cfg: dict[str, Any], status: Path) -> dict[str, Any]:
     rss = []
     for values in extra.values():
         if isinstance(values, list):
-            values.clear()
+            for inner in values if values and isinstance(values[0], list) else [values]:
+                inner.clear()
+    counts0 = extra['stream_counts']() if 'stream_counts' in extra else None
     cpu0, n0, t0 = _cpu(), handled(), time.monotonic()
     end = t0 + float(cfg['seconds'])
     next_rss = t0
@@ -251,6 +284,7 @@ def subscribe(role: str, cfg: dict[str, Any], status: Path) -> dict[str, Any]:
             rss.append((now - t0, _rss_mb()))
             next_rss += 1.0
     cpu1, n1, t1 = _cpu(), handled(), time.monotonic()
+    counts1 = extra['stream_counts']() if 'stream_counts' in extra else None
     out: dict[str, Any] = {'cpu_s': cpu1 - cpu0, 'messages': n1 - n0, 'wall_s': t1 - t0,
                            'window_ns': [time.time_ns() - int((t1 - t0) * 1e9),
                                          time.time_ns()]}
@@ -263,9 +297,37 @@ def subscribe(role: str, cfg: dict[str, Any], status: Path) -> dict[str, Any]:
         out['decisions'] = list(zip(ticks[-len(times):] if times else [], times))
     if 'latency_ns' in extra:
         out['latency_ns'] = extra['latency_ns']
+    if 'stream_decision_ns' in extra:
+        out['streams'] = _stream_figures(nodes[0], extra['stream_decision_ns'])
+        out['streams']['received'], out['streams']['taken_in'] = \
+            (b - a for a, b in zip(counts0, counts1))
     for node in nodes:
         node.destroy_node()
     return out
+
+
+def _stream_figures(node: Any, times: list[list[int]]) -> dict[str, Any]:
+    """Per stream of a node serving several: its (tick, decided) pairs in the window, what its
+    subscriptions received and what its inputs took in, and the batching of inference."""
+    decisions = []
+    for stream, decided in zip(node.streams, times):
+        ticks = [d[0] for d in stream.decisions]
+        decisions.append(list(zip(ticks[-len(decided):] if decided else [], decided)))
+    return {'decisions': decisions, 'inference': dict(node.inference),
+            'latency_ms': [node.latency_ms(k) for k in range(len(node.streams))]}
+
+
+def _stream_counts(node: Any) -> tuple[int, int]:
+    """Messages the subscriptions of all streams received (taken in, or waiting in the
+    streams' buffers), and those taken in and decoded (handed to the time model, or counted
+    as short / unstamped / undecodable)."""
+    received = taken = 0
+    for stream in node.streams:
+        received += sum(i.counts['received'] for i in stream.monitor.inputs) + \
+            sum(len(b) for b in stream.bufs)
+        c = stream.counts
+        taken += c['messages'] + c['short'] + c['unstamped'] + c['undecodable']
+    return received, taken
 
 
 def _rss_mb() -> float:

@@ -50,6 +50,12 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                         help='batch sizes of the inference section (default: %(default)s)')
     parser.add_argument('--soak-seconds', type=float, default=120.0, metavar='S',
                         help='length of the soak section (default: %(default)s)')
+    parser.add_argument('--streams', default='1,8,32', metavar='NS',
+                        help='streams section: numbers of streams one anomaly node serves '
+                             '(default: %(default)s)')
+    parser.add_argument('--stream-rate', type=float, default=1000.0, metavar='HZ',
+                        help='streams section: Imu rate of each stream, JointState and '
+                             'WrenchStamped at half of it (default: %(default)s)')
     parser.add_argument('--domain-id', type=int, default=None, metavar='ID',
                         help='ROS domain of the ROS sections (default: one chosen from the '
                              'process id, never ROS_DOMAIN_ID)')
@@ -71,10 +77,11 @@ def options_from(args: argparse.Namespace):  # -> BenchOptions
     try:
         rates = tuple(float(r) for r in args.rates.split(','))
         batches = tuple(int(b) for b in args.batches.split(','))
+        streams = tuple(int(n) for n in args.streams.split(','))
     except ValueError:
-        raise ConfigError(f'--rates {args.rates!r} and --batches {args.batches!r} must be '
-                          'comma-separated numbers, e.g. --rates 200,1000 --batches 1,32')\
-            from None
+        raise ConfigError(f'--rates {args.rates!r}, --batches {args.batches!r} and --streams '
+                          f'{args.streams!r} must be comma-separated numbers, e.g. --rates '
+                          '200,1000 --batches 1,32 --streams 1,8') from None
     if any(r <= 0 or r > 20_000 for r in rates) or any(b < 1 for b in batches) or \
             not 0 <= args.sub_rate <= 20_000:
         raise ConfigError('--rates must lie in (0, 20000] Hz, --sub-rate in [0, 20000] and '
@@ -85,6 +92,9 @@ def options_from(args: argparse.Namespace):  # -> BenchOptions
     for name in ('seconds', 'latency_seconds', 'soak_seconds'):
         if not getattr(args, name) > 0:
             raise ConfigError(f'--{name.replace("_", "-")} must be a positive number of seconds')
+    if any(not 1 <= n <= 256 for n in streams) or not 0 < args.stream_rate <= 20_000:
+        raise ConfigError('--streams must be between 1 and 256 streams and --stream-rate in '
+                          '(0, 20000] Hz')
     if args.bag and not args.spec:
         raise ConfigError('--bag needs --spec: the signal spec that names the fields to read')
     if args.domain_id is not None and not 0 <= args.domain_id <= 232:
@@ -93,7 +103,8 @@ def options_from(args: argparse.Namespace):  # -> BenchOptions
         sections=sections, rounds=args.rounds, seconds=args.seconds, sub_rate=args.sub_rate,
         latency_seconds=args.latency_seconds, rates=rates, messages=args.messages,
         bags=tuple(args.bag), spec=args.spec, batches=batches,
-        soak_seconds=args.soak_seconds, domain_id=args.domain_id,
+        soak_seconds=args.soak_seconds, streams=streams, stream_rate=args.stream_rate,
+        domain_id=args.domain_id,
         log=lambda text: print(text, file=sys.stderr, flush=True))
 
 

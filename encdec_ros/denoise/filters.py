@@ -569,6 +569,12 @@ class DenoiseCore:
         except ShortMessageError:
             self.short_ += 1
             return False
+        self.write(msg, self.process_values(values, stamp_ns))
+        return True
+
+    def process_values(self, values: np.ndarray, stamp_ns: int | None = None) -> np.ndarray:
+        """Denoise one message's numbers [C] (what :meth:`process` does between reading and
+        writing the message's fields): the cleaned numbers, NaN and inf where they came."""
         if stamp_ns is not None and self.starts_again(stamp_ns):
             self.denoiser.restart()
         out = self.denoiser.step(values)
@@ -577,8 +583,7 @@ class DenoiseCore:
             out = np.where(bad, values, out)
             self.nonfinite_messages_ += 1
             self.bad_channels = [c for c, b in zip(self.channels, bad) if b]
-        self.write(msg, out)
-        return True
+        return out
 
     def reset(self) -> None:
         """Start afresh: the denoiser, the topic's clock and the counts."""

@@ -192,6 +192,39 @@ class TopicClock:
             self.dropped += 1
             self.pending = (s, p)
 
+    def accept_run(self, stamps_ns: Sequence[int]) -> list[int]:
+        """Accept the longest leading run of ``stamps_ns`` that :meth:`offer` would accept one
+        by one as each comes (no stamp held back, no event); return the hold of each accepted
+        sample (as many as were accepted). Empty where the per-sample path must decide: a
+        held-back stamp, a topic whose period is not settled yet, an odd first stamp."""
+        cad = self.cadence
+        last = self.last
+        if self.pending is not None or last is None or cad.ref_ns is None or not cad._full:
+            return []
+        steps = cad._steps
+        ref, hold = cad.ref_ns, cad.hold_ns
+        holds: list[int] = []
+        missing = 0
+        for s in stamps_ns:
+            step = s - last
+            if step < 0 or step > hold:
+                break
+            if step > 0:
+                if 2 * step > 3 * ref and step <= JUMP_PERIODS * ref:   # as missing_in
+                    missing += (step + ref // 2) // ref - 1
+                steps.append(step)
+                if len(steps) == CADENCE_BLOCK:                          # as Cadence.record
+                    ref = cad.ref_ns = sorted(steps)[CADENCE_BLOCK // 2]
+                    hold = cad.hold_ns = hold_ns(ref, cad.period_ns, cad.fixed_ns)
+                    steps.clear()
+            holds.append(hold)
+            last = s
+        if holds:
+            self.accepted += len(holds)
+            self.missing += missing
+            self.last = last
+        return holds
+
     def _accept(self, s: int, p: Any, step: int | None, out: list) -> None:
         if step is not None:
             self.missing += missing_in(step, self.cadence.ref_ns)
@@ -504,11 +537,34 @@ class StreamingAligner:
     def push_many(self, topic: int, stamps_ns: Sequence[int] | np.ndarray,
                   values: np.ndarray) -> Ticks:
         """Add a batch of one topic's samples (in arrival order); the same ticks as
-        :meth:`push` on each in turn."""
+        :meth:`push` on each in turn.
+
+        Runs of regular stamps (each step within the hold, nothing held back) go through the
+        topic's clock at once (:meth:`TopicClock.accept_run`), and only the last sample of each
+        tick interval reaches the history (the only one a tick can hold); the rest, one by
+        one."""
         out: tuple[list, list, list] = ([], [], [])
-        values = np.asarray(values, dtype=np.float32).reshape(len(stamps_ns), -1)
-        for stamp, row in zip(np.asarray(stamps_ns, dtype=np.int64).tolist(), values):
-            self._add(topic, stamp, row, out)
+        stamps = np.asarray(stamps_ns, dtype=np.int64).tolist()
+        values = np.asarray(values, dtype=np.float32).reshape(len(stamps), -1)
+        clock = self.clocks[topic]
+        period = self.period_ns
+        i, n = 0, len(stamps)
+        while i < n:
+            holds = clock.accept_run(stamps[i:] if i else stamps)
+            if holds:
+                seg = clock.segment
+                k = len(holds)
+                run = stamps[i:i + k]
+                slots = [-(-s // period) for s in run]
+                for j in range(k):      # the last sample of each tick interval only
+                    if j + 1 == k or slots[j] != slots[j + 1]:
+                        self._store(topic, run[j], values[i + j], holds[j], seg)
+                self._emit(out)
+                i += k
+                continue
+            for s, vals, hold, seg in clock.offer(stamps[i], values[i]):
+                self._keep(topic, s, vals, hold, seg, out)
+            i += 1
         return self._result(out)
 
     # ------------------------------------------------------------------ internals
@@ -521,33 +577,39 @@ class StreamingAligner:
                      np.asarray(starts, bool))
 
     def _add(self, topic: int, stamp: int, values: Any, out: tuple[list, list, list]) -> None:
-        accepted = self.clocks[topic].offer(stamp, values)
-        if not accepted:
-            return
+        for s, vals, hold, seg in self.clocks[topic].offer(stamp, values):
+            self._keep(topic, s, vals, hold, seg, out)
+
+    def _keep(self, topic: int, s: int, vals: Any, hold: int, seg: int,
+              out: tuple[list, list, list]) -> None:
+        """Keep one accepted sample in the topic's history; emit the ticks it completes."""
+        self._store(topic, s, vals, hold, seg)
+        self._emit(out)
+
+    def _store(self, topic: int, s: int, vals: Any, hold: int, seg: int) -> None:
+        """Keep one accepted sample in the topic's history."""
         hist = self._hist[topic]
         period = self.period_ns
-        for s, vals, hold, seg in accepted:
-            row = np.asarray(vals, dtype=np.float32)
-            if hold != PROVISIONAL:
-                settle(hist.holds, hold)
-            n = len(hist.stamps)
-            if n > hist.head and n - 1 > hist.cursor and hist.segs[-1] == seg and \
-                    -(-hist.stamps[-1] // period) == -(-s // period):
-                # the same tick interval as the last sample: only the later one is ever held
-                hist.stamps[-1], hist.holds[-1], hist.rows[-1] = s, hold, row
-            else:
-                hist.stamps.append(s)
-                hist.holds.append(hold)
-                hist.segs.append(seg)
-                hist.rows.append(row)
-                if hist.live() > self.max_entries:
-                    hist.head += 1
-                    self.evicted[topic] += 1
-                    if hist.cursor < hist.head:
-                        hist.cursor = hist.head - 1
-            hist.first.setdefault(seg, s)
-            hist.last[seg] = s
-        self._emit(out)
+        row = np.asarray(vals, dtype=np.float32)
+        if hold != PROVISIONAL:
+            settle(hist.holds, hold)
+        n = len(hist.stamps)
+        if n > hist.head and n - 1 > hist.cursor and hist.segs[-1] == seg and \
+                -(-hist.stamps[-1] // period) == -(-s // period):
+            # the same tick interval as the last sample: only the later one is ever held
+            hist.stamps[-1], hist.holds[-1], hist.rows[-1] = s, hold, row
+        else:
+            hist.stamps.append(s)
+            hist.holds.append(hold)
+            hist.segs.append(seg)
+            hist.rows.append(row)
+            if hist.live() > self.max_entries:
+                hist.head += 1
+                self.evicted[topic] += 1
+                if hist.cursor < hist.head:
+                    hist.cursor = hist.head - 1
+        hist.first.setdefault(seg, s)
+        hist.last[seg] = s
 
     def _emit(self, out: tuple[list, list, list]) -> None:
         hists = self._hist

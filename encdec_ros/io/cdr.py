@@ -27,8 +27,11 @@ per-message path: the ``deserialize`` function given (rosbags or rclpy) and
 :func:`~encdec_ros.io.fields.compile_path`, so both paths give the same numbers. The fields
 that take the per-message path are said once in the log.
 
-:class:`RawDecoder` is the live counterpart: a node subscribed with ``raw=True`` appends each
-message's bytes and takes the decoded samples (stamps and values) per tick.
+The live nodes use the same decoder (:meth:`MessageDecoder.for_class`, laid out from the rclpy
+message class): they subscribe with ``raw=True``, keep each message's bytes, and decode what
+arrived per tick; :attr:`MessageDecoder.stamp_offset` lets them read a message's header stamp
+without decoding it, and :meth:`MessageDecoder.locate` tells where each value lies in one
+message (the denoiser writes its cleaned values back there).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ _UNROLL = 64              # fixed arrays of variable-size elements up to this le
 SMALL_BATCH = 24
 """Up to this many messages are decoded one by one (``struct``), more as one numpy batch:
 the crossover of the two paths' costs per message (see docs/speed.md)."""
+SAME_LAYOUT_MIN = 4
+"""From this many messages on, a batch is first tried as messages of one layout (see
+:meth:`MessageDecoder.decode`)."""
 _EMPTY_FIELD = 'structure_needs_at_least_one_member'   # rosbags' member of empty messages
 _STAMP_PATHS = ('header.stamp.sec', 'header.stamp.nanosec')
 _SAID: set[tuple[str, str, str]] = set()        # (message type, field, reason) already logged
@@ -195,16 +201,85 @@ class MessageDecoder:
                 log.info('%s%s field %s is decoded message by message (%s)',
                          f'{where}: ' if where else '', msgtype, text, why)
 
+    @classmethod
+    def for_class(cls, msg_class: Any, paths: Sequence[FieldPath], *, header_stamp: bool,
+                  where: str = '') -> 'MessageDecoder':
+        """A decoder for an rclpy message class (what a ``raw=True`` subscription delivers):
+        its layout from the class itself (:func:`rclpy_fielddefs`, custom messages too), rclpy's
+        own ``deserialize_message`` as the per-message path."""
+        from rclpy.serialization import deserialize_message
+
+        defs = rclpy_fielddefs(msg_class)
+        return cls(next(iter(defs)), paths, defs, header_stamp=header_stamp,
+                   deserialize=lambda data: deserialize_message(data, msg_class), where=where)
+
+    @property
+    def stamp_offset(self) -> int | None:
+        """Where ``header.stamp`` lies in every serialised message, when its place is fixed:
+        the byte offset (from the message's first byte, the CDR encapsulation header included)
+        of ``sec`` (int32), ``nanosec`` (uint32) right after it, little endian as ROS 2 writes
+        them. None for ROS 1 bytes, without ``header_stamp``, or where a string or a sequence
+        comes before the header."""
+        if self.ros1 or not self.header_stamp or self._stamp_fallback:
+            return None
+        where: dict[int, tuple[str, int]] = {}
+        for ins in self._program.code:
+            if isinstance(ins, _Gather) and ins.ints and ins.reg < 0 and ins.count < 0:
+                for off, col in zip(ins.offs.tolist(), ins.cols.tolist()):
+                    where[col] = (ins.dtype, off)
+        sec, nsec = where.get(0), where.get(1)
+        if sec is None or nsec is None or sec[0] != 'i4' or nsec != ('u4', sec[1] + 4):
+            return None
+        return 4 + sec[1]
+
+    def layout(self, data: bytes | bytearray) -> 'Layout | None':
+        """The :class:`Layout` of one CDR message: where its numbers lie, to read (or write)
+        them in other messages of the same layout; None when the decoder cannot tell (ROS 1
+        bytes, a field read per message, a short or broken message, numbers inside a sequence
+        of structs)."""
+        if self.ros1 or self.fallback or self._stamp_fallback or not self.complete:
+            return None
+        return Layout.of(self, bytes(data))
+
+    def locate(self, data: bytes | bytearray) -> list[tuple[int, str]] | None:
+        """Where each column's number lies in one serialised CDR message: (byte offset from
+        the message's first byte, numpy type with byte order, e.g. ``'<f8'``) per column; None
+        when the message cannot be read here or a column is not at a known place (read per
+        message, or inside a sequence of structs)."""
+        if self.ros1 or self.fallback or not self.complete:
+            return None
+        layout = self.layout(data)
+        if layout is None:
+            return None
+        spots: list[tuple[int, str]] = [(0, '')] * self.width
+        for dtype, is_int, offs, cols in layout.gathers:
+            if not is_int:
+                for off, col in zip(offs.tolist(), cols.tolist()):
+                    spots[col] = (off, layout.order + dtype)
+        return spots
+
     @property
     def batched(self) -> list[str]:
         """The paths decoded in batches (the others take the per-message path)."""
         return [p.text for p in self.paths if p.text not in self.fallback]
 
     def decode(self, batch: RawBatch) -> Decoded:
-        """Decode every message of ``batch``."""
-        if len(batch) <= SMALL_BATCH:
-            return self.decode_messages([batch.message(i) for i in range(len(batch))])
+        """Decode every message of ``batch``.
+
+        Messages of one publisher mostly share their layout (the same frame_id, the same joint
+        names: every string and sequence of the same length), so every number lies at the same
+        offset in each. The batch is first tried that way: the layout of one message (where each
+        number lies, and the lengths that put it there) is checked against all of them at once
+        and, where it holds for every message, each column is one gather. Otherwise the full
+        program runs (one by one up to :data:`SMALL_BATCH` messages, as a numpy batch above).
+        """
         n = len(batch)
+        if n >= SAME_LAYOUT_MIN:
+            same = self._same_layout(batch)
+            if same is not None:
+                return same
+        if n <= SMALL_BATCH:
+            return self._one_by_one([batch.message(i) for i in range(n)])
         out = _Out(np.empty((n, self.width), dtype=np.float64), np.zeros((n, 2), dtype=np.int64),
                    np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
         if n:
@@ -213,11 +288,14 @@ class MessageDecoder:
 
     def decode_messages(self, messages: Sequence[bytes | bytearray | memoryview]) -> Decoded:
         """Decode a list of serialised messages (as a raw subscription collects them): a few
-        at a time one by one with ``struct`` (numpy's per-call cost would dominate), more in
-        one batch."""
-        n = len(messages)
-        if n > SMALL_BATCH:
+        one by one with ``struct`` (numpy's per-call cost would dominate), more as a batch
+        (:meth:`decode`)."""
+        if len(messages) >= SAME_LAYOUT_MIN:
             return self.decode(RawBatch.from_messages(messages))
+        return self._one_by_one(messages)
+
+    def _one_by_one(self, messages: Sequence[bytes | bytearray | memoryview]) -> Decoded:
+        n = len(messages)
         width = self.width
         rows: list[list[float]] = []
         stamps: list[list[int]] = []
@@ -266,6 +344,25 @@ class MessageDecoder:
                        int(per_message.size))
 
     # ------------------------------------------------------------------ internals
+
+    def _same_layout(self, batch: RawBatch) -> Decoded | None:
+        """The batch decoded as messages of one layout (see :meth:`decode`); None when some
+        message differs from it (or the decoder cannot tell where its numbers lie)."""
+        if self.ros1 or self.fallback or self._stamp_fallback or not self.complete:
+            return None
+        layout = self.__dict__.get('_layout')
+        out = layout.read(batch, self.width) if layout is not None else None
+        if out is None:
+            layout = Layout.of(self, batch.message(0))
+            self._layout = layout
+            out = layout.read(batch, self.width) if layout is not None else None
+            if out is None:
+                return None
+        values, ints = out
+        n = len(batch)
+        header = ints[:, 0] * 1_000_000_000 + ints[:, 1] if self.header_stamp else None
+        none = np.zeros(n, dtype=bool)
+        return Decoded(values, header, none, none.copy())
 
     def _run(self, batch: RawBatch, out: '_Out') -> None:
         starts, sizes, buf = batch.starts, batch.sizes, batch.buf
@@ -324,6 +421,129 @@ class MessageDecoder:
                 st = msg.header.stamp
                 out.ints[i, 0], out.ints[i, 1] = st.sec, st.nanosec
         return error
+
+
+class Layout:
+    """Where the numbers of one message lie, and the lengths (strings, sequence counts) that
+    put them there: a message of the same size, encapsulation and lengths has its numbers at
+    the same offsets. Made by :meth:`MessageDecoder.layout`."""
+
+    def __init__(self, size: int, head: bytes, order: str, checks: list[tuple[int, int]],
+                 gathers: list[tuple[str, bool, np.ndarray, np.ndarray]]) -> None:
+        self.size, self.head, self.order = size, head, order
+        self.checks = (np.asarray([o for o, _ in checks], dtype=np.int64),
+                       np.asarray([v for _, v in checks], dtype=np.int64))
+        self.gathers = gathers
+
+    @classmethod
+    def of(cls, decoder: 'MessageDecoder', data: bytes) -> 'Layout | None':
+        """The layout of one CDR message (None: it cannot be read, it is short, or some
+        number lies where only a loop over a sequence of structs finds it)."""
+        if len(data) < 4 or data[0] != 0 or data[1] > 1:
+            return None
+        order = '<' if data[1] else '>'
+        one = _One(data, 4, order, decoder.width)
+        one.reads = []
+        try:
+            regs = decoder._program.run_one(one, [])
+        except _Bad:
+            return None
+        if one.short:
+            return None
+        gathers, covered = [], 0
+        for ins in decoder._program.code:
+            if isinstance(ins, _Gather):
+                offs = 4 + _at(regs, ins.reg, 0) + ins.offs
+                gathers.append((ins.dtype, ins.ints, offs, ins.cols))
+                covered += ins.cols.size
+        wanted = decoder.width + (2 if decoder.header_stamp else 0)
+        if covered != wanted:       # some number is read inside a loop
+            return None
+        return cls(len(data), bytes(data[:2]), order, one.reads, gathers)
+
+    def cells(self) -> list[tuple[int, Any, bool, int]]:
+        """(offset, struct, is_int, column) of every number, for one message at a time."""
+        found = self.__dict__.get('_cells')
+        if found is None:
+            found = []
+            for dtype, is_int, offs, cols in self.gathers:
+                unpack = _unpacker(self.order + _STRUCT_CODES[dtype])
+                found += [(off, unpack, is_int, col)
+                          for off, col in zip(offs.tolist(), cols.tolist())]
+            self._cells = found
+        return found
+
+    def read_one(self, data: bytes, width: int) -> tuple[list[float], list[int]] | None:
+        """(values, [sec, nanosec]) of one message of this layout, or None when it is not."""
+        if len(data) != self.size or data[:2] != self.head:
+            return None
+        u32 = _unpacker(self.order + 'I')
+        for off, want in zip(*self.checks):
+            if u32(data, off)[0] != want:
+                return None
+        values, ints = [0.0] * width, [0, 0]
+        for off, unpack, is_int, col in self.cells():
+            value = unpack(data, off)[0]
+            if is_int:
+                ints[col] = int(value)
+            else:
+                values[col] = float(value)
+        return values, ints
+
+    def write(self, buf: bytearray, values: Sequence[float]) -> bool:
+        """Write ``values`` (one per column) where this layout holds them, in their own types;
+        False (``buf`` partly written) when a column is not a float or a value does not fit."""
+        pack = self.__dict__.get('_packers')
+        if pack is None:
+            import struct
+            pack = self._packers = [
+                (off, struct.Struct(self.order + _STRUCT_CODES[dtype]).pack_into
+                 if dtype in ('f4', 'f8') else None, col)
+                for dtype, is_int, offs, cols in self.gathers if not is_int
+                for off, col in zip(offs.tolist(), cols.tolist())]
+        try:
+            for off, put, col in pack:
+                if put is None:
+                    return False
+                put(buf, off, values[col])
+        except (OverflowError, TypeError):
+            return False
+        return True
+
+    def read(self, batch: RawBatch, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(values [n, width] float64, ints [n, 2] int64) of every message, or None when one
+        does not have this layout."""
+        buf, starts = batch.buf, batch.starts
+        if not (batch.sizes == self.size).all() or \
+                not ((buf[starts] == self.head[0]) & (buf[starts + 1] == self.head[1])).all():
+            return None
+        offs, want = self.checks
+        if offs.size:
+            got = _typed(buf, self.order, 'u4')[starts[:, None] + offs]
+            if not (got == want).all():
+                return None
+        n = starts.size
+        values = np.empty((n, width), dtype=np.float64)
+        ints = np.zeros((n, 2), dtype=np.int64)
+        for dtype, is_int, offs, cols in self.gathers:
+            raw = _typed(buf, self.order, dtype)[starts[:, None] + offs]
+            if dtype == 'b1':
+                raw = raw != 0
+            if is_int:
+                ints[:, cols] = raw
+            else:
+                with np.errstate(invalid='ignore'):
+                    values[:, cols] = raw
+        return values, ints
+
+
+def _typed(buf: np.ndarray, order: str, dtype: str) -> np.ndarray:
+    """``buf`` read as ``dtype`` at every byte offset (an overlapping, unaligned view)."""
+    if dtype in ('b1', 'u1', 'i1'):
+        return buf.view('i1' if dtype == 'i1' else 'u1')
+    size = int(dtype[1:])
+    return np.ndarray(shape=(buf.size - size + 1,), dtype=np.dtype(order + dtype), buffer=buf,
+                      strides=(1,))
 
 
 # --------------------------------------------------------------------------- compiling
@@ -623,14 +843,7 @@ class _Frame:
         key = self.order + dtype
         view = views.get(key)
         if view is None:
-            if dtype in ('b1', 'u1', 'i1'):
-                view = self.buf.view('i1' if dtype == 'i1' else 'u1')
-            else:
-                size = int(dtype[1:])
-                view = np.ndarray(shape=(self.buf.size - size + 1,),
-                                  dtype=np.dtype(self.order + dtype), buffer=self.buf,
-                                  strides=(1,))
-            views[key] = view
+            view = views[key] = _typed(self.buf, self.order, dtype)
         return view
 
     def read_u32(self, pos: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -649,13 +862,14 @@ class _Bad(Exception):
 class _One:
     """One message being decoded on the small-batch path."""
 
-    __slots__ = ('data', 'base', 'psize', 'order', 'values', 'ints', 'short')
+    __slots__ = ('data', 'base', 'psize', 'order', 'values', 'ints', 'short', 'reads')
 
     def __init__(self, data: bytes, base: int, order: str, width: int) -> None:
         self.data, self.base, self.psize, self.order = data, base, len(data) - base, order
         self.values = [0.0] * width
         self.ints = [0, 0]
         self.short = False
+        self.reads: list[tuple[int, int]] | None = None   # (offset, uint32) of lengths read
 
 
 def _at(regs: list[Any], reg: int, off: int) -> int:
@@ -828,6 +1042,8 @@ class _String:
         end = pos + 4 + length
         if end > one.psize or (self.cdr and (length < 1 or one.data[one.base + end - 1])):
             raise _Bad
+        if one.reads is not None:
+            one.reads.append((one.base + pos, length))
         regs[self.out] = end
 
 
@@ -853,6 +1069,8 @@ class _Count:
         count = _unpacker(one.order + 'I')(one.data, one.base + pos)[0]
         if count * self.minimum > one.psize - pos - 4:
             raise _Bad
+        if one.reads is not None:
+            one.reads.append((one.base + pos, count))
         regs[self.out] = count
 
 
@@ -1026,6 +1244,8 @@ def _skip_strings(one: _One, pos: int, count: int, *, cdr: bool) -> int:
         end = pos + 4 + length
         if end > psize or (cdr and (length < 1 or data[base + end - 1])):
             raise _Bad
+        if one.reads is not None:
+            one.reads.append((base + pos, length))
         pos = end
     return pos
 
@@ -1096,80 +1316,3 @@ def rclpy_fielddefs(cls: Any) -> dict[str, Any]:
 
     walk(cls)
     return out
-
-
-@dataclass
-class Samples:
-    """Decoded samples of one topic: stamps [k] (ns) and values [k, c], short and undecodable
-    messages left out (and counted)."""
-
-    stamps_ns: np.ndarray
-    values: np.ndarray
-    short: int = 0
-    failed: int = 0
-    error: str = ''
-
-
-class RawDecoder:
-    """Collect one topic's serialised messages and decode them in batches.
-
-    What a node subscribed with ``raw=True`` needs: the callback only appends the bytes
-    (:meth:`append`, with the receive time when the spec stamps by receive time), and the node
-    takes everything collected so far per tick (:meth:`take`), as arrays for the aligner::
-
-        decoder = RawDecoder.for_class(Imu, paths, header_stamp=True)
-        node.create_subscription(Imu, 'imu', decoder.append, qos, raw=True)
-        ...
-        samples = decoder.take()      # stamps_ns [k], values [k, c]
-
-    Args:
-        msgtype: The topic's message type.
-        paths: The spec's field paths for the topic (sized).
-        fielddefs: Type definitions (``standard_typestore().fielddefs``, or
-            :func:`rclpy_fielddefs` of the message class).
-        header_stamp: Stamps come from ``header.stamp`` (else from the receive times given
-            to :meth:`append`).
-        deserialize: The per-message path (e.g. ``lambda b: deserialize_message(b, cls)``).
-        where: For the log.
-    """
-
-    def __init__(self, msgtype: str, paths: Sequence[FieldPath], fielddefs: Mapping[str, Any],
-                 *, header_stamp: bool, deserialize: Callable[[bytes], Any] | None = None,
-                 where: str = '') -> None:
-        self.decoder = MessageDecoder(msgtype, paths, fielddefs, header_stamp=header_stamp,
-                                      deserialize=deserialize, where=where)
-        self.header_stamp = header_stamp
-        self._raw: list[bytes] = []
-        self._recv: list[int] = []
-
-    @classmethod
-    def for_class(cls, msg_class: Any, paths: Sequence[FieldPath], *, header_stamp: bool,
-                  where: str = '') -> 'RawDecoder':
-        """A decoder for an rclpy message class: its layout from the class, rclpy's own
-        deserialisation as the per-message path."""
-        from rclpy.serialization import deserialize_message
-
-        defs = rclpy_fielddefs(msg_class)
-        return cls(next(iter(defs)), paths, defs, header_stamp=header_stamp,
-                   deserialize=lambda data: deserialize_message(data, msg_class), where=where)
-
-    def append(self, data: bytes, receive_ns: int = 0) -> None:
-        """Keep one message's bytes (and its receive time when stamps come from it)."""
-        self._raw.append(data)
-        if not self.header_stamp:
-            self._recv.append(receive_ns)
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    def take(self) -> Samples:
-        """Decode and forget everything appended so far."""
-        raw, recv = self._raw, self._recv
-        self._raw, self._recv = [], []
-        if not raw:
-            return Samples(np.zeros(0, np.int64), np.zeros((0, self.decoder.width)))
-        dec = self.decoder.decode_messages(raw)
-        stamps = dec.header_ns if self.header_stamp else np.asarray(recv, dtype=np.int64)
-        ok = dec.ok
-        return Samples(stamps[ok], dec.values[ok], int(dec.short.sum()),
-                       int(dec.failed.sum()), dec.error)

@@ -434,13 +434,17 @@ def declare_parameters(node: Node, specs: Iterable[Param]) -> dict[str, Any]:
             default = [float(v) for v in default]
         elif isinstance(default, tuple):
             default = list(default)
+        if kind.endswith('_array') and not default:
+            # an empty list has no type of its own: declare the type (unset until given)
+            from rclpy.parameter import Parameter
+            default = Parameter.Type(_TYPES[kind])
         try:
             param = node.declare_parameter(spec.name, default, _descriptor(spec, kind))
         except ParameterException as err:
             raise ConfigError(f'parameter {spec.name!r} of {node.get_name()} is invalid '
                               f'({_first_line(err)}); it must be a {kind.replace("_", " ")}'
                               f'{_range_text(spec)}') from err
-        values[spec.name] = param.value
+        values[spec.name] = param.value if param.value is not None else []
     return values
 
 
@@ -541,6 +545,12 @@ class DiagnosticsReporter:
     a timestamp and a counter). When no input has come for ``stale_after_s`` the status turns
     STALE by itself; ``inputs`` and ``input rate (Hz)`` are added to the values.
 
+    Under a flood of input rclpy's EventsExecutor can starve timers (a node's /diagnostics
+    timer was seen not to fire for 25 s): a node's data path calls :meth:`publish_due`, which
+    publishes when a period has passed since the last publication, whoever made it. A node
+    serving several streams builds one reporter per stream (``timer=False``, ``prefix``) and
+    publishes their statuses in one message (:func:`publish_statuses`).
+
     Args:
         node: The node that owns the publisher and the timer.
         name: Status name; published as ``'<fully qualified node name>: <name>'``
@@ -551,18 +561,22 @@ class DiagnosticsReporter:
             node reports the absence of input itself (the allocator's watchdog does).
         topic: Where to publish.
         source: Asked for (level, message, values) before each publication.
+        prefix: What the status name starts with (default: the node's fully qualified name).
+        timer: Publish from a timer of its own; False: the owner publishes.
     """
 
     def __init__(self, node: Node, name: str, hardware_id: str, period_s: float = 1.0, *,
                  stale_after_s: float | None = 3.0, topic: str = '/diagnostics',
-                 source: Callable[[], tuple[Any, str, Mapping[str, Any]]] | None = None
-                 ) -> None:
+                 source: Callable[[], tuple[Any, str, Mapping[str, Any]]] | None = None,
+                 prefix: str | None = None, timer: bool = True) -> None:
         if not period_s > 0 or not (stale_after_s is None or stale_after_s > 0):
             raise ConfigError(f'diagnostics period ({period_s}) and stale time '
                               f'({stale_after_s}) must be positive seconds')
         self._node = node
         self._source = source
-        self.name = f'{node.get_fully_qualified_name()}: {name}'
+        self.name = f'{prefix or node.get_fully_qualified_name()}: {name}'
+        self.period_s = period_s
+        self.published = -math.inf        # time.monotonic() of the last publication
         self.hardware_id = hardware_id
         self.stale_after_s = stale_after_s
         self._level = 0
@@ -573,13 +587,15 @@ class DiagnosticsReporter:
         self._last_input: float | None = None
         self._rate_mark = (time.monotonic(), 0)
         self._rate = 0.0
-        self._pub = node.create_publisher(DiagnosticArray, topic, 10)
-        self._timer = node.create_timer(period_s, self.publish,
-                                        clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._pub = node.create_publisher(DiagnosticArray, topic, 10) if timer else None
+        self._timer = node.create_timer(period_s, lambda: self.publish_due(),
+                                        clock=Clock(clock_type=ClockType.STEADY_TIME)) \
+            if timer else None
 
-    def mark_input(self, count: int = 1) -> None:
-        """Note that ``count`` input messages arrived now."""
-        self._last_input = time.monotonic()
+    def mark_input(self, count: int = 1, when: float | None = None) -> None:
+        """Note that ``count`` input messages arrived (the last at ``when``, a
+        ``time.monotonic()`` value; default now)."""
+        self._last_input = time.monotonic() if when is None else when
         self._inputs += count
 
     def update(self, level: Any, message: str, values: Mapping[str, Any] | None = None) -> None:
@@ -641,16 +657,39 @@ class DiagnosticsReporter:
                                         for k, v in values.items()])
 
     def publish(self) -> None:
-        """Publish the current status now (the timer calls this every period)."""
-        msg = DiagnosticArray()
-        msg.header.stamp = self._node.get_clock().now().to_msg()
-        msg.status = [self.status()]
-        self._pub.publish(msg)
+        """Publish the current status now."""
+        if self._pub is not None:
+            publish_statuses(self._node, self._pub, [self])
+
+    def publish_due(self, now: float | None = None) -> bool:
+        """Publish if a period has passed since the last publication (``now``: a
+        ``time.monotonic()`` value); whether it did. The timer calls it, and so may a node's
+        data path, which a flood of input cannot starve."""
+        now = time.monotonic() if now is None else now
+        # a timer firing a little early still publishes (it is due, not a burst)
+        if now - self.published < 0.9 * self.period_s:
+            return False
+        self.publish()
+        return True
 
     def destroy(self) -> None:
         """Stop the timer and the publisher."""
-        self._node.destroy_timer(self._timer)
-        self._node.destroy_publisher(self._pub)
+        if self._timer is not None:
+            self._node.destroy_timer(self._timer)
+        if self._pub is not None:
+            self._node.destroy_publisher(self._pub)
+
+
+def publish_statuses(node: Node, publisher: Any, reporters: Sequence[DiagnosticsReporter]
+                     ) -> None:
+    """Publish the reporters' current statuses in one DiagnosticArray, and note the time."""
+    msg = DiagnosticArray()
+    msg.header.stamp = node.get_clock().now().to_msg()
+    msg.status = [r.status() for r in reporters]
+    publisher.publish(msg)
+    now = time.monotonic()
+    for r in reporters:
+        r.published = now
 
 
 # --------------------------------------------------------------------------- inputs
@@ -661,11 +700,12 @@ RECENT_S = 5.0
 TYPE_CHECK_S = 1.0
 """Seconds between checks of the ROS graph for publishers of another type."""
 COUNTS = ('received', 'used', 'dropped (stamps)', 'pending', 'short', 'unstamped',
-          'non-finite', 'missing (stamp gaps)', 'lost (rmw)', 'gaps', 'jumps back',
-          'jumps forward')
+          'undecodable', 'non-finite', 'missing (stamp gaps)', 'lost (rmw)', 'gaps',
+          'jumps back', 'jumps forward')
 """The counters kept per input topic, in the order /diagnostics shows them. Every message
 received is counted once in ``used``, ``dropped (stamps)``, ``pending`` (held back until the
-next stamp), ``short`` (arrays shorter than the spec) or ``unstamped`` (zero header stamp);
+next stamp), ``short`` (arrays shorter than the spec), ``unstamped`` (zero header stamp) or
+``undecodable`` (bytes that do not match the message definition);
 ``non-finite`` counts the used ones holding NaN or infinite values; ``missing`` and ``lost``
 estimate messages that never arrived (from the gaps in the stamps, and from the middleware)."""
 
@@ -743,11 +783,12 @@ class InputMonitor:
 
     # ------------------------------------------------------------------ the hot path
 
-    def arrived(self, index: int) -> None:
-        """One message of input ``index`` was delivered."""
+    def arrived(self, index: int, count: int = 1, when: float | None = None) -> None:
+        """``count`` messages of input ``index`` were delivered (the last at ``when``, a
+        ``time.monotonic()`` value; default now)."""
         item = self.inputs[index]
-        item.counts['received'] += 1
-        item.last_arrival = time.monotonic()
+        item.counts['received'] += count
+        item.last_arrival = time.monotonic() if when is None else when
 
     def add(self, index: int, key: str, count: int = 1) -> None:
         """Add to one counter of input ``index``."""
@@ -761,10 +802,11 @@ class InputMonitor:
         """The newest stamp of input ``index``."""
         self.inputs[index].last_stamp_ns = stamp_ns
 
-    def nonfinite(self, index: int, channels: list[str]) -> None:
-        """A used message of input ``index`` held NaN or inf in these channels."""
+    def nonfinite(self, index: int, channels: list[str], count: int = 1) -> None:
+        """``count`` used messages of input ``index`` held NaN or inf (the last in these
+        channels)."""
         item = self.inputs[index]
-        item.counts['non-finite'] += 1
+        item.counts['non-finite'] += count
         item.bad_channels = channels
 
     def expect_period(self, index: int, seconds: float | None) -> None:
@@ -873,6 +915,10 @@ class InputMonitor:
                         f'{name} arrives with zero header stamps (its driver leaves them unset), '
                         'so its messages cannot be timed; make the driver stamp them, or use '
                         f'stamp: receive under {name} in the spec'))
+        if 'undecodable' in recent:
+            out.append((2, 'undecodable',
+                        f'{name}: {c["undecodable"]} messages that do not match {item.type} '
+                        'were left out (a publisher with another definition of the type?)'))
         if 'short' in recent:
             only = 'short' in grew and 'used' not in grew      # since the last report
             out.append((2 if only else 1, 'short',

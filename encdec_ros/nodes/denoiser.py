@@ -12,7 +12,14 @@ It subscribes to the spec's topic (any message type with numeric fields: sensor_
 JointState, geometry_msgs/WrenchStamped, std_msgs/Float64MultiArray ...), replaces the
 spec's fields of every message by their denoised values in the callback, and publishes the
 message on ``<input_topic>/denoised`` (or ``output_topic``): one output per input, nothing
-queued, header, frame_id, covariances, names and all other fields as they came. The spec's
+queued, header, frame_id, covariances, names and all other fields as they came, byte for
+byte. The message path needs no Python message object: the subscription is ``raw=True``, the
+fields are read where they lie in the serialised message (:meth:`MessageDecoder.layout
+<encdec_ros.io.cdr.MessageDecoder.layout>`, learnt from the first message and checked on
+each), the cleaned values are written back at the same places, and the bytes are published.
+A message whose layout cannot be known that way (fields inside a sequence of structs, a field
+of an integer type) takes the typed path: deserialised, cleaned and published as an rclpy
+message, with the same result. The spec's
 topic is taken relative to the node's namespace (``/imu`` in namespace ``drone1`` is
 ``/drone1/imu``); an explicit ``input_topic`` is used as given. A message
 whose arrays are shorter than the spec needs is passed on unchanged (counted, WARN). A NaN or
@@ -43,6 +50,7 @@ from rclpy.node import Node
 
 from encdec_ros.denoise.filters import METHODS, DenoiseCore, build_core
 from encdec_ros.errors import ConfigError, EncdecError
+from encdec_ros.io.cdr import Layout, MessageDecoder
 from encdec_ros.io.player import message_class
 from encdec_ros.nodes.common import (
     LEVELS,
@@ -136,14 +144,21 @@ class DenoiserNode(Node):
         given = values['input_topic'] or relative_topic(topic.name)
         output = values['output_topic'] or f'{given}/denoised'
         msg_cls = message_class(topic.type)
+        self._cls = msg_cls
         self._header = topic.stamp == 'header'
+        self._decoder = MessageDecoder.for_class(msg_cls, [f.path for f in topic.fields],
+                                                 header_stamp=self._header, where=given)
+        self._layout: Layout | None = None
+        self._width = self._decoder.width
+        raw = self._decoder.complete and not self._decoder.fallback
+        self.typed_messages = 0        # messages that took the typed path
         self._pub = self.create_publisher(
             msg_cls, output, qos_profile(values['output_reliability'], values['qos_depth']))
         self.monitor = InputMonitor(self, [(self.resolve_topic_name(given), topic.type)],
                                     silent_after_s=None)
         self._sub = self.create_subscription(
-            msg_cls, given, self._on_message,
-            qos_profile(values['reliability'], values['qos_depth']),
+            msg_cls, given, self._on_raw if raw else self._on_message,
+            qos_profile(values['reliability'], values['qos_depth']), raw=raw,
             event_callbacks=self.monitor.event_callbacks(0))
         self.input_topic: str = self._sub.topic_name
         self.output_topic: str = self._pub.topic_name
@@ -165,8 +180,59 @@ class DenoiserNode(Node):
         """The method in use."""
         return self.core.method
 
-    def _on_message(self, msg: Any) -> None:
+    def _on_raw(self, data: bytes) -> None:
+        """The message path: read the fields where they lie, clean them, write them back."""
         t0 = time.perf_counter()
+        layout = self._layout
+        got = layout.read_one(data, self._width) if layout is not None else None
+        if got is None:                    # the first message, or another layout
+            layout = self._decoder.layout(data)
+            got = layout.read_one(data, self._width) if layout is not None else None
+            if got is None:                # short, or not readable here: the typed path
+                self._typed(data, t0)
+                return
+            self._layout = layout
+        self.monitor.arrived(0)
+        values, (sec, nsec) = got
+        if self._header:
+            stamp = sec * 1_000_000_000 + nsec or None      # zero: never filled in
+        else:
+            stamp = self.get_clock().now().nanoseconds
+        core = self.core
+        restarts, bad = core.restarts_, core.nonfinite_messages_
+        out = bytearray(data)
+        try:
+            cleaned = core.process_values(np.asarray(values, dtype=np.float64), stamp)
+        except EncdecError as err:        # e.g. the engine failed: pass the message on
+            self._cannot(err)
+        else:
+            if not layout.write(out, cleaned.tolist()):      # an integer field, a huge value
+                msg = self._typed(data)
+                core.write(msg, cleaned)                     # as the typed path writes it
+                self._pub.publish(msg)
+                self._done(t0, True, stamp, restarts, bad)
+                return
+        self._pub.publish(bytes(out))
+        self._done(t0, True, stamp, restarts, bad)
+
+    def _typed(self, data: bytes, t0: float | None = None) -> Any:
+        """A message the raw path cannot handle, as an rclpy message: handled by the typed
+        path (with ``t0``), or returned."""
+        from rclpy.serialization import deserialize_message
+
+        self.typed_messages += 1
+        msg = deserialize_message(data, self._cls)
+        if t0 is not None:
+            self._on_message(msg, t0)
+        return msg
+
+    def _cannot(self, err: EncdecError) -> None:
+        self._failed += 1
+        self.get_logger().error(f'cannot denoise a message on {self.input_topic} ({err}); '
+                                'passed on unchanged', throttle_duration_sec=5.0)
+
+    def _on_message(self, msg: Any, t0: float | None = None) -> None:
+        t0 = time.perf_counter() if t0 is None else t0
         self.monitor.arrived(0)
         stamp: int | None
         if self._header:
@@ -179,11 +245,14 @@ class DenoiserNode(Node):
         try:
             ok = core.process(msg, stamp)
         except EncdecError as err:        # e.g. the engine failed: pass the message on
-            self._failed += 1
             ok = True
-            self.get_logger().error(f'cannot denoise a message on {self.input_topic} ({err}); '
-                                    'passed on unchanged', throttle_duration_sec=5.0)
+            self._cannot(err)
         self._pub.publish(msg)
+        self._done(t0, ok, stamp, restarts, bad)
+
+    def _done(self, t0: float, ok: bool, stamp: int | None, restarts: int, bad: int) -> None:
+        """What every message leaves behind: latency, counts, logs, diagnostics when due."""
+        core = self.core
         self._lat[self._count & (LATENCY_WINDOW - 1)] = time.perf_counter() - t0
         self._count += 1
         self._diag.mark_input()
@@ -199,6 +268,7 @@ class DenoiserNode(Node):
         if core.restarts_ != restarts:
             self._once('restart', f'{self.input_topic}: its stamps jumped or stopped for '
                        'longer than ten periods; the denoiser starts again from this message')
+        self._diag.publish_due()           # a flood of input must not starve /diagnostics
 
     def _once(self, kind: str, text: str) -> None:
         """Log a warning at most every 5 s per kind (the counts are on /diagnostics)."""
