@@ -248,8 +248,8 @@ def _train(args: argparse.Namespace) -> int:
 
     given = {key: getattr(args, name) for key, name in (
         ('latent', 'latent'), ('layers', 'layers'), ('kernel', 'kernel'),
-        ('upsample', 'upsample'), ('beta', 'beta'), ('warmup', 'kl_warmup'), ('sparsity', 'sparsity'),
-        ('sparsity_weight', 'sparsity_weight'), ('rho', 'rho'),
+        ('upsample', 'upsample'), ('beta', 'beta'), ('warmup', 'kl_warmup'),
+        ('sparsity', 'sparsity'), ('sparsity_weight', 'sparsity_weight'), ('rho', 'rho'),
         ('contractive_weight', 'contractive_weight')) if getattr(args, name) is not None}
     opts = TrainOptions(
         model=AEConfig(arch=args.arch, hidden=args.hidden, dropout=args.dropout,
