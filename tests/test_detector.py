@@ -385,5 +385,9 @@ def test_cli_defaults_are_the_trainer_defaults():
                  'threshold_scale', 'margin', 'slow', 'debounce_k', 'debounce_n', 'release',
                  'drift', 'drift_freeze', 'drift_accept', 'folds', 'quantile'):
         assert getattr(args, dest) == getattr(opts, renamed.get(dest, dest)), dest
-    for dest in ('arch', 'hidden', 'latent', 'layers', 'dropout'):
+    for dest in ('arch', 'hidden', 'dropout', 'reg'):
         assert getattr(args, dest) == getattr(opts.model, dest), dest
+    # --latent, --layers (and the family's options) are left to the architecture's default
+    for dest in ('latent', 'layers', 'kernel', 'upsample', 'beta', 'kl_warmup', 'sparsity',
+                 'sparsity_weight', 'rho', 'contractive_weight', 'noise'):
+        assert getattr(args, dest) is None, dest

@@ -7,10 +7,14 @@
    only a time span of each (``train_span``: e.g. SKAB's first 400 rows);
 2. splits every recording by time into train / validation / calibration blocks
    (:func:`split_blocks`), and fits per-channel normalisation on the train part only;
-3. trains an MLP, LSTM or GRU autoencoder (:mod:`training.models`) with Adam on the mean
-   squared reconstruction error, seeded, with early stopping on the validation loss;
-4. exports the best model to ONNX (``training.export.export_onnx``: onnxruntime must agree
-   with torch within 1e-4 on real windows);
+3. trains an autoencoder of the family (:mod:`training.models`: MLP, LSTM, GRU or conv,
+   plain, variational, sparse or contractive, optionally on corrupted inputs) with Adam on
+   its loss (:func:`training.models.training_loss`), seeded, with early stopping on the
+   validation reconstruction loss; or fits a classical baseline (PCA, robust z-score) with
+   numpy (:mod:`encdec_ros.anomaly.baselines`; no torch needed);
+4. exports the best model to ONNX with its code as a second output
+   (``training.export.export_onnx``: onnxruntime must agree with torch within 1e-4 on real
+   windows; the baselines are checked against numpy the same way);
 5. runs the exported model through the runtime's own error code
    (:func:`encdec_ros.anomaly.scorer.reconstruction_errors`) on the calibration windows, stores each
    channel's normal error statistics and calibrates the threshold
@@ -49,10 +53,12 @@ from encdec_ros.anomaly.calibrate import (
 from encdec_ros.anomaly.scorer import (
     ERROR_KINDS,
     LOG_EPS,
+    T2Stats,
     check_debounce,
-    reconstruction_errors,
     residual_statistics,
+    window_statistics,
 )
+from encdec_ros.denoise.noise import NoiseSpec, parse_noise
 from encdec_ros.errors import ConfigError, EncdecError, ModelDirError
 from encdec_ros.io.bag import BagSource, Recording, bind_spec, read_bags
 from encdec_ros.io.bagset import expand_bags
@@ -61,7 +67,7 @@ from encdec_ros.io.spec import SignalSpec
 from encdec_ros.io.window import window_ends, windows_at
 from encdec_ros.modeldir import check_output_dir
 from training.data import SHUFFLE_SHARDS, Moments, ShardedWindows, rechunk
-from training.models import AEConfig, build_model, count_parameters
+from training.family import AEConfig
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +133,9 @@ class TrainOptions:
         workers: DataLoader workers reading bags in parallel per process (None: automatic,
             0: read in the training process).
         cache_dir: Folder of the cached shards (None: ``.encdec_shards`` beside ``out``).
+        noise: Denoising training: a corruption spec (:mod:`encdec_ros.denoise.noise`, e.g.
+            'relative,gaussian:0.1') applied afresh to the raw training windows of every
+            batch; the model reconstructs the clean window. None: plain training.
         folds: Cross-fitted calibration over this many folds of time blocks (0: a plain
             hold-out split; None: cross-fit when the hold-out split would leave fewer than
             :data:`CROSSFIT_BELOW` held-out decisions).
@@ -164,6 +173,7 @@ class TrainOptions:
     shuffle_shards: int = SHUFFLE_SHARDS
     workers: int | None = None
     cache_dir: str | None = None
+    noise: str | None = None
     folds: int | None = None
 
     def check(self) -> None:
@@ -212,6 +222,14 @@ class TrainOptions:
                               f'{self.shuffle_shards!r}; e.g. --shuffle-shards 8')
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
             raise ConfigError(f'workers must be a whole number >= 0, got {self.workers!r}')
+        if self.noise is not None and self.model.classical:
+            raise ConfigError(f'--arch {self.model.arch} is fitted in closed form and takes no '
+                              'denoising corruption; drop --noise or use a network')
+        self.corruption()         # a bad noise spec fails here, in one sentence
+
+    def corruption(self) -> NoiseSpec | None:
+        """The denoising corruption (None: plain training)."""
+        return parse_noise(self.noise)
 
 
 @dataclass
@@ -444,9 +462,13 @@ def fit_normalization(rows: np.ndarray | Moments, channels: Sequence[str]
 
 
 def _fit(model: Any, data: ShardedWindows, opts: TrainOptions, say: Callable[[str], None],
-         show_progress: bool | None, dist: Any) -> tuple[list[tuple[float, float]], int, float]:
-    """Adam on MSE with early stopping; loads the best weights. Returns history, best epoch
-    (1-based) and seconds.
+         show_progress: bool | None, dist: Any,
+         corrupt: Callable[[Any, int], Any] | None = None
+         ) -> tuple[list[tuple[float, float]], int, float]:
+    """Adam on the model's training loss (:func:`training.models.training_loss`) with early
+    stopping on the validation reconstruction loss; loads the best weights. Returns history,
+    best epoch (1-based) and seconds. ``corrupt(batch, epoch)`` gives a batch's corrupted
+    inputs (denoising training; the batch itself is the target).
 
     Batches come from ``data`` (windows shuffled across a group of bags). Under torchrun each
     rank trains on its part of every global batch through DistributedDataParallel, its loss
@@ -455,13 +477,13 @@ def _fit(model: Any, data: ShardedWindows, opts: TrainOptions, say: Callable[[st
     import torch
 
     from encdec_ros.progress import progress
+    from training.models import training_loss
 
     gen = torch.Generator().manual_seed(opts.seed)
     opt = torch.optim.Adam(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     net = dist.wrap(model)
     n = data.count('train')
     n_val = data.count('val')
-    scale = 1.0 / (data.window * data.channels)
     steps = sum(data.batches_per_epoch(e, opts.batch_size) for e in range(1, opts.epochs + 1))
     history: list[tuple[float, float]] = []
     best, best_epoch, best_state, stale = math.inf, 0, None, 0
@@ -472,14 +494,15 @@ def _fit(model: Any, data: ShardedWindows, opts: TrainOptions, say: Callable[[st
         model.train()
         total = 0.0
         for x, size in data.train_batches(epoch, opts.batch_size, gen):
-            x = x.to(dist.device)
+            xin = x if corrupt is None else corrupt(x, epoch)
+            x, xin = x.to(dist.device), xin.to(dist.device)
             if not dist.active:
-                loss = torch.mean((net(x) - x) ** 2)
+                loss = training_loss(net, xin, x, epoch=epoch)
                 total += loss.item() * len(x)
             elif len(x):
-                sq = torch.sum((net(x) - x) ** 2)
-                loss = sq * (scale * dist.world / size)   # DDP averages over the ranks
-                total += sq.item() * scale
+                mean = training_loss(net, xin, x, epoch=epoch)
+                loss = mean * (len(x) * dist.world / size)   # DDP averages over the ranks
+                total += mean.item() * len(x)
             else:                       # no window of this batch here: join the all-reduce
                 loss = net(x.new_zeros((1, data.window, data.channels))).sum() * 0.0
             opt.zero_grad(set_to_none=True)
@@ -489,7 +512,7 @@ def _fit(model: Any, data: ShardedWindows, opts: TrainOptions, say: Callable[[st
         train_loss = float(dist.all_sum(total)) / n
         val_loss = _held_out_loss(model, data, opts.batch_size * 4, dist) / max(n_val, 1)
         history.append((train_loss, val_loss))
-        better = val_loss < best * (1 - 1e-4)
+        better = _improved(val_loss, best)
         if better:
             best, best_epoch, stale = val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -513,9 +536,12 @@ def _fit(model: Any, data: ShardedWindows, opts: TrainOptions, say: Callable[[st
 
 
 def _held_out_loss(model: Any, data: ShardedWindows, batch: int, dist: Any) -> float:
-    """Sum over the validation windows of each window's mean squared error (all ranks), in
-    pieces of ``batch`` windows across block and bag boundaries (as one array would be)."""
+    """Sum over the validation windows of each window's reconstruction loss (all ranks;
+    :func:`training.models.validation_loss`: MSE, or the Gaussian NLL of a VAE), in pieces of
+    ``batch`` windows across block and bag boundaries (as one array would be)."""
     import torch
+
+    from training.models import validation_loss
 
     model.eval()
     total = 0.0
@@ -523,14 +549,15 @@ def _held_out_loss(model: Any, data: ShardedWindows, batch: int, dist: Any) -> f
         pieces = (w for _, _, w in data.held_out('val'))
         for part in rechunk(pieces, batch):
             part = part.to(dist.device)
-            total += float(torch.mean((model(part) - part) ** 2)) * len(part)
+            total += float(validation_loss(model, part)) * len(part)
     return float(dist.all_sum(total))
 
 
 def _held_out_errors(engine: Any, data: ShardedWindows, split: str
-                     ) -> dict[int, tuple[np.ndarray, list[int]]]:
+                     ) -> dict[int, tuple[np.ndarray, np.ndarray | None, list[int]]]:
     """Per-channel errors of this rank's held-out windows of ``split``, through the runtime's
-    own code: bag -> (errors [n, 2C] in block order, windows per block)."""
+    own code: bag -> (errors [n, 2C] in block order, codes [n, Z] or None, windows per
+    block)."""
     from encdec_ros.anomaly.scorer import DEFAULT_BATCH
 
     meta: list[tuple[int, int, int]] = []
@@ -538,42 +565,77 @@ def _held_out_errors(engine: Any, data: ShardedWindows, split: str
     def windows() -> Any:
         for bag, block, w in data.held_out(split):
             meta.append((bag, block, len(w)))
-            yield w.numpy()
+            yield np.asarray(w)
 
     # whole engine batches across blocks and bags, as one array of every window would give
-    errs = [reconstruction_errors(engine, chunk) for chunk in rechunk(windows(), DEFAULT_BATCH)]
-    flat = np.concatenate(errs) if errs else np.zeros((0, 2 * data.channels))
-    out: dict[int, tuple[list[np.ndarray], dict[int, int]]] = {}
+    stats = [window_statistics(engine, chunk)
+             for chunk in rechunk(windows(), DEFAULT_BATCH)]
+    flat = np.concatenate([e for e, _ in stats]) if stats else np.zeros((0, 2 * data.channels))
+    codes = np.concatenate([c for _, c in stats]) if stats and stats[0][1] is not None \
+        else None
+    out: dict[int, tuple[list[np.ndarray], list[np.ndarray], dict[int, int]]] = {}
     lo = 0
     for bag, block, n in meta:
-        parts, blocks = out.setdefault(bag, ([], {}))
+        parts, code_parts, blocks = out.setdefault(bag, ([], [], {}))
         parts.append(flat[lo:lo + n])
+        if codes is not None:
+            code_parts.append(codes[lo:lo + n])
         blocks[block] = blocks.get(block, 0) + n
         lo += n
-    return {bag: (np.concatenate(parts) if parts else flat[:0], [blocks[k] for k in sorted(blocks)])
-            for bag, (parts, blocks) in out.items()}
+    return {bag: (np.concatenate(parts) if parts else flat[:0],
+                  np.concatenate(code_parts) if code_parts else None,
+                  [blocks[k] for k in sorted(blocks)])
+            for bag, (parts, code_parts, blocks) in out.items()}
 
 
-def _in_bag_order(parts: list[dict[int, tuple[np.ndarray, list[int]]]], channels: int
-                  ) -> tuple[np.ndarray, list[int]]:
-    """Errors and block lengths gathered from every rank, in bag order."""
+def _in_bag_order(parts: list[dict[int, tuple[np.ndarray, np.ndarray | None, list[int]]]],
+                  channels: int) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    """Errors, codes (None without a code output) and block lengths gathered from every
+    rank, in bag order."""
     merged = {bag: value for part in parts for bag, value in part.items()}
     order = sorted(merged)
     errors = [merged[b][0] for b in order]
-    lengths = [n for b in order for n in merged[b][1]]
-    return (np.concatenate(errors) if errors else np.zeros((0, 2 * channels))), lengths
+    codes = [merged[b][1] for b in order if merged[b][1] is not None]
+    lengths = [n for b in order for n in merged[b][2]]
+    return ((np.concatenate(errors) if errors else np.zeros((0, 2 * channels))),
+            np.concatenate(codes) if codes else None, lengths)
+
+
+def _corrupter(noise: NoiseSpec, mean: np.ndarray, std: np.ndarray, rate_hz: float,
+               seed: int, rank: int) -> Callable[[Any, int], Any]:
+    """``corrupt(batch, epoch)``: a batch of normalised windows [B, W, C] (a tensor) back in
+    raw units, each window corrupted on its own (a relative spec scales by the training std),
+    normalised again. The draws follow (seed, rank, epoch) and the batches in order."""
+    import torch
+
+    state: dict[str, Any] = {'epoch': None, 'rng': None}
+
+    def corrupt(batch: Any, epoch: int) -> Any:
+        if state['epoch'] != epoch:
+            state['epoch'], state['rng'] = epoch, np.random.default_rng([seed, rank, epoch])
+        rng = state['rng']
+        raw = batch.numpy().astype(np.float64) * std + mean
+        out = np.empty_like(raw)
+        for i, win in enumerate(raw):
+            out[i] = noise.apply(win, rate_hz=rate_hz, rng=rng, scale=std)
+        return torch.from_numpy(((out - mean) / std).astype(np.float32))
+
+    return corrupt
 
 
 def _fit_arrays(model: Any, train: np.ndarray, val: np.ndarray | None, opts: TrainOptions,
-         say: Callable[[str], None], show_progress: bool | None, *,
-         epochs: int | None = None, desc: str = '') -> tuple[list[tuple[float, float]], int,
-                                                             float]:
-    """:func:`_fit` on windows in memory (cross-fitting, small data): Adam on MSE; with
-    ``val``, early stopping on it and the best weights loaded; without, ``epochs`` epochs
-    (validation loss NaN). Returns history, best epoch (1-based), seconds."""
+                say: Callable[[str], None], show_progress: bool | None, *,
+                epochs: int | None = None, desc: str = '',
+                corrupt: Callable[[Any, int], Any] | None = None
+                ) -> tuple[list[tuple[float, float]], int, float]:
+    """:func:`_fit` on windows in memory (cross-fitting, small data): Adam on the model's
+    training loss (``corrupt`` as in :func:`_fit`); with ``val``, early stopping on its
+    reconstruction loss and the best weights loaded; without, ``epochs`` epochs (validation
+    loss NaN). Returns history, best epoch (1-based), seconds."""
     import torch
 
     from encdec_ros.progress import progress
+    from training.models import training_loss
 
     epochs = epochs or opts.epochs
     gen = torch.Generator().manual_seed(opts.seed)
@@ -594,7 +656,8 @@ def _fit_arrays(model: Any, train: np.ndarray, val: np.ndarray | None, opts: Tra
         total = 0.0
         for lo in range(0, n, opts.batch_size):
             batch = xt[perm[lo:lo + opts.batch_size]]
-            loss = torch.mean((model(batch) - batch) ** 2)
+            xin = batch if corrupt is None else corrupt(batch, epoch)
+            loss = training_loss(model, xin, batch, epoch=epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -603,7 +666,7 @@ def _fit_arrays(model: Any, train: np.ndarray, val: np.ndarray | None, opts: Tra
         train_loss = total / n
         val_loss = _evaluate(model, xv, opts.batch_size * 4) if xv is not None else math.nan
         history.append((train_loss, val_loss))
-        better = xv is not None and val_loss < best * (1 - 1e-4)
+        better = xv is not None and _improved(val_loss, best)
         if better:
             best, best_epoch, stale = val_loss, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
@@ -629,34 +692,51 @@ def _fit_arrays(model: Any, train: np.ndarray, val: np.ndarray | None, opts: Tra
     return history, best_epoch, time.perf_counter() - start
 
 
-def _torch_errors(model: Any, windows: np.ndarray, batch: int = 512) -> np.ndarray:
-    """Per-channel statistics [N, 2C] of normalised windows through a torch model: the
-    runtime's :func:`~encdec_ros.anomaly.scorer.residual_statistics` on its output."""
+def _improved(loss: float, best: float) -> bool:
+    """A validation loss better than ``best`` by a relative 1e-4 (losses may be negative: a
+    VAE's Gaussian NLL)."""
+    return loss < best - 1e-4 * abs(best) if math.isfinite(best) else math.isfinite(loss)
+
+
+def _torch_statistics(model: Any, windows: np.ndarray, batch: int = 512
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-channel statistics [N, 2C] of normalised windows through a torch model (the
+    runtime's :func:`~encdec_ros.anomaly.scorer.residual_statistics` on its exported outputs:
+    the Gaussian NLL for a VAE) and its codes [N, Z] (None without a code output)."""
     import torch
 
+    names = list(model.output_names)
     out = np.full((len(windows), 2 * windows.shape[2]), np.nan)
+    codes = None
     model.eval()
     with torch.no_grad():
         for lo in range(0, len(windows), batch):
             x = windows[lo:lo + batch]
-            out[lo:lo + batch] = residual_statistics(model(torch.from_numpy(x)).numpy(), x)
-    return out
+            got = dict(zip(names, (t.numpy() for t in model.export_outputs(torch.from_numpy(x)))))
+            out[lo:lo + batch] = residual_statistics(got['x_hat'], x, got.get('log_var'))
+            if 'code' in got:
+                if codes is None:
+                    codes = np.full((len(windows), got['code'].shape[1]), np.nan, np.float32)
+                codes[lo:lo + batch] = got['code']
+    return out, codes
 
 
 def _evaluate(model: Any, x: Any, batch: int) -> float:
     import torch
+
+    from training.models import validation_loss
 
     model.eval()
     total = 0.0
     with torch.no_grad():
         for lo in range(0, len(x), batch):
             part = x[lo:lo + batch]
-            total += float(torch.mean((model(part) - part) ** 2)) * len(part)
+            total += float(validation_loss(model, part)) * len(part)
     return total / max(len(x), 1)
 
 
 def _loss_png(path: Path, history: list[tuple[float, float]], best_epoch: int,
-              title: str) -> None:
+              title: str, ylabel: str = 'reconstruction MSE (normalised)') -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -667,9 +747,10 @@ def _loss_png(path: Path, history: list[tuple[float, float]], best_epoch: int,
     ax.plot(epochs, [h[1] for h in history], label='validation')
     if best_epoch:
         ax.axvline(best_epoch, color='grey', ls=':', lw=1, label=f'best (epoch {best_epoch})')
-    ax.set_yscale('log')
+    if all(v > 0 for h in history for v in h):
+        ax.set_yscale('log')
     ax.set_xlabel('epoch')
-    ax.set_ylabel('reconstruction MSE (normalised)')
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -687,7 +768,8 @@ def train_anomaly(bags: Sequence[str | Path], spec: SignalSpec | str | Path,
                   command: str = '', overwrite: bool = False,
                   say: Callable[[str], None] | None = None,
                   show_progress: bool | None = None) -> TrainResult:
-    """Train, calibrate and export an anomaly autoencoder; write the model directory ``out``.
+    """Train (or fit), calibrate and export an anomaly model; write the model directory
+    ``out``. The classical baselines (``opts.model.arch`` 'pca' or 'robust_z') need no torch.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; they train one model
     together (:mod:`training.distributed`) and rank 0 writes ``out``.
@@ -726,10 +808,7 @@ def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str
                    out: str | Path, opts: TrainOptions, *, window: int | None,
                    stride: int | None, command: str, overwrite: bool,
                    say: Callable[[str], None], show_progress: bool | None) -> TrainResult:
-    import torch
-
     from training.data import ShardCache, WindowPlan, default_cache_dir
-    from training.export import export_onnx
 
     out = Path(out)
     dist.run_agreed(lambda: check_output_dir(out, what='model directory', empty=not overwrite,
@@ -753,7 +832,8 @@ def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str
                                                calib_fraction=opts.calib_fraction))
     cache = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir(out)
     data = ShardedWindows(bags, spec, ShardCache(cache, spec), plan, dist=dist, seed=opts.seed,
-                          shuffle_shards=opts.shuffle_shards, workers=opts.workers)
+                          shuffle_shards=opts.shuffle_shards, workers=opts.workers,
+                          tensors=not opts.model.classical)
     summaries = data.summarise()
     folds = opts.folds
     if folds is None:          # little data: cross-fit the calibration (in memory, one process)
@@ -795,28 +875,20 @@ def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str
     say(f'  shards: {built} read from bags, {len(bags) - built} from the cache {cache}'
         + (f'; {dist.world} processes ({dist.backend})' if dist.active else ''))
 
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    torch.manual_seed(opts.seed)
-    np.random.seed(opts.seed % 2**32)
-    model = build_model(opts.model, W, C).to(dist.device)
-    n_params = count_parameters(model)
-    say(f'model: {opts.model.arch} autoencoder, hidden {opts.model.hidden}, latent '
-        f'{opts.model.latent}, {n_params} parameters')
-    history, best_epoch, t_train = _fit(model, data, opts, say, show_progress, dist)
-    model = model.cpu()
-
     with tempfile.TemporaryDirectory(prefix='encdec_train_') as tmp:
         onnx_tmp = Path(tmp) / 'model.onnx'
-        export: dict[str, Any] = {}
-        if dist.is_main:
-            parity = data.first_windows('val', 64)
-            export = export_onnx(model, (torch.from_numpy(data.first_windows('train', 2)),),
-                                 onnx_tmp, input_names=['x'], output_names=['x_hat'],
-                                 parity_inputs=(parity,))
-        blob = dist.broadcast(onnx_tmp.read_bytes() if dist.is_main else None)
-        if not dist.is_main:
-            onnx_tmp.write_bytes(blob)
+        if opts.model.classical:
+            fitted = _fit_classical(opts, data, onnx_tmp, say, dist)
+        else:
+            corrupt = None
+            noise = opts.corruption()
+            if noise is not None:
+                say(f'  denoising: inputs corrupted with {noise.text} (fresh for every batch), '
+                    'targets clean')
+                corrupt = _corrupter(noise, mean, std, spec.rate_hz, opts.seed, dist.rank)
+            fitted = _train_network(opts, data, onnx_tmp, say, show_progress, dist, corrupt)
+        history, best_epoch, t_train = fitted.history, fitted.best_epoch, fitted.seconds
+        export, model = fitted.export, fitted.module
         from encdec_ros.engine import InferenceEngine
 
         engine = InferenceEngine(onnx_tmp, device='cpu', warmup=False)
@@ -832,12 +904,16 @@ def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str
             return TrainResult(out, shared['figures'], shared['calibration'],
                                [tuple(h) for h in shared['history']], model)
         dist.owe()
-        val_err, val_lengths = _in_bag_order(val_parts, C)
+        val_err, val_codes, val_lengths = _in_bag_order(val_parts, C)
         heldout = _split_lengths(val_err, val_lengths)
+        codes = _split_lengths(val_codes, val_lengths) if val_codes is not None else []
         if opts.calib_fraction > 0:
-            calib_only, calib_lengths = _in_bag_order(calib_parts, C)
+            calib_only, calib_codes, calib_lengths = _in_bag_order(calib_parts, C)
             heldout = _split_lengths(calib_only, calib_lengths) + heldout
-        fit = _calibrate(heldout, opts, spec, say)
+            if calib_codes is not None:
+                codes = _split_lengths(calib_codes, calib_lengths) + codes
+        t2_parts = [fitted.t2.t2(c) for c in codes] if fitted.t2 is not None else None
+        fit = _calibrate(heldout, opts, spec, say, t2=fitted.t2, t2_parts=t2_parts)
         figures = {
             'command': command,
             'bags': [str(b) for b in bags],
@@ -860,7 +936,7 @@ def _train_anomaly(dist: Any, bags: Sequence[str | Path], spec: SignalSpec | str
         calibration = {**fit.section(), 'scale': opts.threshold_scale,
                        'data': 'calibration and validation splits' if opts.calib_fraction > 0
                        else 'validation split'}
-        _save(out, onnx_tmp, _model_sections(spec, mean, std, opts, n_params, fit, heldout,
+        _save(out, onnx_tmp, _model_sections(spec, mean, std, opts, fitted, fit, heldout,
                                              figures, calibration), overwrite)
     _finish(out, bags, opts, history, best_epoch, fit, export, say)
     dist.settle({'figures': figures, 'calibration': calibration, 'history': history})
@@ -883,50 +959,94 @@ def _check_enough(name: str, count: int, window: int, dropped: int) -> None:
 def _crossfit(recs: Sequence[Recording], blocks: Sequence[_Block], folds: int,
               exclude: Sequence[np.ndarray | None], opts: TrainOptions, spec: SignalSpec,
               say: Callable[[str], None], show_progress: bool | None
-              ) -> tuple[list[np.ndarray], list[int]]:
-    """Held-out errors of every fold's blocks from a model trained on the other folds (one
-    of them for early stopping), normalised on its own training rows; and the epochs at which
-    the fold models stopped."""
-    import torch
-
+              ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[int]]:
+    """Held-out errors of every fold's blocks from a model trained (or a baseline fitted) on
+    the other folds (a network keeps one of them for early stopping), normalised on its own
+    training rows; their Hotelling T^2 for a model with T^2 statistics (PCA; else None); and
+    the epochs at which the fold networks stopped (empty for a baseline)."""
     W, C = spec.window, len(spec.channels)
     train_stride = opts.train_stride or spec.stride
-    heldout: list[tuple[int, int, np.ndarray]] = []
+    classical = opts.model.classical
+    heldout: list[tuple[int, int, np.ndarray, np.ndarray | None]] = []
     epochs = []
+
     def quiet(_: str) -> None:
         pass
 
     for j in range(folds):
         v = (j + 1) % folds
-        train = _cut(recs, _runs(blocks, lambda b: b.fold not in (j, v)), W, train_stride,
-                     exclude)
-        val = _cut(recs, _runs(blocks, lambda b: b.fold == v), W, spec.stride, exclude)
+        fit_on = (lambda b: b.fold != j) if classical else (lambda b: b.fold not in (j, v))
+        train = _cut(recs, _runs(blocks, fit_on), W, train_stride, exclude)
         runs = _runs(blocks, lambda b: b.fold == j)
         test = _cut(recs, runs, W, spec.stride, exclude)
-        train_raw, val_raw = train.stack(W, C), val.stack(W, C)
+        train_raw = train.stack(W, C)
         _check_enough(f'fold {j + 1} training', len(train_raw), W, train.dropped)
         mean, std, _ = fit_normalization(np.concatenate(train.rows), spec.channels)
         m32, s32 = mean.astype(np.float32), std.astype(np.float32)
-        torch.manual_seed(opts.seed + 1 + j)
-        model = build_model(opts.model, W, C)
-        _, best, _ = _fit_arrays(model, (train_raw - m32) / s32,
-                          (val_raw - m32) / s32 if len(val_raw) else None, opts, quiet,
-                          show_progress, desc=f'fold {j + 1}/{folds}')
-        epochs.append(best)
+        train_x = ((train_raw - m32) / s32).astype(np.float32)
+        if classical:
+            statistics = _baseline_statistics(opts.model, train_x)
+            best = 0
+        else:
+            import torch
+
+            from training.models import build_model
+
+            val_raw = _cut(recs, _runs(blocks, lambda b: b.fold == v), W, spec.stride,
+                           exclude).stack(W, C)
+            torch.manual_seed(opts.seed + 1 + j)
+            model = build_model(opts.model, W, C)
+            corrupt = None
+            noise = opts.corruption()
+            if noise is not None:
+                corrupt = _corrupter(noise, mean, std, spec.rate_hz, opts.seed + 1 + j, 0)
+            _, best, _ = _fit_arrays(model, train_x, ((val_raw - m32) / s32).astype(np.float32)
+                                     if len(val_raw) else None, opts, quiet, show_progress,
+                                     desc=f'fold {j + 1}/{folds}', corrupt=corrupt)
+            epochs.append(best)
+
+            def statistics(x: np.ndarray, model: Any = model
+                           ) -> tuple[np.ndarray, np.ndarray | None]:
+                return _torch_statistics(model, x)[0], None       # no T^2 for a network
         for (r, lo, _), part in zip(runs, test.parts):
             if len(part):
-                heldout.append((r, lo, _torch_errors(model, ((part - m32) / s32
-                                                             ).astype(np.float32))))
-        say(f'  fold {j + 1}/{folds}: {len(train_raw)} training windows, best epoch {best}, '
-            f'{sum(len(p) for p in test.parts)} held-out windows')
+                errors, t2 = statistics(((part - m32) / s32).astype(np.float32))
+                heldout.append((r, lo, errors, t2))
+        say(f'  fold {j + 1}/{folds}: {len(train_raw)} training windows'
+            + (f', best epoch {best}' if not classical else '')
+            + f', {sum(len(p) for p in test.parts)} held-out windows')
     heldout.sort(key=lambda t: (t[0], t[1]))          # time order
-    return [h[2] for h in heldout], epochs
+    with_t2 = [h[3] for h in heldout if h[3] is not None]
+    return ([h[2] for h in heldout], with_t2 if len(with_t2) == len(heldout) else None,
+            epochs)
+
+
+def _baseline_statistics(cfg: AEConfig, train_x: np.ndarray
+                         ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """Fit a baseline on normalised windows; return what gives the per-channel statistics
+    of normalised windows through its ONNX graph and their T^2 (PCA; else None)."""
+    from encdec_ros.engine import InferenceEngine
+
+    fit = _baseline_fit(cfg, train_x)
+    t2 = T2Stats(fit.t2_center, fit.t2_scale) if fit.t2_center is not None else None
+    with tempfile.TemporaryDirectory(prefix='encdec_fold_') as tmp:
+        path = Path(tmp) / 'model.onnx'
+        path.write_bytes(fit.onnx)
+        engine = InferenceEngine(path, device='cpu', warmup=False)
+
+    def statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        errors, codes = window_statistics(engine, x)
+        return errors, t2.t2(codes) if t2 is not None and codes is not None else None
+
+    return statistics
 
 
 def _calibrate(heldout: list[np.ndarray], opts: TrainOptions, spec: SignalSpec,
-               say: Callable[[str], None]) -> DetectorFit:
-    """Channel statistics, slow context and threshold from held-out normal errors, with the
-    self-check: a detector that flags much of its own held-out normal data is refused."""
+               say: Callable[[str], None], *, t2: T2Stats | None = None,
+               t2_parts: list[np.ndarray] | None = None) -> DetectorFit:
+    """Channel statistics, slow context and threshold from held-out normal errors (and the
+    T^2 of their codes, for a model with T^2 statistics), with the self-check: a detector
+    that flags much of its own held-out normal data is refused."""
     slow_windows, note = (0, '') if opts.error == 'mse' else slow_context_windows(
         opts.slow_s, spec.rate_hz, spec.stride, [len(p) for p in heldout])
     if note:
@@ -935,7 +1055,8 @@ def _calibrate(heldout: list[np.ndarray], opts: TrainOptions, spec: SignalSpec,
                        rule=opts.threshold_rule, risk=opts.risk, quantile=opts.quantile,
                        init_quantile=opts.init_quantile, threshold_scale=opts.threshold_scale,
                        margin=opts.margin,
-                       debounce=(opts.debounce_k, opts.debounce_n, opts.release))
+                       debounce=(opts.debounce_k, opts.debounce_n, opts.release),
+                       t2=t2 if t2_parts is not None else None, t2_parts=t2_parts)
     share = fit.flagged_share
     if share > SELF_CHECK_REFUSE or share > SELF_CHECK_WARN:
         order = np.argsort(-fit.blame) if fit.blame is not None else []
@@ -962,7 +1083,7 @@ def _split_lengths(errors: np.ndarray, lengths: Sequence[int]) -> list[np.ndarra
 
 
 def _model_sections(spec: SignalSpec, mean: np.ndarray, std: np.ndarray, opts: TrainOptions,
-                    n_params: int, fit: DetectorFit, heldout: list[np.ndarray],
+                    fitted: '_Fitted', fit: DetectorFit, heldout: list[np.ndarray],
                     figures: dict[str, Any], calibration: dict[str, Any]) -> dict[str, Any]:
     """The sections of model.yaml."""
     W, C = spec.window, len(spec.channels)
@@ -972,11 +1093,14 @@ def _model_sections(spec: SignalSpec, mean: np.ndarray, std: np.ndarray, opts: T
         'window': {'length': W, 'stride': spec.stride, 'rate_hz': spec.rate_hz,
                    'channels': spec.channels},
         'normalization': {'mean': mean, 'std': std},
-        'architecture': {**opts.model.to_dict(), 'parameters': n_params,
+        'architecture': {**opts.model.to_dict(), 'parameters': fitted.parameters,
                          'input': {'name': 'x', 'shape': ['batch', W, C]},
-                         'output': {'name': 'x_hat', 'shape': ['batch', W, C]}},
+                         'output': {'name': 'x_hat', 'shape': ['batch', W, C]},
+                         'outputs': fitted.outputs, **fitted.details},
         'score': {'error': opts.error, 'log_eps': LOG_EPS,
-                  'slow_context_s': fit.slow_windows * spec.stride / spec.rate_hz},
+                  'likelihood': opts.model.variational,
+                  'slow_context_s': fit.slow_windows * spec.stride / spec.rate_hz,
+                  **({'t2': fit.stats.t2.to_dict()} if fit.stats.t2 is not None else {})},
         'threshold': fit.threshold,
         'calibration': calibration,
         'channel_errors': {
@@ -1012,9 +1136,12 @@ def _finish(out: Path, bags: Sequence[str | Path], opts: TrainOptions,
             export: dict[str, Any], say: Callable[[str], None]) -> None:
     """The loss curve beside the model, and the threshold line."""
     names = [Path(b).name for b in bags]
-    _loss_png(out / LOSS_PNG, history, best_epoch,
-              f'{opts.model.arch} autoencoder on '
-              + (', '.join(names) if len(names) <= 3 else f'{len(names)} bags'))
+    if history:
+        _loss_png(out / LOSS_PNG, history, best_epoch,
+                  f'{_describe(opts.model)} on '
+                  + (', '.join(names) if len(names) <= 3 else f'{len(names)} bags'),
+                  ylabel='reconstruction NLL (normalised)' if opts.model.variational
+                  else 'reconstruction MSE (normalised)')
     _say_threshold(say, fit, export)
 
 
@@ -1025,6 +1152,131 @@ def _say_threshold(say: Callable[[str], None], fit: DetectorFit, export: dict) -
         + f', x{cal.details.get("margin_factor", 1.0):.2f} margin); held-out normal decisions '
         f'above it: {fit.exceed_share:.2%}, flagged after debouncing: {fit.flagged_share:.2%}; '
         f'ONNX parity {export["max_abs_diff"]:.1e}')
+
+
+@dataclass
+class _Fitted:
+    """What fitting a network or a baseline leaves for calibration and model.yaml (the
+    figures on rank 0; other ranks only need the ONNX file)."""
+
+    history: list[tuple[float, float]]
+    best_epoch: int
+    seconds: float
+    export: dict[str, Any]
+    parameters: int
+    outputs: list[str]
+    module: Any = None
+    t2: T2Stats | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    onnx: bytes = b''
+
+
+def _describe(cfg: AEConfig) -> str:
+    if cfg.arch == 'pca':
+        return 'PCA (T^2 + Q)'
+    if cfg.arch == 'robust_z':
+        return 'robust z-score'
+    reg = {'none': '', 'vae': 'variational ', 'sparse': f'sparse ({cfg.sparsity}) ',
+           'contractive': 'contractive '}[cfg.reg]
+    return f'{reg}{cfg.arch} autoencoder'
+
+
+def _train_network(opts: TrainOptions, data: ShardedWindows, onnx_path: Path,
+                   say: Callable[[str], None], show_progress: bool | None, dist: Any,
+                   corrupt: Callable[[Any, int], Any] | None) -> _Fitted:
+    """Build and train a torch autoencoder; rank 0 exports it to ``onnx_path`` and every
+    rank gets the file."""
+    import torch
+
+    from training.models import build_model, count_parameters
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(opts.seed)
+    np.random.seed(opts.seed % 2**32)
+    cfg = opts.model
+    try:
+        model = build_model(cfg, data.window, data.channels).to(dist.device)
+    except ValueError as err:
+        raise ConfigError(f'{err}; use a longer --window or fewer --layers') from None
+    n_params = count_parameters(model)
+    say(f'model: {_describe(cfg)}, hidden {cfg.hidden}, latent {cfg.latent}, layers '
+        f'{cfg.layers}, {n_params} parameters')
+    history, best_epoch, t_train = _fit(model, data, opts, say, show_progress, dist, corrupt)
+    model = model.cpu()
+    names = list(model.output_names)
+    export: dict[str, Any] = {}
+    if dist.is_main:
+        export = _export_network(model, data.first_windows('train', 2),
+                                 data.first_windows('val', 64), onnx_path)
+    blob = dist.broadcast(onnx_path.read_bytes() if dist.is_main else None)
+    if not dist.is_main:
+        onnx_path.write_bytes(blob)
+    return _Fitted(history, best_epoch, t_train, export, n_params, names, module=model)
+
+
+def _export_network(model: Any, example: np.ndarray, parity: np.ndarray, onnx_path: Path
+                    ) -> dict[str, Any]:
+    """Export a trained family network (all its outputs: reconstruction, log-variance for
+    a VAE, code) to ``onnx_path``, checked against torch on ``parity`` windows."""
+    import torch
+
+    from training.export import export_onnx
+    from training.models import ExportModule
+
+    return export_onnx(ExportModule(model), (torch.from_numpy(example),), onnx_path,
+                       input_names=['x'], output_names=list(model.output_names),
+                       parity_inputs=(parity,))
+
+
+def _baseline_fit(cfg: AEConfig, train_x: np.ndarray) -> Any:
+    """A baseline fitted on normalised windows in memory (its ONNX graph checked on them)."""
+    from encdec_ros.anomaly.baselines import fit_baseline
+
+    return fit_baseline(cfg.arch, train_x, latent=cfg.latent)
+
+
+def _classical_fitted(cfg: AEConfig, fit: Any, seconds: float, say: Callable[[str], None]
+                      ) -> _Fitted:
+    """What a fitted baseline (:class:`~encdec_ros.anomaly.baselines.BaselineFit`) leaves for
+    calibration and model.yaml."""
+    details: dict[str, Any] = {}
+    if cfg.arch == 'pca':
+        details = {'components': fit.details['components'],
+                   'explained_variance': round(fit.details['explained_variance'], 6)}
+        say(f'model: PCA, {fit.details["components"]} components explain '
+            f'{fit.details["explained_variance"]:.1%} of the training windows\' variance')
+    else:
+        say('model: robust z-score (median / MAD of each channel\'s training samples)')
+    t2 = T2Stats(fit.t2_center, fit.t2_scale) if fit.t2_center is not None else None
+    return _Fitted([], 0, seconds, fit.export, fit.parameters, ['x_hat', 'code'], t2=t2,
+                   details=details, onnx=fit.onnx)
+
+
+def _fit_classical(opts: TrainOptions, data: ShardedWindows, onnx_path: Path,
+                   say: Callable[[str], None], dist: Any) -> _Fitted:
+    """Fit a numpy baseline on the training windows (streamed; every rank's merged on rank
+    0), write its ONNX graph to ``onnx_path`` on every rank. No torch."""
+    from encdec_ros.anomaly.baselines import baseline_fitter
+
+    cfg = opts.model
+    start = time.perf_counter()
+    fitter = baseline_fitter(cfg.arch, data.window, data.channels, latent=cfg.latent)
+    for _, _, windows in data.held_out('train'):
+        fitter.add(np.asarray(windows))
+    parts = dist.gather(fitter)
+    fit = None
+    if dist.is_main:
+        if dist.active:       # every rank's sums (or samples) in one fitter
+            fitter = baseline_fitter(cfg.arch, data.window, data.channels,
+                                     latent=cfg.latent).merge(parts or [])
+        fit = fitter.finish(data.first_windows('val', 64))
+    blob = dist.broadcast(fit.onnx if fit is not None else None)
+    onnx_path.write_bytes(blob)
+    seconds = time.perf_counter() - start
+    if fit is None:
+        return _Fitted([], 0, seconds, {}, 0, ['x_hat', 'code'])
+    return _classical_fitted(cfg, fit, seconds, say)
 
 
 def _rows(blocks: Sequence[_Block]) -> dict[str, int]:
@@ -1047,11 +1299,8 @@ def _train_crossfit(bags: Sequence[Path], spec: SignalSpec, out: Path, opts: Tra
                     show_progress: bool | None) -> TrainResult:
     """:func:`train_anomaly` on little data, in memory and in one process: the calibration's
     held-out errors are cross-fitted over ``folds`` folds of time blocks (:func:`_crossfit`),
-    and the model to export trains on every window for the median epoch of the folds."""
-    import torch
-
-    from training.export import export_onnx
-
+    and the model to export trains on every window for the median epoch of the folds (a
+    baseline is fitted on every window)."""
     t0 = time.perf_counter()
     recs = read_bags(list(bags), spec)
     spec = recs[0].spec
@@ -1073,33 +1322,50 @@ def _train_crossfit(bags: Sequence[Path], spec: SignalSpec, out: Path, opts: Tra
     train_x = ((train_raw - mean.astype(np.float32)) / std.astype(np.float32)
                ).astype(np.float32)
     t_read = time.perf_counter() - t0
-    if opts.threads:
+    if opts.threads and not opts.model.classical:
+        import torch
+
         torch.set_num_threads(opts.threads)
     say(f'data: {len(recs)} bag(s), {C} channels at {spec.rate_hz:g} Hz, window {W}; '
         f'{len(train_x)} training windows; calibration cross-fitted over {folds} folds of '
         f'{len(blocks)} time blocks (every held-out error from a model that did not see it)'
         + (f' ({dropped} windows left out: labelled or NaN)' if dropped else ''))
     t1 = time.perf_counter()
-    heldout, fold_epochs = _crossfit(recs, blocks, folds, exclude, opts, spec, say,
-                                     show_progress)
-    epochs = max(1, int(np.median(fold_epochs)))
-    say(f'  folds stopped at epochs {fold_epochs}: the model trains on all windows for '
-        f'{epochs} epochs')
-    torch.manual_seed(opts.seed)
-    np.random.seed(opts.seed % 2**32)
-    model = build_model(opts.model, W, C)
-    n_params = count_parameters(model)
-    say(f'model: {opts.model.arch} autoencoder, hidden {opts.model.hidden}, latent '
-        f'{opts.model.latent}, {n_params} parameters')
-    history, best_epoch, _ = _fit_arrays(model, train_x, None, opts, say, show_progress,
-                                         epochs=epochs)
-    t_train = time.perf_counter() - t1
+    heldout, t2_parts, fold_epochs = _crossfit(recs, blocks, folds, exclude, opts, spec, say,
+                                               show_progress)
     with tempfile.TemporaryDirectory(prefix='encdec_train_') as tmp:
         onnx_tmp = Path(tmp) / 'model.onnx'
-        export = export_onnx(model, (torch.from_numpy(train_x[:2]),), onnx_tmp,
-                             input_names=['x'], output_names=['x_hat'],
-                             parity_inputs=(train_x[:64],))
-        fit = _calibrate(heldout, opts, spec, say)
+        if opts.model.classical:
+            fitted = _classical_fitted(opts.model, _baseline_fit(opts.model, train_x),
+                                       time.perf_counter() - t1, say)
+            onnx_tmp.write_bytes(fitted.onnx)
+        else:
+            import torch
+
+            from training.models import build_model, count_parameters
+
+            epochs = max(1, int(np.median(fold_epochs)))
+            say(f'  folds stopped at epochs {fold_epochs}: the model trains on all windows '
+                f'for {epochs} epochs')
+            torch.manual_seed(opts.seed)
+            np.random.seed(opts.seed % 2**32)
+            model = build_model(opts.model, W, C)
+            n_params = count_parameters(model)
+            say(f'model: {_describe(opts.model)}, hidden {opts.model.hidden}, latent '
+                f'{opts.model.latent}, layers {opts.model.layers}, {n_params} parameters')
+            corrupt = None
+            noise = opts.corruption()
+            if noise is not None:
+                say(f'  denoising: inputs corrupted with {noise.text} (fresh for every '
+                    'batch), targets clean')
+                corrupt = _corrupter(noise, mean, std, spec.rate_hz, opts.seed, 0)
+            history, best_epoch, _ = _fit_arrays(model, train_x, None, opts, say,
+                                                 show_progress, epochs=epochs, corrupt=corrupt)
+            export = _export_network(model, train_x[:2], train_x[:64], onnx_tmp)
+            fitted = _Fitted(history, best_epoch, time.perf_counter() - t1, export, n_params,
+                             list(model.output_names), module=model)
+        fit = _calibrate(heldout, opts, spec, say, t2=fitted.t2, t2_parts=t2_parts)
+        history, best_epoch = fitted.history, fitted.best_epoch
         figures = {
             'command': command,
             'bags': [str(b) for b in bags],
@@ -1115,17 +1381,17 @@ def _train_crossfit(bags: Sequence[Path], spec: SignalSpec, out: Path, opts: Tra
             'train_loss': history[best_epoch - 1][0] if best_epoch else None,
             'val_loss': None,
             'history': {'train': [h[0] for h in history], 'val': [None for _ in history]},
-            'seconds': {'data': round(t_read, 2), 'train': round(t_train, 2)},
+            'seconds': {'data': round(t_read, 2), 'train': round(fitted.seconds, 2)},
             'processes': 1,
             'options': _options_dict(opts),
-            **_export_figures(export),
+            **_export_figures(fitted.export),
         }
         calibration = {**fit.section(), 'scale': opts.threshold_scale,
                        'data': f'cross-fitted over {folds} folds'}
-        _save(out, onnx_tmp, _model_sections(spec, mean, std, opts, n_params, fit, heldout,
+        _save(out, onnx_tmp, _model_sections(spec, mean, std, opts, fitted, fit, heldout,
                                              figures, calibration), overwrite)
-    _finish(out, bags, opts, history, best_epoch, fit, export, say)
-    return TrainResult(out, figures, calibration, history, model, heldout)
+    _finish(out, bags, opts, history, best_epoch, fit, fitted.export, say)
+    return TrainResult(out, figures, calibration, history, fitted.module, heldout)
 
 
 def _options_dict(opts: TrainOptions) -> dict[str, Any]:

@@ -329,7 +329,7 @@ class PreparedBag:
     """A bag ready to give windows: normalised rows and the window ends of each block."""
 
     index: int
-    data: Any                                   # torch float32 [T, C], normalised
+    data: Any                                   # float32 [T, C] normalised (torch or numpy)
     blocks: list[tuple[str, np.ndarray]]        # (split, window end rows) in time order
 
     def ends(self, split: str) -> np.ndarray:
@@ -377,10 +377,12 @@ class _Loader:
     DataLoader's wrapped traceback.
     """
 
-    def __init__(self, bags: Sequence[str], cache: ShardCache, plan: WindowPlan) -> None:
+    def __init__(self, bags: Sequence[str], cache: ShardCache, plan: WindowPlan, *,
+                 tensors: bool = True) -> None:
         self.bags = list(bags)
         self.cache = cache
         self.plan = plan
+        self.tensors = tensors
         self.mode = 'summary'
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
@@ -398,11 +400,14 @@ class _Loader:
             return BagSummary(g, self.bags[g], rows, {s: int(sum(len(e) for n, e in blocks
                                                                  if n == s)) for s in SPLITS},
                               dropped, Moments.of_rows(train_rows), built)
-        import torch
-
         assert self.mean is not None and self.std is not None
         norm = (shard.data - self.mean.astype(np.float32)) / self.std.astype(np.float32)
-        return PreparedBag(g, torch.from_numpy(norm.astype(np.float32, copy=False)), blocks)
+        norm = norm.astype(np.float32, copy=False)
+        if not self.tensors:
+            return PreparedBag(g, norm, blocks)
+        import torch
+
+        return PreparedBag(g, torch.from_numpy(norm), blocks)
 
 
 def _identity(item: Any) -> Any:
@@ -422,11 +427,14 @@ class ShardedWindows:
         shuffle_shards: Bags per group (rounded up to a multiple of the number of ranks).
         workers: DataLoader workers (None: as many as this rank's CPUs when reading bags into
             shards; while training, two when shards are large (PREFETCH_BYTES), else none).
+        tensors: Give windows as torch tensors (False: numpy arrays, read in this process,
+            without importing torch: the classical baselines fit so).
     """
 
     def __init__(self, bags: Sequence[str | Path], spec: SignalSpec, cache: ShardCache,
                  plan: WindowPlan, *, dist: Any, seed: int = 0,
-                 shuffle_shards: int = SHUFFLE_SHARDS, workers: int | None = None) -> None:
+                 shuffle_shards: int = SHUFFLE_SHARDS, workers: int | None = None,
+                 tensors: bool = True) -> None:
         if shuffle_shards < 1:
             raise ConfigError(f'shuffle_shards must be >= 1, got {shuffle_shards}')
         if workers is not None and workers < 0:
@@ -438,8 +446,9 @@ class ShardedWindows:
         self.seed = seed
         world = dist.world
         self.group = int(math.ceil(shuffle_shards / world) * world)
-        self.workers = workers
-        self.loader = _Loader(self.bags, cache, plan)
+        self.workers = workers if tensors else 0       # DataLoader workers need torch
+        self.tensors = tensors
+        self.loader = _Loader(self.bags, cache, plan, tensors=tensors)
         self.summaries: list[BagSummary] = []
         self._lru: OrderedDict[int, PreparedBag] = OrderedDict()
         self._capacity = max(1, self.group // world)
@@ -574,21 +583,26 @@ class ShardedWindows:
     def held_out(self, split: str, *, bags: Sequence[int] | None = None,
                  piece: int = 4096) -> Iterator[tuple[int, int, Any]]:
         """(bag, block number, windows [n, W, C]) over the blocks of ``split`` of this rank's
-        bags (or ``bags``), in bag then time order, at most ``piece`` windows at a time."""
-        import torch
+        bags (or ``bags``), in bag then time order, at most ``piece`` windows at a time;
+        torch tensors, or numpy arrays when the windows were asked without tensors."""
+        if self.tensors:
+            import torch
 
-        offsets = torch.arange(-self.window + 1, 1)
+            offsets, as_index = torch.arange(-self.window + 1, 1), torch.from_numpy
+        else:
+            offsets, as_index = np.arange(-self.window + 1, 1), np.asarray
         for bag in self._prepared(self.own_bags() if bags is None else bags):
             number = 0
             for name, ends in bag.blocks:
                 if name != split:
                     continue
                 for lo in range(0, len(ends), piece):
-                    e = torch.from_numpy(ends[lo:lo + piece])
+                    e = as_index(ends[lo:lo + piece])
                     yield bag.index, number, bag.data[e[:, None] + offsets]
                 if not len(ends):
-                    yield bag.index, number, bag.data.new_zeros((0, self.window,
-                                                                 self.channels))
+                    shape = (0, self.window, self.channels)
+                    yield bag.index, number, (bag.data.new_zeros(shape) if self.tensors
+                                              else np.zeros(shape, np.float32))
                 number += 1
 
     def first_windows(self, split: str, k: int) -> np.ndarray:
@@ -600,7 +614,7 @@ class ShardedWindows:
             if not s.windows[split]:
                 continue
             for _, _, w in self.held_out(split, bags=[g], piece=k):
-                out.append(w[:k - got].numpy())
+                out.append(np.asarray(w[:k - got]))
                 got += len(out[-1])
                 if got >= k:
                     break

@@ -30,6 +30,7 @@ from encdec_ros.anomaly.scorer import (
     Debouncer,
     SlowContext,
     SlowStats,
+    T2Stats,
     aggregate_errors,
     window_features,
 )
@@ -238,7 +239,9 @@ def fit_detector(parts: Sequence[np.ndarray], *, error: str, slow_windows: int =
                  rule: str = 'pot', risk: float = 1e-4, quantile: float | None = None,
                  init_quantile: float = 0.98, threshold_scale: float = 1.0,
                  margin: float = 0.0,
-                 debounce: tuple[int, int, float] = (3, 5, 0.8)) -> DetectorFit:
+                 debounce: tuple[int, int, float] = (3, 5, 0.8),
+                 t2: T2Stats | None = None,
+                 t2_parts: Sequence[np.ndarray] | None = None) -> DetectorFit:
     """Calibrate a detector on per-channel errors of held-out normal windows.
 
     Args:
@@ -252,27 +255,38 @@ def fit_detector(parts: Sequence[np.ndarray], *, error: str, slow_windows: int =
         threshold_scale: Multiply the calibrated threshold.
         margin: Raise it further by :func:`margin_factor` of the held-out decisions.
         debounce: (k, n, release) of the debouncer, for the self-check.
+        t2: Hotelling T^2 of the code (a PCA model's centre and scale), with ``t2_parts``
+            the T^2 [n] of the same held-out decisions: its normal statistics are fitted on
+            them and it joins the aggregate (T^2 + Q).
     """
-    parts = _parts(parts)
+    parts, t2_parts = _parts(parts, t2_parts)
     stats = ChannelStats.fit(np.concatenate(parts))
+    if t2 is not None and t2_parts is not None:
+        stats = stats.with_t2(t2.fitted(np.concatenate(t2_parts)))
     if slow_windows and error != 'mse':
         slow = slow_runs(parts, slow_windows)
         stats = stats.with_slow(SlowStats.fit(np.concatenate(slow), slow_windows))
     return calibrate_parts(parts, stats, error=error, rule=rule, risk=risk, quantile=quantile,
                            init_quantile=init_quantile, threshold_scale=threshold_scale,
-                           margin=margin, debounce=debounce)
+                           margin=margin, debounce=debounce, t2_parts=t2_parts)
 
 
 def calibrate_parts(parts: Sequence[np.ndarray], stats: ChannelStats, *, error: str,
                     rule: str = 'pot', risk: float = 1e-4, quantile: float | None = None,
                     init_quantile: float = 0.98, threshold_scale: float = 1.0,
                     margin: float = 0.0,
-                    debounce: tuple[int, int, float] = (3, 5, 0.8)) -> DetectorFit:
-    """The threshold and self-check of :func:`fit_detector` with given channel statistics."""
-    parts = _parts(parts)
+                    debounce: tuple[int, int, float] = (3, 5, 0.8),
+                    t2_parts: Sequence[np.ndarray] | None = None) -> DetectorFit:
+    """The threshold and self-check of :func:`fit_detector` with given channel statistics
+    (``t2_parts``: the T^2 of the held-out decisions, for statistics with T^2)."""
+    parts, t2_parts = _parts(parts, t2_parts)
     slow = slow_runs(parts, stats.slow.windows) if stats.slow is not None and \
         error != 'mse' else None
-    pairs = [aggregate_errors(p, error, stats, None if slow is None else slow[i])
+    if stats.t2 is not None and t2_parts is None:
+        raise ConfigError('the detector scores the T^2 of its code but no T^2 of the '
+                          'held-out windows was given to calibrate it on')
+    pairs = [aggregate_errors(p, error, stats, None if slow is None else slow[i],
+                              None if t2_parts is None else t2_parts[i])
              for i, p in enumerate(parts)]
     aggs = [a for a, _ in pairs]
     agg = np.concatenate(aggs)
@@ -300,9 +314,16 @@ def calibrate_parts(parts: Sequence[np.ndarray], stats: ChannelStats, *, error: 
                        flagged / max(decisions, 1), decisions, blame)
 
 
-def _parts(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
-    parts = [np.asarray(p, dtype=np.float64) for p in parts if len(p)]
-    if not parts:
+def _parts(parts: Sequence[np.ndarray], t2_parts: Sequence[np.ndarray] | None = None
+           ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """The non-empty held-out parts (float64), and their T^2 alike (None: none given)."""
+    if t2_parts is not None and len(t2_parts) != len(parts):
+        raise ConfigError(f'{len(t2_parts)} parts of T^2 were given for {len(parts)} parts of '
+                          'held-out errors; give one per part')
+    keep = [i for i, p in enumerate(parts) if len(p)]
+    if not keep:
         raise ConfigError('threshold calibration needs held-out normal windows and got none; '
                           'give a longer bag or a smaller window')
-    return parts
+    return ([np.asarray(parts[i], dtype=np.float64) for i in keep],
+            None if t2_parts is None else [np.asarray(t2_parts[i], dtype=np.float64)
+                                           for i in keep])

@@ -105,6 +105,7 @@ class EvalResult:
     point_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     normalization: tuple[np.ndarray, np.ndarray] | None = None   # the model's (mean, std)
     gaps: list[tuple[int, int]] = field(default_factory=list)     # stretches without data, ns
+    codes: np.ndarray | None = None      # [N, Z] the windows' codes (models with a code output)
 
     def flagged_stretches(self) -> list[tuple[int, int, float]]:
         """Flagged stretches of the points (start ns, end ns, seconds), split at gaps."""
@@ -194,7 +195,7 @@ def evaluate_recording(scorer: AnomalyScorer, rec: Recording, *,
     return EvalResult(rec.source, rec.times_ns, ends, batch.scores, batch.flags,
                       batch.channel_z, labels, metrics, rec.data, rec.channels,
                       scorer.describe(), pts, pflags, plabels, (scorer.mean_, scorer.std_),
-                      gaps)
+                      gaps, batch.codes)
 
 
 def evaluate_bag(model: str | Path | AnomalyScorer, bag: str | Path, *,
@@ -723,6 +724,71 @@ def figures_line(m: dict[str, Any]) -> str:
                  'of normal time')
     parts.append(f'{al["false_alarms"]} false alarm(s), {duration_text(al["false_alarm_s"])}')
     return ';  '.join(parts)
+
+
+def plot_latent(result: EvalResult, path: str | Path, *, max_points: int = 20_000) -> Path:
+    """A PNG: the windows' codes projected on their two principal components (PCA of the
+    codes of this recording), each coloured by the label kind its window overlaps (normal
+    grey), flagged windows ringed."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    if result.codes is None:
+        raise ConfigError(f'the model scored on {result.source} has no code output; re-train '
+                          'it to plot its codes')
+    codes = np.asarray(result.codes, dtype=np.float64)
+    ok = np.isfinite(codes).all(axis=1)
+    if ok.sum() < 2:
+        raise ConfigError(f'fewer than 2 windows of {result.source} were scored; nothing to '
+                          'project')
+    xy, explained = project_2d(codes[ok])
+    dec_t = result.decision_times_ns[ok]
+    flags = np.asarray(result.flags)[ok]
+    window_ns = int(round(result.scorer.get('window', 1) / result.scorer.get('rate_hz', 1)
+                          * 1e9))
+    kind = np.array(['normal'] * len(dec_t), dtype=object)
+    for iv in result.labels:      # a window overlaps [start, end) when it ends after start
+        hit = (dec_t >= iv.start_ns) & (dec_t - window_ns < iv.end_ns)
+        kind[hit] = iv.kind
+    step = max(1, len(dec_t) // max_points)
+    sel = np.arange(0, len(dec_t), step)
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    normal = sel[kind[sel] == 'normal']
+    ax.scatter(xy[normal, 0], xy[normal, 1], s=4, c='0.65', label='normal', lw=0)
+    colours = plt.get_cmap('tab10')
+    for i, name in enumerate(sorted({k for k in kind if k != 'normal'})):
+        idx = sel[kind[sel] == name]
+        ax.scatter(xy[idx, 0], xy[idx, 1], s=9, color=colours(i % 10), label=name, lw=0)
+    flagged = sel[flags[sel]]
+    if flagged.size:
+        ax.scatter(xy[flagged, 0], xy[flagged, 1], s=26, facecolors='none',
+                   edgecolors='k', lw=0.4, label='flagged')
+    ax.set_xlabel(f'code PC 1 ({explained[0]:.0%} of variance)')
+    ax.set_ylabel(f'code PC 2 ({explained[1]:.0%} of variance)')
+    ax.set_title(f'{Path(result.source).name}: codes of {len(dec_t)} windows '
+                 f'(size {codes.shape[1]}), coloured by label', fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def project_2d(codes: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Codes [N, Z] projected on their two leading principal components [N, 2] (a code of
+    size 1 gets a zero second axis), with the share of variance each explains."""
+    centred = codes - codes.mean(axis=0)
+    _, sing, vt = np.linalg.svd(centred, full_matrices=False)
+    var = sing ** 2
+    total = float(var.sum()) or 1.0
+    xy = centred @ vt[:2].T
+    share = [float(v / total) for v in var[:2]]
+    if xy.shape[1] < 2:
+        xy = np.concatenate([xy, np.zeros((len(xy), 1))], axis=1)
+        share.append(0.0)
+    return xy, share
 
 
 def _jsonable(value: Any) -> Any:

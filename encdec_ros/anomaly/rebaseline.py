@@ -23,6 +23,7 @@ on load) with a ``rebaseline`` section naming its parent and the data it saw.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import tempfile
@@ -37,8 +38,8 @@ from encdec_ros.anomaly.scorer import (
     AnomalyScorer,
     ChannelStats,
     SlowStats,
-    reconstruction_errors,
     residual_means,
+    window_statistics,
 )
 from encdec_ros.errors import ConfigError, ModelDirError
 from encdec_ros.io.span import Span
@@ -134,8 +135,12 @@ def rebaseline(model: str | Path | ModelDir, times_ns: np.ndarray, data: np.ndar
 
     # 2. statistics and threshold on the recent windows, with the model's own rule, and
     # 3. never stricter than before
-    errors = reconstruction_errors(scorer.engine, xn)
+    errors, codes = window_statistics(scorer.engine, xn)
     parts = _contiguous(errors, ends, spec.stride)
+    t2 = scorer.stats_.t2           # a PCA model's T^2 is refitted on the recent codes too
+    t2_parts = None
+    if t2 is not None and codes is not None:
+        t2_parts = _contiguous(t2.t2(codes), ends, spec.stride)
     opts = parent.section('training.options', {}) or {}
     cal_old = parent.section('calibration', {}) or {}
     rule = dict(rule=str(opts.get('threshold_rule', cal_old.get('rule', 'pot'))),
@@ -150,14 +155,17 @@ def rebaseline(model: str | Path | ModelDir, times_ns: np.ndarray, data: np.ndar
         raise ConfigError(f'the recent data holds no stretch of {3 * slow_windows} decisions '
                           'without a gap, too short for the model\'s slow context; give a '
                           'longer stretch of data')
-    fresh = fit_detector(parts, error=scorer.error_kind, slow_windows=slow_windows, **rule)
+    fresh = fit_detector(parts, error=scorer.error_kind, slow_windows=slow_windows,
+                         t2=t2 if t2_parts is not None else None, t2_parts=t2_parts, **rule)
     stats = _tolerant(scorer.stats_, fresh.stats)
-    fit = calibrate_parts(parts, stats, error=scorer.error_kind, **rule)
+    fit = calibrate_parts(parts, stats, error=scorer.error_kind, t2_parts=t2_parts, **rule)
     new_threshold = max(scorer.calibrated_threshold, fit.threshold)
 
     sections = {k: v for k, v in parent.meta.items() if k not in RESERVED}
     sections['normalization'] = {**sections['normalization'], 'mean': new_mean}
     sections['threshold'] = float(new_threshold)
+    if stats.t2 is not None:
+        sections['score'] = {**sections['score'], 't2': stats.t2.to_dict()}
     sections['channel_errors'] = {**sections.get('channel_errors', {}), **stats.to_dict(),
                                   'mean': np.nanmean(errors[:, :len(scorer.channels)], axis=0),
                                   'p99': np.nanquantile(errors[:, :len(scorer.channels)], 0.99,
@@ -245,10 +253,14 @@ def _tolerant(old: ChannelStats, new: ChannelStats) -> ChannelStats:
         cov = 0.5 * (a + b)
         cov += np.diag(np.maximum(np.diag(a), np.diag(b)) - np.diag(cov))
         precision = np.linalg.inv(cov)
+    t2 = old.t2
+    if old.t2 is not None and new.t2 is not None:
+        t2 = dataclasses.replace(old.t2, log_mean=max(old.t2.log_mean, new.t2.log_mean),
+                                 log_std=max(old.t2.log_std, new.t2.log_std))
     return ChannelStats(np.maximum(old.log_mean, new.log_mean),
                         np.maximum(old.log_std, new.log_std),
                         np.minimum(old.rough_log_mean, new.rough_log_mean),
-                        np.maximum(old.rough_log_std, new.rough_log_std), slow, precision)
+                        np.maximum(old.rough_log_std, new.rough_log_std), slow, precision, t2)
 
 
 def _flagged_share(scorer: AnomalyScorer, windows: np.ndarray) -> float:

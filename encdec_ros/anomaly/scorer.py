@@ -9,6 +9,11 @@ For each window ``x`` [W, C] (raw units, channels in the spec's order)::
     xn      = (x - mean) / std                      normalisation fitted on training data
     r       = model(xn) - xn                        the autoencoder's residual (ONNX Runtime)
     e_c     = mean_t r_c^2                          per-channel reconstruction error
+            | g_c * mean_t r^2 / s^2                a model with a 'log_var' output (VAE):
+                                                    g_c = exp(mean_t 0.5 log s^2), so log e_c
+                                                    holds both terms of the Gaussian NLL
+                                                    0.5 (log s^2 + r^2 / s^2), the standardised
+                                                    squared residual in log like every error
     d_c     = mean_t (xn_c[t] - xn_c[t-1])^2        per-channel roughness of the input
     z_c     = (log e_c - a_c) / b_c                 how unusual each error is, against the
     f_c     = -(log d_c - a'_c) / b'_c              channel's normal statistics; f_c is high
@@ -27,6 +32,8 @@ For each window ``x`` [W, C] (raw units, channels in the spec's order)::
                                           channels whose errors rise together count once)
               and max with s_c when the model has a slow context: a fault too small to stand
               out in one window but persists (growing vibration, a worn motor)
+              and max with z_T when the model has T^2 statistics (PCA): Hotelling's
+              T^2 = sum_j ((code_j - center_j) / scale_j)^2, z_T = (log T^2 - a'') / b''
     score   = error / threshold                     threshold calibrated on normal data
     flag    = debounce(score >= 1)                  k of the last n windows, with hysteresis
 
@@ -34,11 +41,17 @@ The per-channel statistics (mean and spread of the logarithms, the slow context'
 and scales, all on held-out normal data) are stored in ``model.yaml``; they also rank the
 channels that contribute most (the per-channel maximum above).
 
+Model outputs are found by name: ``x_hat`` (the reconstruction; a single-output model's only
+output), ``log_var`` (optional: the decoder's log-variance per sample and channel) and
+``code`` (optional: the window's code, the encoder mean for a VAE; it comes out of the same
+inference and is handed on in :class:`Decision` and :class:`BatchScores`).
+
 This module never imports torch or rclpy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -146,6 +159,8 @@ class Decision:
         channel_z: How unusual each channel is in this window [C] (standardised log error,
             or the flat-line statistic where that is higher, with 'channel_max_flat').
         valid: False when the window held NaN or infinite values and was not scored.
+        code: The window's code [Z] (NaN when not scored), or None for a model without a
+            'code' output.
     """
 
     score: float
@@ -154,6 +169,7 @@ class Decision:
     error: float
     channel_z: np.ndarray
     valid: bool = True
+    code: np.ndarray | None = None
 
 
 @dataclass
@@ -167,6 +183,8 @@ class BatchScores:
         channel_errors: [N, 2C] per-channel mean squared errors, then input roughness
             (normalised units).
         channel_z: [N, C] how unusual each channel is.
+        codes: [N, Z] the windows' codes (NaN rows where not scored), or None for a model
+            without a 'code' output.
     """
 
     scores: np.ndarray
@@ -174,6 +192,7 @@ class BatchScores:
     errors: np.ndarray
     channel_errors: np.ndarray
     channel_z: np.ndarray
+    codes: np.ndarray | None = None
 
 
 @dataclass
@@ -278,9 +297,7 @@ class AnomalyScorer:
             if p.shape != (n_ch, n_ch) or not np.isfinite(p).all():
                 raise ModelDirError(f'channel_errors.precision in {where} must be a finite '
                                     f'{n_ch} x {n_ch} matrix; re-train the model')
-            self.stats_ = ChannelStats(self.stats_.log_mean, self.stats_.log_std,
-                                       self.stats_.rough_log_mean, self.stats_.rough_log_std,
-                                       self.stats_.slow, p)
+            self.stats_ = dataclasses.replace(self.stats_, precision=p)
         elif self.error_kind == 'mahalanobis':
             raise ModelDirError(f'{where} asks for the mahalanobis error but has no '
                                 'channel_errors.precision; re-train the model')
@@ -288,6 +305,24 @@ class AnomalyScorer:
                 and (slow is None or (slow.scale > 0).all())):
             raise ModelDirError(f'channel_errors in {where} has spreads <= 0; re-train the '
                                 'model')
+        self.engine = m.engine(device, threads=threads, warmup=warmup)
+        outputs = self.engine.output_names
+        self.likelihood: bool = 'log_var' in outputs
+        """The model predicts a variance: per-channel errors are likelihood terms."""
+        self.code_size: int = 0
+        """Size of the model's code output (0: none, e.g. a model trained before codes)."""
+        if 'code' in outputs:
+            dims = self.engine.output_shapes[outputs.index('code')]
+            if len(dims) != 2 or not isinstance(dims[1], int):
+                raise ModelDirError(f'{m.onnx_path} has a code output of shape '
+                                    f'{list(dims)}, not [batch, size]; re-export the model')
+            self.code_size = int(dims[1])
+        t2 = m.section('score.t2', None)
+        if t2 is not None:
+            if not self.code_size:
+                raise ModelDirError(f'{where} has score.t2 but the model has no code output; '
+                                    're-train the model')
+            self.stats_ = self.stats_.with_t2(T2Stats.from_dict(t2, self.code_size, where))
         # the slow context spans the same time at another decision stride
         self.stride = int(stride or self.spec.stride)
         windows = 0
@@ -328,7 +363,6 @@ class AnomalyScorer:
                        'accept': int(round(accept_s / period_s))}
         self.state = self.new_state()
         """The state of the scorer's own stream (:meth:`step`, :meth:`score_windows`)."""
-        self.engine = m.engine(device, threads=threads, warmup=warmup)
         shape = self.engine.input_shapes[0]
         if len(shape) != 3 or shape[1:] != (self.window, n_ch):
             want = [self.window, n_ch]
@@ -387,21 +421,32 @@ class AnomalyScorer:
 
     def channel_errors(self, windows: np.ndarray, *, batch: int = DEFAULT_BATCH) -> np.ndarray:
         """Per-channel statistics [N, 2C] (float64) of raw windows [N, W, C]: the mean
-        squared residual, then the input's roughness per channel; NaN rows for windows with
-        non-finite values."""
+        squared residual (or the likelihood's terms, for a VAE), then the input's roughness
+        per channel; NaN rows for windows with non-finite values."""
+        return self.window_statistics(windows, batch=batch)[0]
+
+    def window_statistics(self, windows: np.ndarray, *, batch: int = DEFAULT_BATCH
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-channel statistics [N, 2C] (see :meth:`channel_errors`) and the codes
+        [N, Z] (None for a model without a code output) of raw windows [N, W, C]."""
         windows = np.asarray(windows)
         if windows.ndim != 3 or windows.shape[1:] != (self.window, len(self.channels)):
             raise ConfigError(f'windows must have shape [N, {self.window}, '
                               f'{len(self.channels)}], got {list(windows.shape)}')
-        return reconstruction_errors(self.engine, self.normalize(windows), batch=batch)
+        return window_statistics(self.engine, self.normalize(windows), batch=batch)
 
-    def aggregate(self, channel_errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def aggregate(self, channel_errors: np.ndarray, codes: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """Aggregate errors [N] and per-channel z [N, C] from per-channel statistics
-        [N, 2C] of consecutive windows; feeds the slow context, so call it in order."""
+        [N, 2C] (and the codes [N, Z], for a model with T^2 statistics) of consecutive
+        windows; feeds the slow context, so call it in order."""
         slow = None
         if self.slow.windows:
             slow = self.slow.run(window_features(channel_errors))
-        return aggregate_errors(channel_errors, self.error_kind, self.stats_, slow)
+        t2 = None
+        if self.stats_.t2 is not None and codes is not None:
+            t2 = self.stats_.t2.t2(codes)
+        return aggregate_errors(channel_errors, self.error_kind, self.stats_, slow, t2)
 
     def top_channels(self, channel_z: np.ndarray, count: int = 3) -> list[tuple[str, float]]:
         """The ``count`` channels that are most unusual in one window, as (name, z)."""
@@ -450,14 +495,18 @@ class AnomalyScorer:
         ch_err = np.full((len(states), 2 * n_ch), np.nan)
         tracking = self._drift['gain'] > 0
         means = None
+        codes = np.full((len(states), self.code_size), np.nan, np.float32) \
+            if self.code_size else None
         if finite.any():
             rows = slice(None) if finite.all() else finite
             xn = (windows[rows] - self.mean_) * self._inv_std
             if tracking:
                 xn = xn - np.stack([st.drift.offset32 for st, ok in zip(states, finite)
                                     if ok])[:, None, :]
-            recon = self.engine.run(xn)
-            ch_err[rows] = residual_statistics(recon, xn)
+            recon, log_var, code = model_outputs(self.engine, xn)
+            ch_err[rows] = residual_statistics(recon, xn, log_var)
+            if code is not None and codes is not None:
+                codes[rows] = code
             if tracking:
                 means = np.full((len(states), n_ch), np.nan)
                 means[rows] = residual_means(recon, xn)
@@ -465,7 +514,9 @@ class AnomalyScorer:
         if self._slow_windows:
             feats = window_features(ch_err)
             slow = np.stack([st.slow.update(f) for st, f in zip(states, feats)])
-        errors, z = aggregate_errors(ch_err, self.error_kind, self.stats_, slow)
+        t2 = self.stats_.t2.t2(codes) if self.stats_.t2 is not None and codes is not None \
+            else None
+        errors, z = aggregate_errors(ch_err, self.error_kind, self.stats_, slow, t2)
         out = []
         level = self._drift['freeze'] * self.threshold_
         for i, state in enumerate(states):
@@ -474,7 +525,8 @@ class AnomalyScorer:
                 state.drift.observe(None, None)
                 state.flag = True
                 out.append(Decision(math.nan, True, not before, math.nan,
-                                    np.full(n_ch, np.nan), valid=False))
+                                    np.full(n_ch, np.nan), valid=False,
+                                    code=None if codes is None else codes[i].copy()))
                 continue
             if means is not None:
                 state.drift.observe(means[i], z[i] >= level)
@@ -482,7 +534,8 @@ class AnomalyScorer:
             score = error / self.threshold_
             flag = state.debouncer.update(score) or not math.isfinite(score)
             state.flag = flag
-            out.append(Decision(score, flag, flag and not before, error, z[i]))
+            out.append(Decision(score, flag, flag and not before, error, z[i],
+                                code=None if codes is None else codes[i].copy()))
         return out
 
     def score_windows(self, windows: np.ndarray, *, batch: int = DEFAULT_BATCH,
@@ -497,20 +550,23 @@ class AnomalyScorer:
             return self._score_tracking(windows, batch=batch, progress=progress)
         if progress and len(windows) > batch:
             from encdec_ros.progress import progress as bar
-            parts = []
+            parts, code_parts = [], []
             for lo in bar(range(0, len(windows), batch), total=-(-len(windows) // batch),
                           desc='scoring', unit='batch', enable=True):
-                parts.append(self.channel_errors(windows[lo:lo + batch], batch=batch))
+                part, code = self.window_statistics(windows[lo:lo + batch], batch=batch)
+                parts.append(part)
+                code_parts.append(code)
             ch_err = np.concatenate(parts) if parts else \
                 np.zeros((0, 2 * len(self.channels)))
+            codes = np.concatenate(code_parts) if self.code_size and code_parts else None
         else:
-            ch_err = self.channel_errors(windows, batch=batch)
-        errors, z = self.aggregate(ch_err)
+            ch_err, codes = self.window_statistics(windows, batch=batch)
+        errors, z = self.aggregate(ch_err, codes)
         scores = errors / self.threshold_
         flags = self.debouncer.run(scores) | ~np.isfinite(scores)
         if len(flags):
             self.state.flag = bool(flags[-1])
-        return BatchScores(scores, flags, errors, ch_err, z)
+        return BatchScores(scores, flags, errors, ch_err, z, codes)
 
     def _score_tracking(self, windows: np.ndarray, *, batch: int,
                         progress: bool | None) -> BatchScores:
@@ -525,6 +581,7 @@ class AnomalyScorer:
                               f'{list(windows.shape)}')
         ch_err = np.full((n, 2 * c), np.nan)
         errors, z = np.full(n, np.nan), np.full((n, c), np.nan)
+        codes = np.full((n, self.code_size), np.nan, np.float32) if self.code_size else None
         edges = [0, *range(min(n, self.drift.until_update()), n, self.drift.every), n]
         chunks = [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
         for lo, hi in bar(chunks, total=len(chunks), desc='scoring', unit='chunk',
@@ -534,10 +591,13 @@ class AnomalyScorer:
             means = np.full((hi - lo, c), np.nan)
             for a in range(0, ok.size, batch):
                 part = ok[a:a + batch]
-                recon = self.engine.run(xn[part])
-                ch_err[lo + part] = residual_statistics(recon, xn[part])
+                recon, log_var, code = model_outputs(self.engine, xn[part])
+                ch_err[lo + part] = residual_statistics(recon, xn[part], log_var)
                 means[part] = residual_means(recon, xn[part])
-            errors[lo:hi], z[lo:hi] = self.aggregate(ch_err[lo:hi])
+                if codes is not None and code is not None:
+                    codes[lo + part] = code
+            errors[lo:hi], z[lo:hi] = self.aggregate(
+                ch_err[lo:hi], None if codes is None else codes[lo:hi])
             level = self.drift.freeze * self.threshold_
             for i in range(hi - lo):
                 if np.isfinite(means[i]).all():
@@ -548,7 +608,7 @@ class AnomalyScorer:
         flags = self.debouncer.run(scores) | ~np.isfinite(scores)
         if len(flags):
             self.state.flag = bool(flags[-1])
-        return BatchScores(scores, flags, errors, ch_err, z)
+        return BatchScores(scores, flags, errors, ch_err, z, codes)
 
     def reset(self) -> None:
         """Lower the flag and forget past scores and the drift followed (e.g. before another
@@ -566,6 +626,9 @@ class AnomalyScorer:
             'rate_hz': self.spec.rate_hz,
             'channels': len(self.channels),
             'error': self.error_kind,
+            'likelihood': self.likelihood,
+            'code_size': self.code_size,
+            't2': self.stats_.t2 is not None,
             'slow_context_s': self.slow_context_s,
             'drift_s': self.drift_s if self.drift.active else 0.0,
             'threshold': self.threshold_,
@@ -743,6 +806,7 @@ class ChannelStats:
     rough_log_std: np.ndarray
     slow: SlowStats | None = None
     precision: np.ndarray | None = None
+    t2: 'T2Stats | None' = None
 
     @classmethod
     def fit(cls, channel_errors: np.ndarray, *, min_std: float = 1e-3) -> 'ChannelStats':
@@ -755,12 +819,15 @@ class ChannelStats:
         level = u[:, :c]
         cov = np.cov(level, rowvar=False).reshape(c, c) if len(level) > 1 else np.eye(c)
         cov = COV_SHRINK * np.diag(std[:c] ** 2) + (1 - COV_SHRINK) * cov
-        return cls(mean[:c], std[:c], mean[c:], std[c:], None, np.linalg.inv(cov))
+        return cls(mean[:c], std[:c], mean[c:], std[c:], precision=np.linalg.inv(cov))
 
     def with_slow(self, slow: SlowStats | None) -> 'ChannelStats':
         """A copy with the slow context's statistics."""
-        return ChannelStats(self.log_mean, self.log_std, self.rough_log_mean,
-                            self.rough_log_std, slow, self.precision)
+        return dataclasses.replace(self, slow=slow)
+
+    def with_t2(self, t2: 'T2Stats | None') -> 'ChannelStats':
+        """A copy with Hotelling T^2 statistics of the code."""
+        return dataclasses.replace(self, t2=t2)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain arrays for model.yaml."""
@@ -776,19 +843,80 @@ class ChannelStats:
         return out
 
 
+@dataclass(frozen=True)
+class T2Stats:
+    """Hotelling's T^2 of the code and its normal statistics (PCA's T^2 + Q).
+
+    Attributes:
+        center: [Z] the code's centre.
+        scale: [Z] the code's scale (PCA: the square roots of the eigenvalues).
+        log_mean: Mean of log(T^2 + eps) on held-out normal windows.
+        log_std: Its standard deviation.
+    """
+
+    center: np.ndarray
+    scale: np.ndarray
+    log_mean: float = 0.0
+    log_std: float = 1.0
+
+    def t2(self, codes: np.ndarray) -> np.ndarray:
+        """T^2 [N] of codes [N, Z] (NaN rows give NaN)."""
+        d = (np.atleast_2d(np.asarray(codes, dtype=np.float64)) - self.center) / self.scale
+        return np.sum(d * d, axis=1)
+
+    def z(self, t2: np.ndarray) -> np.ndarray:
+        """How unusual each T^2 is, standardised like a channel's log error."""
+        return (np.log(np.asarray(t2, dtype=np.float64) + LOG_EPS) - self.log_mean) / \
+            self.log_std
+
+    def fitted(self, t2: np.ndarray, *, min_std: float = 1e-3) -> 'T2Stats':
+        """A copy with log_mean / log_std fitted on T^2 of normal windows (NaN ignored)."""
+        u = np.log(np.asarray(t2, dtype=np.float64) + LOG_EPS)
+        u = u[np.isfinite(u)]
+        return dataclasses.replace(self, log_mean=float(u.mean()),
+                                   log_std=float(max(u.std(), min_std)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for model.yaml's ``score.t2``."""
+        return {'center': self.center, 'scale': self.scale, 'log_mean': self.log_mean,
+                'log_std': self.log_std}
+
+    @classmethod
+    def from_dict(cls, data: Any, size: int, where: Any) -> 'T2Stats':
+        """Read ``score.t2`` of a model.yaml; refuse it in one sentence when malformed."""
+        try:
+            center = np.asarray(data['center'], dtype=np.float64)
+            scale = np.asarray(data['scale'], dtype=np.float64)
+            log_mean, log_std = float(data['log_mean']), float(data['log_std'])
+        except (TypeError, KeyError, ValueError):
+            raise ModelDirError(f'score.t2 in {where} needs center, scale, log_mean and '
+                                'log_std; re-train the model') from None
+        if center.shape != (size,) or scale.shape != (size,) or not (scale > 0).all() or \
+                not (log_std > 0 and math.isfinite(log_mean)) or \
+                not np.isfinite(center).all():
+            raise ModelDirError(f'score.t2 in {where} must hold {size} finite centres and '
+                                'positive scales (one per code unit) and a positive log_std; '
+                                're-train the model')
+        return cls(center, scale, log_mean, log_std)
+
+
 def window_features(channel_errors: np.ndarray) -> np.ndarray:
     """Per-window features [N, 2C] from per-channel statistics [N, 2C]: log e, log d."""
     return np.log(np.atleast_2d(np.asarray(channel_errors, dtype=np.float64)) + LOG_EPS)
 
 
 def aggregate_errors(channel_errors: np.ndarray, kind: str, stats: ChannelStats,
-                     slow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     slow: np.ndarray | None = None, t2: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Aggregate per-channel errors [N, 2C] into one error per window [N]; also return how
     unusual each channel is [N, C].
 
     ``slow`` holds the slow context's running means [N, 2C] (:class:`SlowContext`); it is used
-    with the 'channel_max' kinds when ``stats`` has slow statistics. Shared by the scorer and by
-    threshold calibration in training, so both compute the same number. Rows with NaN give NaN.
+    with the 'channel_max' kinds when ``stats`` has slow statistics. ``t2`` holds Hotelling's
+    T^2 of each window's code [N]; with the 'channel_max' kinds and T^2 statistics in
+    ``stats`` its z joins the maximum (it names no channel, so ``z`` is unchanged). Shared by
+    the scorer and by threshold calibration in training, so both compute the same number.
+    Rows with NaN give NaN.
     """
     ch = np.atleast_2d(np.asarray(channel_errors, dtype=np.float64))
     u = window_features(ch)
@@ -818,11 +946,14 @@ def aggregate_errors(channel_errors: np.ndarray, kind: str, stats: ChannelStats,
     if joint is not None:
         # a row with any NaN stays NaN (the callers flag it as a fault); an infinite error
         # makes the row +inf even where the joint distance came out NaN (inf - inf)
-        out = np.fmax(joint, others.max(axis=1))
-        out[np.isinf(u[:, :c]).any(axis=1) & ~np.isnan(ch).any(axis=1)] = np.inf
-        out[np.isnan(ch).any(axis=1)] = np.nan
-        return out, z
-    return z.max(axis=1), z
+        error = np.fmax(joint, others.max(axis=1))
+        error[np.isinf(u[:, :c]).any(axis=1) & ~np.isnan(ch).any(axis=1)] = np.inf
+        error[np.isnan(ch).any(axis=1)] = np.nan
+    else:
+        error = z.max(axis=1)
+    if t2 is not None and stats.t2 is not None:
+        error = np.maximum(error, stats.t2.z(t2))      # NaN stays NaN
+    return error, z
 
 
 def chi2_as_normal(d2: np.ndarray, dof: int) -> np.ndarray:
@@ -833,12 +964,23 @@ def chi2_as_normal(d2: np.ndarray, dof: int) -> np.ndarray:
     return (np.cbrt(np.maximum(d2, 0.0) / k) - (1.0 - v)) / math.sqrt(v)
 
 
-def residual_statistics(recon: np.ndarray, normalized: np.ndarray) -> np.ndarray:
+def residual_statistics(recon: np.ndarray, normalized: np.ndarray,
+                        log_var: np.ndarray | None = None) -> np.ndarray:
     """Per-channel [N, 2C]: the mean squared residual, then the roughness of the input (mean
-    squared step between samples, which vanishes when a channel is stuck or frozen)."""
+    squared step between samples, which vanishes when a channel is stuck or frozen).
+
+    With ``log_var`` (the decoder's log-variance [N, W, C], a VAE) the level is the mean
+    squared standardised residual r^2 / s^2 times the geometric mean of s: its log holds
+    both terms of the Gaussian negative log-likelihood, the residual's in log as for every
+    other error. (The NLL itself is linear in r^2 / s^2; its tail on held-out normal data was
+    so heavy that the calibrated threshold rose above what a stuck channel reaches.)"""
     x = normalized.astype(np.float64)
     r = recon.astype(np.float64) - x
-    level = np.mean(r * r, axis=1)
+    if log_var is None:
+        level = np.mean(r * r, axis=1)
+    else:
+        lv = log_var.astype(np.float64)
+        level = np.exp(0.5 * np.mean(lv, axis=1)) * np.mean(r * r * np.exp(-lv), axis=1)
     step = np.diff(x, axis=1)
     rough = np.mean(step * step, axis=1) if step.shape[1] else np.zeros_like(level)
     return np.concatenate([level, rough], axis=1)
@@ -850,22 +992,51 @@ def residual_means(recon: np.ndarray, normalized: np.ndarray) -> np.ndarray:
     return (normalized.astype(np.float64) - recon.astype(np.float64)).mean(axis=1)
 
 
-def reconstruction_errors(engine: Any, normalized: np.ndarray, *,
-                          batch: int = DEFAULT_BATCH) -> np.ndarray:
-    """Per-channel statistics [N, 2C] (see :func:`residual_statistics`) of normalised windows
-    [N, W, C] run through ``engine`` in batches; rows of non-finite windows are NaN.
+def model_outputs(engine: Any, normalized: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """One inference: (reconstruction, log-variance or None, code or None), found by name
+    (``x_hat``, ``log_var``, ``code``); a single-output model's output is its reconstruction."""
+    names = engine.output_names
+    if len(names) == 1:
+        return engine.run(normalized), None, None
+    out = engine.run_many({engine.input_names[0]: normalized})
+    recon = out['x_hat'] if 'x_hat' in out else out[names[0]]
+    return recon, out.get('log_var'), out.get('code')
+
+
+def window_statistics(engine: Any, normalized: np.ndarray, *, batch: int = DEFAULT_BATCH
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-channel statistics [N, 2C] (see :func:`residual_statistics`) and codes [N, Z]
+    (None for a model without a code output) of normalised windows [N, W, C] run through
+    ``engine`` in batches; rows of non-finite windows are NaN.
 
     Shared by the scorer and by threshold calibration in training.
     """
     normalized = np.asarray(normalized, dtype=np.float32)
     n, _, c = normalized.shape
     out = np.full((n, 2 * c), np.nan, dtype=np.float64)
+    codes = None
     idx = np.flatnonzero(np.isfinite(normalized).all(axis=(1, 2)))
     for lo in range(0, idx.size, batch):
         part = idx[lo:lo + batch]
         xn = normalized[part]
-        out[part] = residual_statistics(engine.run(xn), xn)
-    return out
+        recon, log_var, code = model_outputs(engine, xn)
+        out[part] = residual_statistics(recon, xn, log_var)
+        if code is not None:
+            if codes is None:
+                codes = np.full((n, code.shape[1]), np.nan, dtype=np.float32)
+            codes[part] = code
+    if codes is None and 'code' in engine.output_names:
+        dims = engine.output_shapes[engine.output_names.index('code')]
+        codes = np.full((n, int(dims[1] or 0)), np.nan, dtype=np.float32)
+    return out, codes
+
+
+def reconstruction_errors(engine: Any, normalized: np.ndarray, *,
+                          batch: int = DEFAULT_BATCH) -> np.ndarray:
+    """Per-channel statistics [N, 2C] of normalised windows (:func:`window_statistics`
+    without the codes)."""
+    return window_statistics(engine, normalized, batch=batch)[0]
 
 
 def _vector(model: ModelDir, name: str, size: int, dtype: Any = np.float32) -> np.ndarray:

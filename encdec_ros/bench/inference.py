@@ -47,9 +47,13 @@ def torch_module(model_dir: Path, meta: dict[str, Any]) -> tuple[Any, int | None
     task = meta.get('task')
     shape = [d for d in arch.get('input', {}).get('shape', []) if d != 'batch']
     if task == 'anomaly':
+        import dataclasses
+
         from training.models import AEConfig, build_model
-        cfg = AEConfig(arch=arch['arch'], hidden=arch['hidden'], latent=arch['latent'],
-                       layers=arch['layers'])
+        names = {f.name for f in dataclasses.fields(AEConfig)}
+        cfg = AEConfig(**{k: v for k, v in arch.items() if k in names})
+        if cfg.classical:
+            raise ValueError(f'{cfg.arch} is a numpy baseline with no torch counterpart')
         return build_model(cfg, shape[0], shape[1]), arch.get('parameters')
     if task == 'denoise':
         from training.denoise import DenoiseOptions, build_net

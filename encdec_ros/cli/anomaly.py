@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from encdec_ros.io.spec import SignalSpec
 
-ARCH_CHOICES = ('mlp', 'lstm', 'gru')          # as training.models.ARCHS, without torch
+ARCH_CHOICES = ('mlp', 'lstm', 'gru', 'conv', 'pca', 'robust_z')  # training.family.ARCHS
+REG_CHOICES = ('none', 'vae', 'sparse', 'contractive')             # training.family.REGS
 BAG_HELP = ('{what}: a rosbag2 directory, .db3/.mcap or ROS 1 .bag, a folder searched for '
             'bags, a quoted glob pattern or a .txt list of bags (repeatable)')
 
@@ -36,11 +37,15 @@ ERROR_CHOICES = ('mse', 'channel_max', 'channel_max_flat', 'mahalanobis')
 def register(groups: dict) -> None:
     """Add ``train anomaly`` and ``eval anomaly``."""
     t = groups['train'].add_parser(
-        'anomaly', help='train an MLP / LSTM / GRU autoencoder on normal bags, export ONNX',
+        'anomaly', help='train an autoencoder (or fit a PCA / robust z baseline) on normal '
+                        'bags, export ONNX',
         description='Train an autoencoder on bags of normal operation, calibrate its threshold '
                     'on held-out normal data and write a model directory (model.onnx, '
                     'model.yaml, loss.png) for `encdec eval anomaly` and the anomaly_detector '
-                    'node. Example: encdec train anomaly --bag out/normal --spec '
+                    'node. Networks: mlp, lstm, gru, conv, each plain or with --reg vae, '
+                    'sparse or contractive, and --noise for denoising training; baselines '
+                    'fitted with numpy (no torch): pca (Hotelling T^2 + Q), robust_z. '
+                    'Example: encdec train anomaly --bag out/normal --spec '
                     'config/sim_spec.yaml --arch lstm --out models/my_robot. Without --spec: '
                     '--topics /imu,/joint_states infers a spec from those topics of the first '
                     'bag (as encdec spec init does); with neither, BAG/spec.yaml is used where '
@@ -55,14 +60,40 @@ def register(groups: dict) -> None:
                    help='infer the spec from these topics of the first bag: every numeric '
                         'field, rate and window from their rates (encdec spec init)')
     t.add_argument('--arch', choices=ARCH_CHOICES, default='lstm',
-                   help='autoencoder (default: %(default)s)')
+                   help='mlp, lstm, gru or conv autoencoder, or a baseline: pca (T^2 + Q) or '
+                        'robust_z (default: %(default)s)')
     t.add_argument('--out', required=True, help='model directory to write')
     t.add_argument('--force', action='store_true', help='replace an existing model directory')
     g = t.add_argument_group('model')
-    g.add_argument('--hidden', type=int, default=32, help='hidden width / RNN state (32)')
-    g.add_argument('--latent', type=int, default=8, help='bottleneck size (8)')
-    g.add_argument('--layers', type=int, default=1, help='hidden layers / RNN layers (1)')
+    g.add_argument('--hidden', type=int, default=32,
+                   help='hidden width / RNN state / conv feature maps (32)')
+    g.add_argument('--latent', type=int,
+                   help='code size; principal components for pca (8; pca 4)')
+    g.add_argument('--layers', type=int,
+                   help='hidden layers / RNN layers / conv strided stages (1; conv 2)')
     g.add_argument('--dropout', type=float, default=0.0, help='dropout while training (0)')
+    g.add_argument('--kernel', type=int, help='conv: kernel size along time (5)')
+    g.add_argument('--upsample', choices=('resize', 'transposed'),
+                   help='conv decoder: resize (nearest upsampling + convolution; default) or '
+                        'transposed convolutions (checkerboard artefacts, see docs)')
+    g = t.add_argument_group('regulariser (networks)')
+    g.add_argument('--reg', choices=REG_CHOICES, default='none',
+                   help='vae: Gaussian encoder and decoder, scored by likelihood; sparse: L1 '
+                        'or KL penalty on the code; contractive: penalty on the encoder\'s '
+                        'Jacobian (default: %(default)s)')
+    g.add_argument('--beta', type=float, help='vae: weight of the KL term (1)')
+    g.add_argument('--kl-warmup', type=int, metavar='EPOCHS',
+                   help='vae: epochs over which the KL weight rises from 0 to beta (5)')
+    g.add_argument('--sparsity', choices=('l1', 'kl'),
+                   help='sparse: l1 on the code or kl towards mean activation rho (l1)')
+    g.add_argument('--sparsity-weight', type=float, help='sparse: penalty weight (0.01)')
+    g.add_argument('--rho', type=float, help='sparse kl: target mean activation (0.05)')
+    g.add_argument('--contractive-weight', type=float,
+                   help='contractive: weight of the Jacobian penalty (0.001)')
+    g.add_argument('--noise', metavar='SPEC',
+                   help='denoising training: corrupt the inputs with this noise spec (as '
+                        '`encdec train denoise --noise`, e.g. relative,gaussian:0.1) and '
+                        'reconstruct the clean window')
     g.add_argument('--window', type=int, help="override the spec's window (samples)")
     g.add_argument('--stride', type=int, help="override the spec's stride (samples)")
     g = t.add_argument_group('training')
@@ -168,6 +199,9 @@ def register(groups: dict) -> None:
     e.add_argument('--threshold-scale', type=float, default=1.0,
                    help='multiply the model threshold (default 1)')
     e.add_argument('--no-plot', action='store_true', help='skip the PNG')
+    e.add_argument('--latent-plot', metavar='FILE',
+                   help='also draw the codes of the bag\'s windows (2-D PCA), coloured by '
+                        'label, into this PNG (models with a code output)')
     e.set_defaults(func=_eval)
 
     r = groups['top'].add_parser(
@@ -210,11 +244,17 @@ def _train(args: argparse.Namespace) -> int:
 
     from encdec_ros.anomaly.evaluate import parse_span
     from training.anomaly import TrainOptions, train_anomaly
-    from training.models import AEConfig
+    from training.family import AEConfig
 
+    given = {key: getattr(args, name) for key, name in (
+        ('latent', 'latent'), ('layers', 'layers'), ('kernel', 'kernel'),
+        ('upsample', 'upsample'), ('beta', 'beta'), ('warmup', 'kl_warmup'),
+        ('sparsity', 'sparsity'), ('sparsity_weight', 'sparsity_weight'), ('rho', 'rho'),
+        ('contractive_weight', 'contractive_weight')) if getattr(args, name) is not None}
     opts = TrainOptions(
-        model=AEConfig(arch=args.arch, hidden=args.hidden, latent=args.latent,
-                       layers=args.layers, dropout=args.dropout),
+        model=AEConfig(arch=args.arch, hidden=args.hidden, dropout=args.dropout,
+                       reg=args.reg, **given),
+        noise=args.noise,
         epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, val_fraction=args.val_fraction,
         calib_fraction=args.calib_fraction, train_stride=args.train_stride, seed=args.seed,
@@ -231,8 +271,8 @@ def _train(args: argparse.Namespace) -> int:
                            stride=args.stride, command=_rebuild_command(args),
                            overwrite=args.force, say=print)
     if main:
-        print(f'wrote {result.path} (model.onnx, model.yaml, loss.png) in '
-              f'{time.perf_counter() - start:.1f} s')
+        files = 'model.onnx, model.yaml' + (', loss.png' if result.history else '')
+        print(f'wrote {result.path} ({files}) in {time.perf_counter() - start:.1f} s')
     return 0
 
 
@@ -276,7 +316,9 @@ def _rebuild_command(args: argparse.Namespace) -> str:
     elif args.topics:
         parts += ['--topics', args.topics]
     parts += ['--arch', args.arch, '--out', args.out]
-    for key in ('hidden', 'latent', 'layers', 'dropout', 'window', 'stride', 'epochs',
+    for key in ('hidden', 'latent', 'layers', 'dropout', 'kernel', 'upsample', 'reg', 'beta',
+                'kl_warmup', 'sparsity', 'sparsity_weight', 'rho', 'contractive_weight',
+                'noise', 'window', 'stride', 'epochs',
                 'patience', 'batch_size', 'lr', 'weight_decay', 'val_fraction',
                 'calib_fraction', 'train_stride', 'train_span', 'seed', 'time_limit', 'threads',
                 'error', 'threshold', 'risk', 'quantile', 'init_quantile', 'threshold_scale',
@@ -292,6 +334,7 @@ def _rebuild_command(args: argparse.Namespace) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     from encdec_ros.anomaly.evaluate import evaluate_bag, parse_span, summary_lines, write_report
+    from encdec_ros.errors import ModelDirError
     from encdec_ros.io.bagset import expand_bags
     from encdec_ros.modeldir import check_output_dir
 
@@ -301,6 +344,15 @@ def _eval(args: argparse.Namespace) -> int:
     bag = Path(bags[0])
     out = Path(args.out) if args.out else bag.with_name(f'{bag.name}_eval')
     check_output_dir(out, what='report directory')  # before the replay, not after it
+    if args.latent_plot:
+        from encdec_ros.modeldir import ModelDir, check_output_file
+
+        check_output_file(args.latent_plot, what='latent plot', option='--latent-plot')
+        if not any(o.get('name') == 'code' for o in
+                   ModelDir.load(args.model, task='anomaly', check_onnx=False).outputs):
+            raise ModelDirError(f'{args.model} has no code output (it was trained before '
+                                'models exported their codes); re-train it to plot its codes, '
+                                'or drop --latent-plot')
     start = time.perf_counter()
     result = evaluate_bag(args.model, bag, labels_csv=args.labels, device=args.device,
                           points=args.points, eval_span=parse_span(args.eval_span),
@@ -308,6 +360,11 @@ def _eval(args: argparse.Namespace) -> int:
                           debounce_n=args.debounce_n, release=args.release,
                           threshold_scale=args.threshold_scale)
     json_path, png = write_report(result, out, model=args.model, plot=not args.no_plot)
+    if args.latent_plot:
+        from encdec_ros.anomaly.evaluate import plot_latent
+
+        plot_latent(result, args.latent_plot)
+        print(f'latent plot: {args.latent_plot}')
     print(f'model {args.model} on {bag} ({result.scorer["provider"]}):')
     for line in summary_lines(result):
         print(f'  {line}')

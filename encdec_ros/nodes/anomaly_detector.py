@@ -34,7 +34,9 @@ Publishes, once per decision: ``~/anomaly`` (std_msgs/Bool, the debounced flag) 
 ``~/score`` (std_msgs/Float32, error / threshold; +inf for a window with non-finite inputs);
 and on ``/diagnostics`` a status that is OK, WARN (or ERROR, parameter ``flag_level``) while
 the flag is up, ERROR when windows cannot be scored, STALE when the inputs stop; its values
-hold the score, threshold, top channels, provider and latencies.
+hold the score, threshold, top channels, provider and latencies. With ``publish_latent``
+on, also ``~/latent`` (std_msgs/Float32MultiArray): the code of each decided window (the
+encoder mean for a VAE), from the same inference as the score; its layout names the size.
 
 "This is normal now": the service ``~/rebaseline`` (std_srvs/Trigger) re-baselines the model
 on the last ``rebaseline_minutes`` of aligned input (:func:`encdec_ros.anomaly.rebaseline.
@@ -63,7 +65,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from std_msgs.msg import Bool, Float32
+from std_msgs.msg import Bool, Float32, Float32MultiArray, MultiArrayDimension, MultiArrayLayout
 from std_srvs.srv import Trigger
 
 from encdec_ros.anomaly.scorer import AnomalyScorer, Debouncer, Decision, StreamState, \
@@ -149,6 +151,9 @@ PARAMS = (
           max=100),
     Param('flag_level', 'WARN', 'Diagnostic level while the anomaly flag is up: WARN or ERROR',
           constraints='one of WARN, ERROR'),
+    Param('publish_latent', False, 'Publish the code of each decided window (the encoder mean '
+          'for a VAE) on ~/latent as std_msgs/Float32MultiArray, from the same inference; the '
+          'model needs a code output', read_only=True),
     Param('rebaseline_minutes', 5.0, 'Minutes of recent input kept for the ~/rebaseline '
           'service ("this is normal now")', read_only=True, min=0.1, max=240.0),
     Param('rebaseline_dir', '', 'Directory for re-baselined models (empty: $ROS_HOME/encdec_ros'
@@ -291,6 +296,7 @@ class _Stream:
         self.diagnostics: DiagnosticsReporter | None = None
         self.pub_flag: Any = None
         self.pub_score: Any = None
+        self.pub_latent: Any = None        # with publish_latent: the window's code
 
     def reset(self) -> None:
         for buf in (*self.bufs, *self.recv):
@@ -383,6 +389,15 @@ class AnomalyDetectorNode(Node):
         if p['qos_history'] == 'keep_all':
             qos.history = HistoryPolicy.KEEP_ALL
         out_qos = QoSProfile(depth=p['output_depth'], reliability=ReliabilityPolicy.RELIABLE)
+        self._latent_layout = None
+        if p['publish_latent']:
+            size = self.scorer.code_size
+            if not size:
+                raise ConfigError(f'parameter publish_latent is true but model {p["model_dir"]} '
+                                  'has no code output (it was trained before models exported '
+                                  'their codes); re-train it, or set publish_latent to false')
+            self._latent_layout = MultiArrayLayout(
+                dim=[MultiArrayDimension(label='latent', size=size, stride=size)])
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diag_last = -math.inf
         self._subs = []
@@ -416,6 +431,9 @@ class AnomalyDetectorNode(Node):
         private = f'{pre}{self.get_name()}/' if pre else '~/'
         stream.pub_flag = self.create_publisher(Bool, f'{private}anomaly', out_qos)
         stream.pub_score = self.create_publisher(Float32, f'{private}score', out_qos)
+        if self._latent_layout is not None:
+            stream.pub_latent = self.create_publisher(Float32MultiArray, f'{private}latent',
+                                                      out_qos)
         self.create_service(Trigger, f'{private}rebaseline',
                             lambda req, resp, s=stream: self._on_rebaseline(s, req, resp))
         stream.monitor = InputMonitor(
@@ -685,6 +703,9 @@ class AnomalyDetectorNode(Node):
         # consumer testing score >= 1 sees the fault too
         score = float(decision.score) if decision.valid else math.inf
         stream.pub_score.publish(Float32(data=score))
+        if stream.pub_latent is not None and decision.code is not None:
+            stream.pub_latent.publish(Float32MultiArray(layout=self._latent_layout,
+                                                        data=decision.code.tolist()))
         stream.latency.add(time.perf_counter() - entry.t0)
         stream.decided_at = now
         c = stream.counts
