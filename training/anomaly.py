@@ -486,7 +486,7 @@ def _fit(model: Any, data: ShardedWindows, opts: TrainOptions, say: Callable[[st
     n_val = data.count('val')
     steps = sum(data.batches_per_epoch(e, opts.batch_size) for e in range(1, opts.epochs + 1))
     history: list[tuple[float, float]] = []
-    best, best_epoch, best_state, stale = math.inf, 0, None, 0
+    stopping = _EarlyStopping(model, opts, say)
     start = time.perf_counter()
     bar = iter(progress(range(steps), total=steps, desc=f'training {opts.model.arch}',
                         unit='batch', min_total=0, enable=show_progress))
@@ -512,27 +512,14 @@ def _fit(model: Any, data: ShardedWindows, opts: TrainOptions, say: Callable[[st
         train_loss = float(dist.all_sum(total)) / n
         val_loss = _held_out_loss(model, data, opts.batch_size * 4, dist) / max(n_val, 1)
         history.append((train_loss, val_loss))
-        better = _improved(val_loss, best)
-        if better:
-            best, best_epoch, stale = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        elapsed = float(dist.all_max(time.perf_counter() - start))
-        say(f'  epoch {epoch:3d}  train {train_loss:.5f}  val {val_loss:.5f}'
-            f'{"  *" if better else ""}  ({elapsed:.0f} s)')
-        if stale >= opts.patience:
-            say(f'  early stop: no better validation loss for {opts.patience} epochs')
-            break
-        if opts.time_limit_s is not None and elapsed >= opts.time_limit_s:
-            say(f'  time limit of {opts.time_limit_s:g} s reached')
+        if stopping.stop(epoch, train_loss, val_loss,
+                         float(dist.all_max(time.perf_counter() - start))):
             break
     for _ in bar:   # close the bar
         pass
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    stopping.restore()
     model.eval()
-    return history, best_epoch, time.perf_counter() - start
+    return history, stopping.best_epoch, time.perf_counter() - start
 
 
 def _held_out_loss(model: Any, data: ShardedWindows, batch: int, dist: Any) -> float:
@@ -645,7 +632,7 @@ def _fit_arrays(model: Any, train: np.ndarray, val: np.ndarray | None, opts: Tra
     n = len(xt)
     per_epoch = -(-n // opts.batch_size)
     history: list[tuple[float, float]] = []
-    best, best_epoch, best_state, stale = math.inf, 0, None, 0
+    stopping = _EarlyStopping(model, opts, say)
     start = time.perf_counter()
     bar = iter(progress(range(epochs * per_epoch), total=epochs * per_epoch,
                         desc=desc or f'training {opts.model.arch}', unit='batch', min_total=0,
@@ -666,30 +653,49 @@ def _fit_arrays(model: Any, train: np.ndarray, val: np.ndarray | None, opts: Tra
         train_loss = total / n
         val_loss = _evaluate(model, xv, opts.batch_size * 4) if xv is not None else math.nan
         history.append((train_loss, val_loss))
-        better = xv is not None and _improved(val_loss, best)
-        if better:
-            best, best_epoch, stale = val_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-        elapsed = time.perf_counter() - start
-        say(f'  epoch {epoch:3d}  train {train_loss:.5f}'
-            + (f'  val {val_loss:.5f}{"  *" if better else ""}' if xv is not None else '')
-            + f'  ({elapsed:.0f} s)')
-        if xv is not None and stale >= opts.patience:
-            say(f'  early stop: no better validation loss for {opts.patience} epochs')
-            break
-        if opts.time_limit_s is not None and elapsed >= opts.time_limit_s:
-            say(f'  time limit of {opts.time_limit_s:g} s reached')
+        if stopping.stop(epoch, train_loss, val_loss if xv is not None else None,
+                         time.perf_counter() - start):
             break
     for _ in bar:   # close the bar
         pass
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    if xv is None:
-        best_epoch = len(history)
+    stopping.restore()
     model.eval()
-    return history, best_epoch, time.perf_counter() - start
+    return history, stopping.best_epoch if xv is not None else len(history), \
+        time.perf_counter() - start
+
+
+class _EarlyStopping:
+    """The best weights by validation loss, the patience and the time limit; one line per
+    epoch (the sharded and the in-memory training loops share it)."""
+
+    def __init__(self, model: Any, opts: Any, say: Callable[[str], None]) -> None:
+        self.model, self.opts, self.say = model, opts, say
+        self.best, self.best_epoch, self.state, self.stale = math.inf, 0, None, 0
+
+    def stop(self, epoch: int, train_loss: float, val_loss: float | None,
+             elapsed: float) -> bool:
+        """Keep the weights when ``val_loss`` improved (None: no validation, no early stop),
+        print the epoch's line, and say whether training ends here."""
+        better = val_loss is not None and _improved(val_loss, self.best)
+        if better:
+            self.best, self.best_epoch, self.stale = val_loss, epoch, 0
+            self.state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.stale += 1
+        val = '' if val_loss is None else f'  val {val_loss:.5f}{"  *" if better else ""}'
+        self.say(f'  epoch {epoch:3d}  train {train_loss:.5f}{val}  ({elapsed:.0f} s)')
+        if val_loss is not None and self.stale >= self.opts.patience:
+            self.say(f'  early stop: no better validation loss for {self.opts.patience} epochs')
+            return True
+        if self.opts.time_limit_s is not None and elapsed >= self.opts.time_limit_s:
+            self.say(f'  time limit of {self.opts.time_limit_s:g} s reached')
+            return True
+        return False
+
+    def restore(self) -> None:
+        """Load the best weights seen (if any epoch improved)."""
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
 
 
 def _improved(loss: float, best: float) -> bool:
